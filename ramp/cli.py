@@ -1,0 +1,59 @@
+"""`ramp` command line: each subcommand lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`, so commands stay small and are imported only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ramp.errors import RampError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("ramp.commands.run", "the whole path on one model: profile, allocate, export, evaluate next to presets"),
+    "profile": ("ramp.commands.profile", "per-tensor embeddings and per-format sensitivity table"),
+    "fold": ("ramp.commands.fold", "Scale Folding: migrate activation outliers into weights"),
+    "allocate": ("ramp.commands.allocate", "choose a format per tensor under a budget"),
+    "export": ("ramp.commands.export", "write a mixed-precision GGUF from an allocation"),
+    "eval": ("ramp.commands.eval", "perplexity / KLD / top-1 of GGUF files through llama.cpp"),
+    "presets": ("ramp.commands.presets", "build llama.cpp's own preset quantizations from the reference"),
+    "train": ("ramp.commands.train", "train a SAC allocation policy"),
+    "tune": ("ramp.commands.tune", "Optuna search over SAC and reward settings"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ramp", description="learned mixed-precision quantization for llama.cpp")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            command_parser.set_defaults(_missing=True)
+            continue
+        module.add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", False):
+        print(f"ramp: error: command {args.command!r} is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except RampError as exc:
+        print(f"ramp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ramp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

