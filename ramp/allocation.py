@@ -1,0 +1,59 @@
+"""An allocation: which format each quantizable tensor gets. The small JSON file that `ramp allocate`
+writes and `ramp export` consumes, also writable as llama.cpp's `--tensor-type-file`."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ramp.errors import RampError
+from ramp.files import atomic_output
+from ramp.kernels.formats import get_format, tensor_bytes
+from ramp.model import Model
+
+
+@dataclass
+class Allocation:
+    formats: dict[str, str]  # GGUF tensor name -> format name
+    method: str
+    budget: str
+    model_sha256: str
+    extra: dict = field(default_factory=dict)  # method-specific facts (solver status, predicted damage, ...)
+
+    def data_bytes(self, model: Model) -> int:
+        """Bytes of the quantizable tensors' data as written (llama.cpp's fallbacks included)."""
+        return sum(tensor_bytes(spec.shape, self.formats[spec.name]) for spec in model.quantizable)
+
+    def bits_per_weight(self, model: Model) -> float:
+        return 8.0 * self.data_bytes(model) / model.n_quantizable_params
+
+    def check_matches(self, model: Model) -> None:
+        missing = [spec.name for spec in model.quantizable if spec.name not in self.formats]
+        unknown = sorted(set(self.formats) - {spec.name for spec in model.quantizable})
+        if missing or unknown:
+            problem = f"lacks {missing[0]}" if missing else f"names {unknown[0]}, which the model does not have"
+            raise RampError(f"allocation {problem}; it was made for another model, re-run `ramp allocate` for this one")
+        for name in self.formats.values():
+            get_format(name)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_output(path, "w") as handle:
+            json.dump(asdict(self), handle, indent=1)
+            handle.write("\n")
+
+    def save_tensor_type_file(self, path: str | Path) -> None:
+        """One `regex=type` line per tensor, the format of llama-quantize's --tensor-type-file."""
+        with atomic_output(path, "w") as handle:
+            for name, fmt in self.formats.items():
+                handle.write(f"^{re.escape(name)}$={fmt.lower()}\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Allocation":
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**data)
+        except FileNotFoundError:
+            raise RampError(f"allocation file {path} does not exist; create it with `ramp allocate`") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise RampError(f"{path} is not a ramp allocation file ({exc}); create it with `ramp allocate`") from None
