@@ -1,0 +1,11 @@
+"""Gymnasium environments of ramp; importing this package registers `ramp/BitAllocation-v0`."""
+import gymnasium as gym
+
+from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig
+
+ENV_ID = "ramp/BitAllocation-v0"
+
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="ramp.envs.bit_allocation:BitAllocationEnv")
+
+__all__ = ["ENV_ID", "BitAllocationEnv", "ModelContext", "RewardConfig"]

@@ -1,0 +1,377 @@
+"""The bit-allocation MDP: one episode walks a model's quantizable tensors in order and picks a format for
+each (or for each group of tensors sharing a format) under a memory budget.
+
+The environment never touches weights itself. A `ModelContext` carries what one model contributes: its
+tensor specs, the per-tensor embedding, an optional sensitivity table for shaped rewards and an optional
+evaluator that measures the real quality (KLD) of a finished allocation. Training may hold several
+contexts and sample one per episode, together with a budget drawn from a bits-per-weight range.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from ramp.errors import RampError
+from ramp.kernels.formats import resolve_format, tensor_bytes
+from ramp.model import TensorSpec
+
+# Formats the agent climbs, lowest first. Each tensor sees this ladder through llama.cpp's fallback for
+# its row length, so a 576-wide tensor's Q4_K is the Q5_0 that llama.cpp would really write.
+DEFAULT_LADDER: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+
+GROUPINGS = ("tensor", "block")
+
+# Budget-context entries appended to the embedding; the observation is embedding + these, in this order.
+CONTEXT_FEATURES = (
+    "budget_spent_fraction",  # bytes placed so far / budget bytes
+    "params_left_fraction",  # weights still to place (this step included) / all quantizable weights
+    "bpw_left_over_8",  # bits per weight the remaining weights may average, divided by 8
+    "ladder_position",  # where that average falls on this step's own ladder: 0 = lowest, 1 = highest
+    "step_share",  # this step's weights / weights still to place
+    "episode_progress",  # step index / number of steps
+    "previous_action",  # the agent's last raw action, so it can keep its own pace
+    "budget_bpw_over_8",  # the episode's budget in bits per weight, divided by 8
+)
+
+# Observation entries are clipped here so the space is bounded (check_env, and SAC's scaling).
+OBS_LIMIT = 5.0
+
+
+class Evaluator(Protocol):
+    def __call__(self, formats: dict[str, str]) -> float:
+        """Mean KLD (nats) of the model with every tensor replaced as `formats` says, vs unquantized."""
+
+
+class DamageTable(Protocol):
+    tensors: list[str]
+    formats: list[str]
+
+    def of(self, tensor: str, fmt: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Every reward constant, in one place. Quality ranks above budget use.
+
+    With `kld` the measured mean KLD of the finished allocation, `B` the budget in bytes, `used` the bytes
+    placed, and per step `asked` the bytes of the format the agent requested, `allowed` the most bytes
+    that step could take and still leave the minimum for every later step (the step is clipped to it):
+
+        each step:  r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
+                          - shaping_weight * sum_{tensor in step} damage(tensor, fmt) / kld_scale
+        last step:  r_T += - quality_weight * log(1 + kld / kld_scale)                         (quality)
+                           - under_weight * (B - used) / B                                     (unused budget)
+
+    The cliff is steep (a request past the frontier costs far more than the bytes are worth) and the
+    unused-budget term is mild, so the agent learns to spend close to the budget without pushing past it.
+    `damage` comes from the sensitivity table (single-tensor KLD increase) and is zero without one; the
+    quality term is zero when no evaluator is attached (deterministic allocation rollouts).
+    """
+
+    quality_weight: float = 1.0
+    kld_scale: float = 0.05  # nats; the KLD at which the quality term reaches -log 2
+    over_weight: float = 20.0
+    under_weight: float = 1.0
+    shaping_weight: float = 0.5
+
+    def quality(self, kld: float) -> float:
+        return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
+
+    def cliff(self, asked: int, allowed: int, budget: int) -> float:
+        return -self.over_weight * max(0, asked - allowed) / budget
+
+    def unused(self, used: int, budget: int) -> float:
+        return -self.under_weight * max(0, budget - used) / budget
+
+    def shaping(self, damage: float) -> float:
+        return -self.shaping_weight * damage / self.kld_scale
+
+
+def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
+    """Per-model standardisation of the raw embedding columns.
+
+    Raw features differ by orders of magnitude across models (sizes, norms), and a policy that is to
+    transfer zero-shot must read "this tensor is unusually X for its model", not absolute values.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    std = matrix.std(axis=0)
+    centred = matrix - matrix.mean(axis=0)
+    scaled = np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+    return np.clip(scaled, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+
+
+def group_specs(specs: Sequence[TensorSpec], grouping: str) -> list[list[TensorSpec]]:
+    """Steps of an episode. `tensor`: one per tensor. `block`: one per transformer block (its tensors
+    share a requested format), with global tensors (token_embd, output) each alone."""
+    if grouping == "tensor":
+        return [[spec] for spec in specs]
+    if grouping != "block":
+        raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
+    groups: OrderedDict[Any, list[TensorSpec]] = OrderedDict()
+    for spec in specs:
+        groups.setdefault(spec.name if spec.block is None else spec.block, []).append(spec)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class StepOption:
+    """One distinct choice of a step: the ladder rung requested and what each member really gets."""
+
+    rung: str
+    formats: tuple[str, ...]  # resolved format per member tensor
+    nbytes: int
+
+
+@dataclass
+class ModelContext:
+    """What one model brings to training or allocation."""
+
+    name: str
+    specs: list[TensorSpec]
+    embedding: np.ndarray  # [len(specs), n_features], raw; normalised on construction
+    evaluate: Evaluator | None = None
+    damage: DamageTable | None = None
+    cache_size: int = 256  # finished allocations whose KLD is remembered (deterministic policies repeat)
+    _kld_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.embedding = np.asarray(self.embedding)
+        if self.embedding.ndim != 2 or self.embedding.shape[0] != len(self.specs):
+            raise RampError(
+                f"embedding of {self.name} has shape {self.embedding.shape}, expected ({len(self.specs)}, n_features); "
+                "re-run `ramp profile`"
+            )
+        self.features = normalize_embedding(self.embedding)
+        self.n_params = sum(spec.n_params for spec in self.specs)
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.embedding.shape[1])
+
+    def kld(self, formats: dict[str, str]) -> float | None:
+        if self.evaluate is None:
+            return None
+        key = tuple(formats[spec.name] for spec in self.specs)
+        if key not in self._kld_cache:
+            self._kld_cache[key] = float(self.evaluate(formats))
+            if len(self._kld_cache) > self.cache_size:
+                self._kld_cache.popitem(last=False)
+        self._kld_cache.move_to_end(key)
+        return self._kld_cache[key]
+
+    def damage_of(self, spec: TensorSpec, resolved: str, rung: str) -> float:
+        """Single-tensor damage for the shaped reward: the resolved format's column, else the requested
+        rung's, else zero (the table was measured on other formats)."""
+        if self.damage is None or spec.name not in self.damage.tensors:
+            return 0.0
+        for fmt in (resolved, rung):
+            if fmt in self.damage.formats:
+                return float(self.damage.of(spec.name, fmt))
+        return 0.0
+
+
+class _Plan:
+    """Per (context, ladder, grouping): the steps, their options and suffix byte bounds, computed once."""
+
+    def __init__(self, context: ModelContext, ladder: Sequence[str], grouping: str) -> None:
+        index = {spec.name: i for i, spec in enumerate(context.specs)}
+        self.groups = group_specs(context.specs, grouping)
+        self.features = np.stack(
+            [
+                np.average(context.features[[index[s.name] for s in group]], axis=0, weights=[s.n_params for s in group])
+                for group in self.groups
+            ]
+        ).astype(np.float32)
+        self.params = np.array([sum(s.n_params for s in group) for group in self.groups], dtype=np.int64)
+        self.options: list[list[StepOption]] = []
+        for group in self.groups:
+            seen: dict[tuple[str, ...], StepOption] = {}
+            for rung in ladder:
+                resolved = tuple(resolve_format(rung, s.row_length).name for s in group)
+                if resolved not in seen:
+                    seen[resolved] = StepOption(rung, resolved, sum(tensor_bytes(s.shape, rung) for s in group))
+            self.options.append(sorted(seen.values(), key=lambda option: option.nbytes))
+        lows = np.array([opts[0].nbytes for opts in self.options], dtype=np.int64)
+        highs = np.array([opts[-1].nbytes for opts in self.options], dtype=np.int64)
+        # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
+        self.min_after = np.concatenate([np.cumsum(lows[::-1])[::-1], [0]])
+        self.max_total = int(highs.sum())
+        self.n_params = int(self.params.sum())
+
+    def min_bpw(self) -> float:
+        return 8.0 * self.min_after[0] / self.n_params
+
+    def max_bpw(self) -> float:
+        return 8.0 * self.max_total / self.n_params
+
+
+def action_index(action: float, n_options: int) -> int:
+    """Map an action in [-1, 1] linearly onto option indices 0..n-1 (equal-width bins)."""
+    position = (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0
+    return min(int(position * n_options), n_options - 1)
+
+
+class BitAllocationEnv(gym.Env):
+    """Pick a format per step; the episode always ends within budget (see `RewardConfig` for rewards).
+
+    `budget_bpw` is a (low, high) range in bits per quantizable weight; each episode draws its budget
+    uniformly from it (low == high fixes it). `reset(options={"context": i, "budget_bpw": b})` pins the
+    model and budget, which is how deterministic allocation rollouts run.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        contexts: Sequence[ModelContext],
+        budget_bpw: tuple[float, float],
+        ladder: Sequence[str] = DEFAULT_LADDER,
+        grouping: str = "tensor",
+        reward: RewardConfig = RewardConfig(),
+    ) -> None:
+        if not contexts:
+            raise RampError("the environment needs at least one model context")
+        sizes = {context.embedding_size for context in contexts}
+        if len(sizes) != 1:
+            raise RampError(f"model contexts disagree on embedding size ({sorted(sizes)}); profile them with the same ramp version")
+        low, high = float(budget_bpw[0]), float(budget_bpw[1])
+        if not 0 < low <= high:
+            raise RampError(f"budget range {low}..{high} bpw is empty; give low..high with 0 < low <= high")
+        self.contexts = list(contexts)
+        self.ladder = tuple(ladder)
+        self.grouping = grouping
+        self.reward_config = reward
+        self.budget_bpw = (low, high)
+        self.embedding_size = sizes.pop()
+        self._plans = [_Plan(context, self.ladder, grouping) for context in self.contexts]
+        for context, plan in zip(self.contexts, self._plans):
+            if low < plan.min_bpw():
+                raise RampError(
+                    f"budget {low:.3f} bpw is below the smallest allocation of {context.name} "
+                    f"({plan.min_bpw():.3f} bpw with formats {', '.join(self.ladder)} after llama.cpp's row-length fallbacks); "
+                    "raise the budget"
+                )
+        n_obs = self.embedding_size + len(CONTEXT_FEATURES)
+        self.observation_space = gym.spaces.Box(-OBS_LIMIT, OBS_LIMIT, shape=(n_obs,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self._context_index = 0
+        self._step = 0
+
+    # -- episode state -------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        options = options or {}
+        self._context_index = int(options.get("context", self.np_random.integers(len(self.contexts))))
+        plan = self._plans[self._context_index]
+        low, high = self.budget_bpw
+        bpw = float(options.get("budget_bpw", low if low == high else self.np_random.uniform(low, high)))
+        self._budget = int(bpw * plan.n_params / 8)
+        if self._budget < plan.min_after[0]:
+            raise RampError(
+                f"budget {bpw:.3f} bpw is below the smallest allocation of {self.contexts[self._context_index].name} "
+                f"({plan.min_bpw():.3f} bpw); raise the budget"
+            )
+        self._budget_bpw = bpw
+        self._step = 0
+        self._spent = 0
+        self._params_done = 0
+        self._previous_action = 0.0
+        self._overshoot = 0
+        self._chosen: list[StepOption] = []
+        return self._observation(), {}
+
+    def _observation(self) -> np.ndarray:
+        plan = self._plans[self._context_index]
+        step = min(self._step, len(plan.groups) - 1)
+        params_left = plan.n_params - self._params_done
+        left_bytes = self._budget - self._spent
+        bpw_left = 8.0 * left_bytes / max(params_left, 1)
+        options = plan.options[step]
+        step_params = plan.params[step]
+        low_bpw, high_bpw = 8.0 * options[0].nbytes / step_params, 8.0 * options[-1].nbytes / step_params
+        position = 0.0 if high_bpw == low_bpw else (bpw_left - low_bpw) / (high_bpw - low_bpw)
+        context = np.array(
+            [
+                self._spent / self._budget,
+                params_left / plan.n_params,
+                bpw_left / 8.0,
+                position,
+                step_params / max(params_left, 1),
+                self._step / len(plan.groups),
+                self._previous_action,
+                self._budget_bpw / 8.0,
+            ],
+            dtype=np.float32,
+        )
+        observation = np.concatenate([plan.features[step], context])
+        return np.clip(observation, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        plan = self._plans[self._context_index]
+        context = self.contexts[self._context_index]
+        config = self.reward_config
+        value = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        options = plan.options[self._step]
+        requested = action_index(value, len(options))
+        allowed = self._budget - self._spent - int(plan.min_after[self._step + 1])
+        # Largest rung at or below the request that leaves every later step its minimum; rung 0 always
+        # fits because reset checked the whole minimum against the budget.
+        granted = requested
+        while granted > 0 and options[granted].nbytes > allowed:
+            granted -= 1
+        choice = options[granted]
+        asked = options[requested].nbytes
+        self._overshoot += max(0, asked - allowed)
+
+        reward = config.cliff(asked, allowed, self._budget)
+        if context.damage is not None:
+            damage = sum(
+                context.damage_of(spec, fmt, choice.rung) for spec, fmt in zip(plan.groups[self._step], choice.formats)
+            )
+            reward += config.shaping(damage)
+
+        self._chosen.append(choice)
+        self._spent += choice.nbytes
+        self._params_done += int(plan.params[self._step])
+        self._previous_action = float(np.clip(value, -1.0, 1.0))
+        self._step += 1
+        terminated = self._step == len(plan.groups)
+        info: dict[str, Any] = {"requested": options[requested].rung, "granted": choice.rung}
+        if terminated:
+            formats = self.formats()
+            kld = context.kld(formats)
+            if kld is not None:
+                reward += config.quality(kld)
+            reward += config.unused(self._spent, self._budget)
+            info.update(
+                formats=formats,
+                kld=kld,
+                bytes=self._spent,
+                budget_bytes=self._budget,
+                bits_per_weight=8.0 * self._spent / plan.n_params,
+                overshoot_bytes=self._overshoot,
+                model=context.name,
+            )
+        return self._observation(), float(reward), terminated, False, info
+
+    def formats(self) -> dict[str, str]:
+        """GGUF tensor name -> format written (resolved for its row length), for the steps taken so far."""
+        plan = self._plans[self._context_index]
+        return {
+            spec.name: fmt
+            for group, choice in zip(plan.groups, self._chosen)
+            for spec, fmt in zip(group, choice.formats)
+        }
+
+
+def rollout(env: BitAllocationEnv, act: Callable[[np.ndarray], np.ndarray], *, context: int, budget_bpw: float) -> dict:
+    """Run one episode with `act` choosing actions; returns the terminal step's info."""
+    observation, _ = env.reset(options={"context": context, "budget_bpw": budget_bpw})
+    while True:
+        observation, _, terminated, truncated, info = env.step(act(observation))
+        if terminated or truncated:
+            return info
