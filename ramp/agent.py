@@ -1,0 +1,221 @@
+"""The SAC agent: construction, training with checkpoints and resume, and the policy file.
+
+A policy file is Stable-Baselines3's zip with one extra member, `ramp_policy.json`, recording what the
+policy was trained on (models, budgets, format ladder, grouping, feature version and embedding size).
+A policy only makes sense for observations built the same way, so loading checks those records.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ramp.errors import RampError
+from ramp.files import atomic_path
+
+if TYPE_CHECKING:
+    from stable_baselines3 import SAC
+
+    from ramp.envs.bit_allocation import BitAllocationEnv
+
+POLICY_RECORD = "ramp_policy.json"
+REPLAY_SUFFIX = ".replay.pkl"
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC hyper-parameters `ramp train` uses and `ramp tune` searches. Episodes are short and few, so the
+    defaults favour learning early (small warm-up, small batches) over asymptotic stability."""
+
+    learning_rate: float = 3e-4
+    buffer_size: int = 100_000
+    learning_starts: int = 100
+    batch_size: int = 64
+    tau: float = 0.005
+    gamma: float = 0.99
+    train_freq: int = 1
+    gradient_steps: int = 1
+    ent_coef: str | float = "auto"
+    net_arch: tuple[int, ...] = (64, 64)
+
+
+@dataclass
+class PolicyRecord:
+    """What a policy was trained on; stored inside the policy file."""
+
+    feature_version: int
+    feature_names: list[str]
+    embedding_size: int
+    observation_size: int
+    formats: list[str]  # the format ladder, lowest first
+    grouping: str
+    models: list[dict[str, str]]  # name and sha256 of each training model
+    budget_bpw: list[float]  # [low, high] of the training budgets
+    reward: dict[str, float]
+    sac: dict[str, Any]
+    seed: int
+    timesteps: int = 0  # environment steps trained so far
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_compatible(self, embedding_size: int, formats: list[str], feature_version: int, path: str | Path) -> None:
+        if self.embedding_size != embedding_size or self.feature_version != feature_version:
+            raise RampError(
+                f"policy {path} was trained on {self.embedding_size}-number embeddings (feature version "
+                f"{self.feature_version}), this ramp computes {embedding_size} (version {feature_version}); retrain it with `ramp train`"
+            )
+        if list(self.formats) != list(formats):
+            raise RampError(
+                f"policy {path} was trained for formats {','.join(self.formats)}, not {','.join(formats)}; "
+                "use the same --formats or retrain it with `ramp train`"
+            )
+
+
+def make_sac(env: "BitAllocationEnv", config: SACConfig, seed: int, tensorboard_log: str | None = None) -> "SAC":
+    from stable_baselines3 import SAC
+
+    return SAC(
+        "MlpPolicy",
+        env,
+        learning_rate=config.learning_rate,
+        buffer_size=config.buffer_size,
+        learning_starts=config.learning_starts,
+        batch_size=config.batch_size,
+        tau=config.tau,
+        gamma=config.gamma,
+        train_freq=config.train_freq,
+        gradient_steps=config.gradient_steps,
+        ent_coef=config.ent_coef,
+        policy_kwargs={"net_arch": list(config.net_arch)},
+        tensorboard_log=tensorboard_log,
+        seed=seed,
+        device="cpu",  # two-layer MLPs: moving them to a GPU costs more than it saves
+        verbose=0,
+    )
+
+
+def save_policy(sac: "SAC", path: str | Path, record: PolicyRecord) -> None:
+    """Write the SB3 zip and the training record into it, atomically."""
+    record.timesteps = int(sac.num_timesteps)
+    with atomic_path(path) as tmp:
+        sac.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(POLICY_RECORD, json.dumps(asdict(record), indent=1))
+
+
+def read_policy_record(path: str | Path) -> PolicyRecord:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read(POLICY_RECORD))
+    except FileNotFoundError:
+        raise RampError(f"policy file {path} does not exist; train one with `ramp train`") from None
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, IsADirectoryError):
+        raise RampError(f"{path} is not a ramp policy file; train one with `ramp train`") from None
+    try:
+        return PolicyRecord(**data)
+    except TypeError:
+        raise RampError(f"{path} was written by an incompatible ramp version; retrain it with `ramp train`") from None
+
+
+def load_policy(path: str | Path, env: "BitAllocationEnv", feature_version: int) -> tuple["SAC", PolicyRecord]:
+    """The SAC model in `path`, refused unless it was trained for `env`'s observations and formats."""
+    from stable_baselines3 import SAC
+
+    record = read_policy_record(path)
+    record.check_compatible(env.embedding_size, list(env.ladder), feature_version, path)
+    return SAC.load(path, env=env, device="cpu"), record
+
+
+def replay_path(checkpoint: str | Path) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".zip") + REPLAY_SUFFIX)
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    found = sorted(Path(directory).glob("step_*.zip"), key=lambda p: int(p.stem.removeprefix("step_")))
+    return found[-1] if found else None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint to resume from was written."""
+
+    def __init__(self, checkpoint: Path, timesteps: int) -> None:
+        super().__init__(f"interrupted at step {timesteps}; checkpoint {checkpoint}")
+        self.checkpoint = checkpoint
+        self.timesteps = timesteps
+
+
+def _save_checkpoint(sac: "SAC", directory: Path, record: PolicyRecord) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{sac.num_timesteps}.zip"
+    save_policy(sac, path, record)
+    # The replay buffer is what lets a resumed run keep learning from past episodes instead of starting cold.
+    with atomic_path(replay_path(path)) as tmp:
+        sac.save_replay_buffer(tmp)
+    return path
+
+
+def _callback(directory: Path, every: int, record: PolicyRecord):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RampCallback(BaseCallback):
+        """Checkpoints every `every` steps and logs each finished episode's measured quality."""
+
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", ()):
+                if "bits_per_weight" in info:
+                    if info.get("kld") is not None:
+                        self.logger.record_mean("ramp/kld", info["kld"])
+                    self.logger.record_mean("ramp/bits_per_weight", info["bits_per_weight"])
+                    self.logger.record_mean("ramp/budget_use", info["bytes"] / info["budget_bytes"])
+                    self.logger.record_mean("ramp/overshoot", info["overshoot_bytes"] / info["budget_bytes"])
+            if every > 0 and self.num_timesteps % every == 0:
+                _save_checkpoint(self.model, directory, record)
+            return True
+
+    return RampCallback()
+
+
+def train(
+    env: "BitAllocationEnv",
+    record: PolicyRecord,
+    out: str | Path,
+    timesteps: int,
+    config: SACConfig = SACConfig(),
+    *,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1000,
+    tensorboard_log: str | None = None,
+    resume: str | Path | None = None,
+    progress_bar: bool = True,
+    extra_callbacks: list | None = None,
+) -> "SAC":
+    """Train (or continue training) SAC on `env` until `timesteps` environment steps in total, then save
+    the policy to `out`. Ctrl-C writes a checkpoint and raises `TrainingInterrupted`."""
+    from stable_baselines3 import SAC
+
+    out = Path(out)
+    directory = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name.removesuffix(".zip") + "_checkpoints")
+    if resume is not None:
+        previous = read_policy_record(resume)
+        previous.check_compatible(env.embedding_size, list(env.ladder), record.feature_version, resume)
+        sac = SAC.load(resume, env=env, device="cpu", tensorboard_log=tensorboard_log)
+        if replay_path(resume).is_file():
+            sac.load_replay_buffer(replay_path(resume))
+        # Fresh episodes after a resume must not replay the budgets/models drawn at the start.
+        sac.set_random_seed(record.seed + sac.num_timesteps)
+    else:
+        sac = make_sac(env, config, record.seed, tensorboard_log)
+    remaining = timesteps - sac.num_timesteps
+    callbacks = [_callback(directory, checkpoint_every, record), *(extra_callbacks or [])]
+    if remaining > 0:
+        try:
+            sac.learn(remaining, callback=callbacks, reset_num_timesteps=False, tb_log_name="sac", progress_bar=progress_bar)
+        except KeyboardInterrupt:
+            checkpoint = _save_checkpoint(sac, directory, record)
+            print(f"ramp: checkpoint at step {sac.num_timesteps} saved to {checkpoint}", file=sys.stderr)
+            raise TrainingInterrupted(checkpoint, sac.num_timesteps) from None
+    save_policy(sac, out, record)
+    return sac
