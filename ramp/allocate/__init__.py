@@ -1,0 +1,117 @@
+"""Allocation baselines: choose a format per quantizable tensor under a memory budget.
+
+`allocate(model, method, budget, sensitivity, ...)` is the one entry point (`ramp allocate` and `ramp run`
+call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
+quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), and policy (a trained agent,
+`ramp.allocate.policy.allocate_with_policy(model=, policy_path=, problem=, sensitivity=) -> {tensor: format}`).
+
+Submodules are imported when a method runs, so importing this package stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ramp.allocation import Allocation
+from ramp.errors import RampError
+
+if TYPE_CHECKING:
+    from ramp.allocate.budget import Budget
+    from ramp.allocate.problem import Pin
+    from ramp.allocate.quadratic import MeasurePair
+    from ramp.model import Model
+    from ramp.sensitivity_table import SensitivityTable
+
+METHODS = ("uniform", "ilp", "quadratic", "greedy", "policy")
+NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy")
+
+
+def allocate(
+    model: "Model",
+    method: str,
+    budget: "Budget | str",
+    sensitivity: "SensitivityTable | None" = None,
+    *,
+    ladder: tuple[str, ...] | None = None,
+    pins: "list[Pin | str]" = (),
+    groups: list[str] = (),
+    embedding_format: str = "same",
+    output_format: str = "Q6_K",
+    measure_pair: "MeasurePair | None" = None,
+    pairs_per_role: int = 2,
+    policy_path: str | Path | None = None,
+) -> Allocation:
+    """Allocate `model`'s quantizable tensors with `method` within `budget` (e.g. "3.65bpw", "60MB").
+
+    `sensitivity` is required by ilp, quadratic and greedy, and reported on for the others; quadratic also
+    needs `measure_pair`, policy `policy_path`. Pins (`REGEX=FORMAT`) and groups (regexes whose matches
+    within one block share a format) apply to every method except that uniform ignores groups.
+    """
+    from ramp.allocate import budget as budgets
+    from ramp.allocate import problem as problems
+
+    if method not in METHODS:
+        raise RampError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
+    budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
+    ladder = ladder or problems.DEFAULT_LADDER
+    pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
+    if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
+        raise RampError("the sensitivity table was measured on another model file; re-run `ramp profile` for this one")
+    if method in NEEDS_SENSITIVITY and sensitivity is None:
+        raise RampError(f"--method {method} needs a sensitivity table; pass --sensitivity FILE from `ramp profile`")
+
+    items = problems.build_items(model, ladder, pins, [] if method == "uniform" else groups)
+    budget_bytes = budgets.require_within(budget, model, budgets.items_range(model, items), "any")
+    problem = problems.Problem(items, budget_bytes, ladder)
+    if method == "uniform":
+        from ramp.allocate import uniform
+
+        formats, facts = uniform.solve(model, budget, ladder, pins, embedding_format, output_format)
+    elif method == "policy":
+        formats, facts = _run_policy(model, problem, sensitivity, policy_path), {"policy": str(policy_path)}
+    else:
+        damage = problems.member_damage(model, items, sensitivity)
+        if method == "quadratic":
+            from ramp.allocate import quadratic
+
+            if measure_pair is None:
+                raise RampError("--method quadratic needs a pair measurement (KLD of the model with two tensors quantized)")
+            picks, facts = quadratic.solve(model, problem, damage, measure_pair, pairs_per_role)
+        else:
+            solver = importlib.import_module(f"ramp.allocate.{method}")
+            picks, facts = solver.solve(problem, [d.sum(axis=1) for d in damage])
+        formats = problem.formats(picks)
+
+    allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts))
+    allocation.check_matches(model)
+    n_bytes = allocation.data_bytes(model)
+    if n_bytes > budget_bytes:
+        raise RampError(f"method {method} returned {n_bytes} bytes, over the budget's {budget_bytes}; this is a bug in it")
+    allocation.extra.update(
+        budget_bytes=budget_bytes, data_bytes=n_bytes, bits_per_weight=allocation.bits_per_weight(model),
+        ladder=list(ladder), pins=[f"{pin.pattern.pattern}={pin.format}" for pin in pins], groups=list(groups),
+        predicted_damage=None if sensitivity is None else predicted_damage(model, formats, sensitivity),
+    )
+    return allocation
+
+
+def predicted_damage(model: "Model", formats: dict[str, str], sensitivity: "SensitivityTable") -> float:
+    """Summed measured damage of each tensor alone in its format (the additive model every method shares);
+    tensors the table never measured in their format (pinned F16, say) count as undamaged."""
+    from ramp.allocate.problem import tensor_damage
+
+    return sum(tensor_damage(sensitivity, spec.name, formats[spec.name], spec.row_length) or 0.0
+               for spec in model.quantizable)
+
+
+def _run_policy(model: "Model", problem, sensitivity: "SensitivityTable | None", policy_path) -> dict[str, str]:
+    if policy_path is None:
+        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+    try:
+        from ramp.allocate.policy import allocate_with_policy
+    except ModuleNotFoundError as exc:
+        if exc.name != "ramp.allocate.policy":
+            raise
+        raise RampError("--method policy is not available in this build (no ramp.allocate.policy); use another method") from None
+    return dict(allocate_with_policy(model=model, policy_path=Path(policy_path), problem=problem, sensitivity=sensitivity))
