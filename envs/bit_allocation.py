@@ -2,7 +2,7 @@
 each (or for each group of tensors sharing a format) under a memory budget.
 
 The environment never touches weights itself. A `ModelContext` carries what one model contributes: its
-tensor specs, the per-tensor embedding, an optional sensitivity table for shaped rewards and an optional
+tensors' shapes, the per-tensor embedding, an optional sensitivity table for shaped rewards and an optional
 evaluator that measures the real quality (KLD) of a finished allocation. Training may hold several
 contexts and sample one per episode, together with a budget drawn from a bits-per-weight range.
 """
@@ -15,15 +15,14 @@ from typing import Any, Callable, Protocol, Sequence
 import gymnasium as gym
 import numpy as np
 
+from ramp.allocate.problem import DEFAULT_LADDER, Item, build_items, tensor_damage
 from ramp.errors import RampError
-from ramp.kernels.formats import resolve_format, tensor_bytes
-from ramp.model import TensorSpec
+from ramp.model import Model
+from ramp.sensitivity_table import SensitivityTable
 
-# Formats the agent climbs, lowest first. Each tensor sees this ladder through llama.cpp's fallback for
-# its row length, so a 576-wide tensor's Q4_K is the Q5_0 that llama.cpp would really write.
-DEFAULT_LADDER: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-
-GROUPINGS = ("tensor", "block")
+# Steps of an episode: `tensor` is one step per tensor; `block` one per transformer block (its tensors share
+# a requested format, as `ramp allocate --group` does), global tensors each alone.
+GROUPINGS: dict[str, tuple[str, ...]] = {"tensor": (), "block": (r"^blk\.\d+\.",)}
 
 # Budget-context entries appended to the embedding; the observation is embedding + these, in this order.
 CONTEXT_FEATURES = (
@@ -44,13 +43,6 @@ OBS_LIMIT = 5.0
 class Evaluator(Protocol):
     def __call__(self, formats: dict[str, str]) -> float:
         """Mean KLD (nats) of the model with every tensor replaced as `formats` says, vs unquantized."""
-
-
-class DamageTable(Protocol):
-    tensors: list[str]
-    formats: list[str]
-
-    def of(self, tensor: str, fmt: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -104,49 +96,32 @@ def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
 
 
-def group_specs(specs: Sequence[TensorSpec], grouping: str) -> list[list[TensorSpec]]:
-    """Steps of an episode. `tensor`: one per tensor. `block`: one per transformer block (its tensors
-    share a requested format), with global tensors (token_embd, output) each alone."""
-    if grouping == "tensor":
-        return [[spec] for spec in specs]
-    if grouping != "block":
-        raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
-    groups: OrderedDict[Any, list[TensorSpec]] = OrderedDict()
-    for spec in specs:
-        groups.setdefault(spec.name if spec.block is None else spec.block, []).append(spec)
-    return list(groups.values())
-
-
-@dataclass(frozen=True)
-class StepOption:
-    """One distinct choice of a step: the ladder rung requested and what each member really gets."""
-
-    rung: str
-    formats: tuple[str, ...]  # resolved format per member tensor
-    nbytes: int
-
-
 @dataclass
 class ModelContext:
-    """What one model brings to training or allocation."""
+    """What one model brings to training or allocation.
+
+    `items` are the episode's steps (a `ramp.allocate.problem` item list: pins and groups included);
+    left None, the environment builds them from its ladder and grouping.
+    """
 
     name: str
-    specs: list[TensorSpec]
-    embedding: np.ndarray  # [len(specs), n_features], raw; normalised on construction
+    model: Model  # only its tensor specs are read here; weights stay with the evaluator
+    embedding: np.ndarray  # [len(model.quantizable), n_features], raw; normalised on construction
     evaluate: Evaluator | None = None
-    damage: DamageTable | None = None
+    damage: SensitivityTable | None = None
+    items: list[Item] | None = None
     cache_size: int = 256  # finished allocations whose KLD is remembered (deterministic policies repeat)
     _kld_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.embedding = np.asarray(self.embedding)
-        if self.embedding.ndim != 2 or self.embedding.shape[0] != len(self.specs):
+        n_tensors = len(self.model.quantizable)
+        if self.embedding.ndim != 2 or self.embedding.shape[0] != n_tensors:
             raise RampError(
-                f"embedding of {self.name} has shape {self.embedding.shape}, expected ({len(self.specs)}, n_features); "
+                f"embedding of {self.name} has shape {self.embedding.shape}, expected ({n_tensors}, n_features); "
                 "re-run `ramp profile`"
             )
         self.features = normalize_embedding(self.embedding)
-        self.n_params = sum(spec.n_params for spec in self.specs)
 
     @property
     def embedding_size(self) -> int:
@@ -155,7 +130,7 @@ class ModelContext:
     def kld(self, formats: dict[str, str]) -> float | None:
         if self.evaluate is None:
             return None
-        key = tuple(formats[spec.name] for spec in self.specs)
+        key = tuple(formats[spec.name] for spec in self.model.quantizable)
         if key not in self._kld_cache:
             self._kld_cache[key] = float(self.evaluate(formats))
             if len(self._kld_cache) > self.cache_size:
@@ -163,50 +138,40 @@ class ModelContext:
         self._kld_cache.move_to_end(key)
         return self._kld_cache[key]
 
-    def damage_of(self, spec: TensorSpec, resolved: str, rung: str) -> float:
-        """Single-tensor damage for the shaped reward: the resolved format's column, else the requested
-        rung's, else zero (the table was measured on other formats)."""
-        if self.damage is None or spec.name not in self.damage.tensors:
-            return 0.0
-        for fmt in (resolved, rung):
-            if fmt in self.damage.formats:
-                return float(self.damage.of(spec.name, fmt))
-        return 0.0
-
 
 class _Plan:
-    """Per (context, ladder, grouping): the steps, their options and suffix byte bounds, computed once."""
+    """Per context: the steps, their per-choice damage, features and suffix byte bounds, computed once."""
 
-    def __init__(self, context: ModelContext, ladder: Sequence[str], grouping: str) -> None:
-        index = {spec.name: i for i, spec in enumerate(context.specs)}
-        self.groups = group_specs(context.specs, grouping)
+    def __init__(self, context: ModelContext, ladder: tuple[str, ...], grouping: str) -> None:
+        model = context.model
+        if grouping not in GROUPINGS:
+            raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
+        self.items = context.items if context.items is not None else build_items(model, ladder, groups=list(GROUPINGS[grouping]))
+        index = {spec.name: i for i, spec in enumerate(model.quantizable)}
+        specs = [[model.spec(name) for name in item.members] for item in self.items]
+        self.params = np.array([sum(spec.n_params for spec in group) for group in specs], dtype=np.int64)
         self.features = np.stack(
             [
                 np.average(context.features[[index[s.name] for s in group]], axis=0, weights=[s.n_params for s in group])
-                for group in self.groups
+                for group in specs
             ]
         ).astype(np.float32)
-        self.params = np.array([sum(s.n_params for s in group) for group in self.groups], dtype=np.int64)
-        self.options: list[list[StepOption]] = []
-        for group in self.groups:
-            seen: dict[tuple[str, ...], StepOption] = {}
-            for rung in ladder:
-                resolved = tuple(resolve_format(rung, s.row_length).name for s in group)
-                if resolved not in seen:
-                    seen[resolved] = StepOption(rung, resolved, sum(tensor_bytes(s.shape, rung) for s in group))
-            self.options.append(sorted(seen.values(), key=lambda option: option.nbytes))
-        lows = np.array([opts[0].nbytes for opts in self.options], dtype=np.int64)
-        highs = np.array([opts[-1].nbytes for opts in self.options], dtype=np.int64)
+        # damage[step][choice]: summed single-tensor damage of the members (zero where unmeasured).
+        self.damage = [
+            [
+                sum(tensor_damage(context.damage, s.name, fmt, s.row_length) or 0.0 for s, fmt in zip(group, choice.formats))
+                if context.damage is not None else 0.0
+                for choice in item.choices
+            ]
+            for item, group in zip(self.items, specs)
+        ]
+        lows = np.array([item.choices[0].nbytes for item in self.items], dtype=np.int64)
         # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
         self.min_after = np.concatenate([np.cumsum(lows[::-1])[::-1], [0]])
-        self.max_total = int(highs.sum())
         self.n_params = int(self.params.sum())
 
     def min_bpw(self) -> float:
         return 8.0 * self.min_after[0] / self.n_params
-
-    def max_bpw(self) -> float:
-        return 8.0 * self.max_total / self.n_params
 
 
 def action_index(action: float, n_options: int) -> int:
@@ -219,8 +184,8 @@ class BitAllocationEnv(gym.Env):
     """Pick a format per step; the episode always ends within budget (see `RewardConfig` for rewards).
 
     `budget_bpw` is a (low, high) range in bits per quantizable weight; each episode draws its budget
-    uniformly from it (low == high fixes it). `reset(options={"context": i, "budget_bpw": b})` pins the
-    model and budget, which is how deterministic allocation rollouts run.
+    uniformly from it (low == high fixes it). `reset(options=...)` pins the model (`context`: index) and
+    the budget (`budget_bpw`, or `budget_bytes` exactly), which is how deterministic allocation rollouts run.
     """
 
     metadata = {"render_modes": []}
@@ -252,47 +217,53 @@ class BitAllocationEnv(gym.Env):
             if low < plan.min_bpw():
                 raise RampError(
                     f"budget {low:.3f} bpw is below the smallest allocation of {context.name} "
-                    f"({plan.min_bpw():.3f} bpw with formats {', '.join(self.ladder)} after llama.cpp's row-length fallbacks); "
+                    f"({plan.min_bpw():.3f} bpw with formats {','.join(self.ladder)} after llama.cpp's row-length fallbacks); "
                     "raise the budget"
                 )
         n_obs = self.embedding_size + len(CONTEXT_FEATURES)
         self.observation_space = gym.spaces.Box(-OBS_LIMIT, OBS_LIMIT, shape=(n_obs,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self._context_index = 0
-        self._step = 0
+        self._budget = 1
+        self._budget_bpw = low
+        self._begin_episode()
 
-    # -- episode state -------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        options = options or {}
-        self._context_index = int(options.get("context", self.np_random.integers(len(self.contexts))))
-        plan = self._plans[self._context_index]
-        low, high = self.budget_bpw
-        bpw = float(options.get("budget_bpw", low if low == high else self.np_random.uniform(low, high)))
-        self._budget = int(bpw * plan.n_params / 8)
-        if self._budget < plan.min_after[0]:
-            raise RampError(
-                f"budget {bpw:.3f} bpw is below the smallest allocation of {self.contexts[self._context_index].name} "
-                f"({plan.min_bpw():.3f} bpw); raise the budget"
-            )
-        self._budget_bpw = bpw
+    def _begin_episode(self) -> None:
         self._step = 0
         self._spent = 0
         self._params_done = 0
         self._previous_action = 0.0
         self._overshoot = 0
-        self._chosen: list[StepOption] = []
+        self._picks: list[int] = []
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        options = options or {}
+        self._context_index = int(options.get("context", self.np_random.integers(len(self.contexts))))
+        plan = self._plans[self._context_index]
+        if "budget_bytes" in options:
+            self._budget = int(options["budget_bytes"])
+        else:
+            low, high = self.budget_bpw
+            bpw = float(options.get("budget_bpw", low if low == high else self.np_random.uniform(low, high)))
+            self._budget = int(bpw * plan.n_params / 8)
+        self._budget_bpw = 8.0 * self._budget / plan.n_params
+        if self._budget < plan.min_after[0]:
+            raise RampError(
+                f"budget {self._budget_bpw:.3f} bpw is below the smallest allocation of {self.contexts[self._context_index].name} "
+                f"({plan.min_bpw():.3f} bpw); raise the budget"
+            )
+        self._begin_episode()
         return self._observation(), {}
 
     def _observation(self) -> np.ndarray:
         plan = self._plans[self._context_index]
-        step = min(self._step, len(plan.groups) - 1)
+        step = min(self._step, len(plan.items) - 1)
         params_left = plan.n_params - self._params_done
-        left_bytes = self._budget - self._spent
-        bpw_left = 8.0 * left_bytes / max(params_left, 1)
-        options = plan.options[step]
+        bpw_left = 8.0 * (self._budget - self._spent) / max(params_left, 1)
+        choices = plan.items[step].choices
         step_params = plan.params[step]
-        low_bpw, high_bpw = 8.0 * options[0].nbytes / step_params, 8.0 * options[-1].nbytes / step_params
+        low_bpw, high_bpw = 8.0 * choices[0].nbytes / step_params, 8.0 * choices[-1].nbytes / step_params
         position = 0.0 if high_bpw == low_bpw else (bpw_left - low_bpw) / (high_bpw - low_bpw)
         context = np.array(
             [
@@ -301,7 +272,7 @@ class BitAllocationEnv(gym.Env):
                 bpw_left / 8.0,
                 position,
                 step_params / max(params_left, 1),
-                self._step / len(plan.groups),
+                self._step / len(plan.items),
                 self._previous_action,
                 self._budget_bpw / 8.0,
             ],
@@ -314,33 +285,26 @@ class BitAllocationEnv(gym.Env):
         plan = self._plans[self._context_index]
         context = self.contexts[self._context_index]
         config = self.reward_config
-        value = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-        options = plan.options[self._step]
-        requested = action_index(value, len(options))
+        value = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        choices = plan.items[self._step].choices
+        requested = action_index(value, len(choices))
         allowed = self._budget - self._spent - int(plan.min_after[self._step + 1])
-        # Largest rung at or below the request that leaves every later step its minimum; rung 0 always
-        # fits because reset checked the whole minimum against the budget.
+        # Largest choice at or below the request that leaves every later step its minimum; choice 0
+        # always fits because reset checked the whole minimum against the budget.
         granted = requested
-        while granted > 0 and options[granted].nbytes > allowed:
+        while granted > 0 and choices[granted].nbytes > allowed:
             granted -= 1
-        choice = options[granted]
-        asked = options[requested].nbytes
+        asked = choices[requested].nbytes
         self._overshoot += max(0, asked - allowed)
+        reward = config.cliff(asked, allowed, self._budget) + config.shaping(plan.damage[self._step][granted])
 
-        reward = config.cliff(asked, allowed, self._budget)
-        if context.damage is not None:
-            damage = sum(
-                context.damage_of(spec, fmt, choice.rung) for spec, fmt in zip(plan.groups[self._step], choice.formats)
-            )
-            reward += config.shaping(damage)
-
-        self._chosen.append(choice)
-        self._spent += choice.nbytes
+        self._picks.append(granted)
+        self._spent += choices[granted].nbytes
         self._params_done += int(plan.params[self._step])
-        self._previous_action = float(np.clip(value, -1.0, 1.0))
+        self._previous_action = value
         self._step += 1
-        terminated = self._step == len(plan.groups)
-        info: dict[str, Any] = {"requested": options[requested].rung, "granted": choice.rung}
+        terminated = self._step == len(plan.items)
+        info: dict[str, Any] = {"requested": requested, "granted": granted}
         if terminated:
             formats = self.formats()
             kld = context.kld(formats)
@@ -359,18 +323,17 @@ class BitAllocationEnv(gym.Env):
         return self._observation(), float(reward), terminated, False, info
 
     def formats(self) -> dict[str, str]:
-        """GGUF tensor name -> format written (resolved for its row length), for the steps taken so far."""
+        """GGUF tensor name -> written format, for the steps taken so far."""
         plan = self._plans[self._context_index]
-        return {
-            spec.name: fmt
-            for group, choice in zip(plan.groups, self._chosen)
-            for spec, fmt in zip(group, choice.formats)
-        }
+        chosen: dict[str, str] = {}
+        for item, pick in zip(plan.items, self._picks):
+            chosen.update(zip(item.members, item.choices[pick].formats))
+        return chosen
 
 
-def rollout(env: BitAllocationEnv, act: Callable[[np.ndarray], np.ndarray], *, context: int, budget_bpw: float) -> dict:
-    """Run one episode with `act` choosing actions; returns the terminal step's info."""
-    observation, _ = env.reset(options={"context": context, "budget_bpw": budget_bpw})
+def rollout(env: BitAllocationEnv, act: Callable[[np.ndarray], np.ndarray], **options: Any) -> dict:
+    """Run one episode with `act` choosing actions and `options` passed to reset; returns the last step's info."""
+    observation, _ = env.reset(options=options)
     while True:
         observation, _, terminated, truncated, info = env.step(act(observation))
         if terminated or truncated:
