@@ -1,0 +1,251 @@
+"""A torch forward pass of llama-family models over a `Model`'s float32 tensors, in GGUF conventions.
+
+GGUF conventions that differ from Hugging Face's: the llama converter permutes the rows of attn_q/attn_k
+so that RoPE rotates adjacent pairs (2i, 2i+1), llama.cpp's "norm" rope type (qwen2/qwen3 keep the
+"neox" halves layout); weights are (out_features, in_features); a model without `output.weight` ties
+its output projection to `token_embd.weight`, so replacing token_embd replaces both uses, as in llama.cpp.
+
+Any quantizable weight can be swapped for another tensor per call (`overrides`), without copying the
+model, and `capture` sees the input of every linear: that is all quantized evaluation, profiling,
+sensitivity and Scale Folding need.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ramp.errors import RampError
+from ramp.model import Model
+
+# llama.cpp's rope type per architecture (llama_model_rope_type): "norm" rotates pairs (2i, 2i+1),
+# "neox" rotates (i, i + d/2).
+_ROPE_TYPE = {"llama": "norm", "mistral": "norm", "qwen2": "neox", "qwen3": "neox"}
+SUPPORTED_ARCHITECTURES = tuple(_ROPE_TYPE)
+
+Overrides = Mapping[str, torch.Tensor]
+# capture(tensor name, input activations [batch, tokens, in_features]) for every linear; the tied or
+# untied output projection reports as "output.weight".
+Capture = Callable[[str, torch.Tensor], None]
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+class Forward:
+    """The model's forward pass; holds torch views of the model's numpy tensors (no copy)."""
+
+    def __init__(self, model: Model, device: str | torch.device = "cpu") -> None:
+        if model.arch not in _ROPE_TYPE:
+            raise RampError(
+                f"the torch forward supports {', '.join(SUPPORTED_ARCHITECTURES)}, not {model.arch!r}; "
+                "profile a model of a supported architecture"
+            )
+        self.model = model
+        self.device = torch.device(device)
+        with warnings.catch_warnings():
+            # GGUF-loaded arrays are read-only; the forward never writes to its weights.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.weights = {
+                name: torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).to(self.device)
+                for name, t in model.tensors.items()
+            }
+        self.n_blocks = model.n_blocks
+        self.n_head = int(model.hparam("attention.head_count"))
+        self.n_head_kv = int(model.hparam("attention.head_count_kv", self.n_head))
+        self.eps = float(model.hparam("attention.layer_norm_rms_epsilon"))
+        embd = int(model.hparam("embedding_length"))
+        self.head_dim = int(model.hparam("attention.key_length", embd // self.n_head))
+        self.rope_dims = int(model.hparam("rope.dimension_count", self.head_dim))
+        self.rope_base = float(model.hparam("rope.freq_base", 10000.0))
+        self.rope_neox = _ROPE_TYPE[model.arch] == "neox"
+        scaling = model.hparam("rope.scaling.type", "none")
+        if scaling not in ("none", "linear"):
+            raise RampError(f"rope scaling {scaling!r} is not supported by the torch forward; use a model without it")
+        self.rope_scale = 1.0 / float(model.hparam("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
+        self.output_name = "output.weight" if "output.weight" in self.weights else "token_embd.weight"
+
+    def weight(self, name: str, overrides: Overrides | None) -> torch.Tensor:
+        if overrides is not None and name in overrides:
+            return overrides[name]
+        return self.weights[name]
+
+    def _linear(self, x: torch.Tensor, name: str, overrides: Overrides | None, capture: Capture | None) -> torch.Tensor:
+        if capture is not None:
+            capture(name, x)
+        y = x @ self.weight(name, overrides).T
+        bias = self.weights.get(name[: -len("weight")] + "bias")
+        return y if bias is None else y + bias
+
+    def _rope_tables(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.rope_base ** (-torch.arange(0, self.rope_dims, 2, dtype=torch.float64) / self.rope_dims)
+        angles = torch.arange(n_tokens, dtype=torch.float64)[:, None] * self.rope_scale * inv_freq[None, :]
+        return angles.cos().float().to(self.device), angles.sin().float().to(self.device)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x: [batch, heads, tokens, head_dim]; only the first rope_dims dimensions rotate.
+        rot, rest = x[..., : self.rope_dims], x[..., self.rope_dims :]
+        if self.rope_neox:
+            x0, x1 = rot[..., : self.rope_dims // 2], rot[..., self.rope_dims // 2 :]
+            rotated = torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+        else:
+            x0, x1 = rot[..., 0::2], rot[..., 1::2]
+            rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+        return torch.cat((rotated, rest), dim=-1)
+
+    def embed(self, tokens: torch.Tensor, overrides: Overrides | None = None) -> torch.Tensor:
+        """Hidden states [batch, tokens, embd] entering block 0."""
+        return self.weight("token_embd.weight", overrides)[tokens]
+
+    def block(
+        self, index: int, h: torch.Tensor, overrides: Overrides | None = None, capture: Capture | None = None
+    ) -> torch.Tensor:
+        """Hidden states leaving block `index`, given those entering it."""
+        prefix = f"blk.{index}."
+        w = self.weights
+        batch, n_tokens, _ = h.shape
+        x = _rms_norm(h, w[prefix + "attn_norm.weight"], self.eps)
+        q = self._linear(x, prefix + "attn_q.weight", overrides, capture)
+        k = self._linear(x, prefix + "attn_k.weight", overrides, capture)
+        v = self._linear(x, prefix + "attn_v.weight", overrides, capture)
+        q = q.view(batch, n_tokens, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(batch, n_tokens, self.n_head_kv, self.head_dim).transpose(1, 2)
+        v = v.view(batch, n_tokens, self.n_head_kv, -1).transpose(1, 2)
+        if prefix + "attn_q_norm.weight" in w:  # qwen3: per-head RMSNorm of q and k before RoPE
+            q = _rms_norm(q, w[prefix + "attn_q_norm.weight"], self.eps)
+            k = _rms_norm(k, w[prefix + "attn_k_norm.weight"], self.eps)
+        cos, sin = self._rope_tables(n_tokens)
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        group = self.n_head // self.n_head_kv
+        # q head j reads kv head j // group, as ggml's broadcasting matmul does.
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        attn = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attn = attn.transpose(1, 2).reshape(batch, n_tokens, -1)
+        h = h + self._linear(attn, prefix + "attn_output.weight", overrides, capture)
+        x = _rms_norm(h, w[prefix + "ffn_norm.weight"], self.eps)
+        gate = self._linear(x, prefix + "ffn_gate.weight", overrides, capture)
+        up = self._linear(x, prefix + "ffn_up.weight", overrides, capture)
+        return h + self._linear(torch.nn.functional.silu(gate) * up, prefix + "ffn_down.weight", overrides, capture)
+
+    def head(self, h: torch.Tensor, overrides: Overrides | None = None, capture: Capture | None = None) -> torch.Tensor:
+        """Logits from the hidden states leaving the last block."""
+        x = _rms_norm(h, self.weights["output_norm.weight"], self.eps)
+        if capture is not None:
+            capture("output.weight", x)
+        return x @ self.weight(self.output_name, overrides).T
+
+    @torch.inference_mode()
+    def logits(
+        self,
+        tokens: torch.Tensor,
+        overrides: Overrides | None = None,
+        capture: Capture | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, tokens, vocab] of token windows [batch, tokens], each window from position 0."""
+        h = self.embed(tokens, overrides)
+        for index in range(self.n_blocks):
+            h = self.block(index, h, overrides, capture)
+        return self.head(h, overrides, capture)
+
+
+def first_block_touched(names: Mapping[str, object] | list[str], n_blocks: int) -> int:
+    """The earliest block whose input changes when these tensors change (0 for token_embd, n_blocks for output)."""
+    first = n_blocks
+    for name in names:
+        if name.startswith("blk."):
+            first = min(first, int(name.split(".")[1]))
+        elif name == "token_embd.weight":
+            return 0
+    return first
+
+
+@dataclass
+class _Reference:
+    log_probs: list[torch.Tensor]  # per window batch: reference log-probabilities [batch, tokens, vocab]
+    block_inputs: list[list[torch.Tensor]] | None  # [block][window batch] hidden states entering the block
+
+
+class KLDReference:
+    """Mean KL(reference || modified) over fixed token windows, at the cost of one modified forward.
+
+    The unmodified model's probabilities are computed once. With `checkpoint_blocks`, the unmodified
+    hidden states entering every block are kept too, so a modification confined to block b re-runs
+    only blocks b.. (the per-tensor sensitivity sweep spends half the compute it otherwise would).
+    KL is summed as p * (log p - log q) term by term: the shortcut through logsumexp cancels two
+    numbers of size ~|logits| and its float32 error (~1e-4 nats) would swamp the damage of Q8_0.
+    """
+
+    def __init__(self, forward: Forward, tokens: torch.Tensor, batch_windows: int = 4, checkpoint_blocks: bool = True) -> None:
+        if tokens.ndim != 2 or tokens.shape[0] == 0:
+            raise RampError("KLD reference needs token windows shaped [windows, tokens]")
+        self.forward = forward
+        self.batches = list(torch.split(tokens.to(forward.device), batch_windows))
+        self.n_tokens = int(tokens.numel())
+        self._reference = self._compute(checkpoint_blocks)
+
+    @torch.inference_mode()
+    def _compute(self, checkpoint_blocks: bool) -> _Reference:
+        fwd = self.forward
+        log_probs = []
+        block_inputs: list[list[torch.Tensor]] | None = [[] for _ in range(fwd.n_blocks + 1)] if checkpoint_blocks else None
+        for batch in self.batches:
+            h = fwd.embed(batch)
+            for index in range(fwd.n_blocks):
+                if block_inputs is not None:
+                    block_inputs[index].append(h)
+                h = fwd.block(index, h)
+            if block_inputs is not None:
+                block_inputs[fwd.n_blocks].append(h)
+            log_probs.append(torch.log_softmax(fwd.head(h), dim=-1))
+        return _Reference(log_probs, block_inputs)
+
+    @torch.inference_mode()
+    def kld(self, overrides: Overrides | None = None, capture: Capture | None = None) -> float:
+        """Mean per-token KLD (nats) of the model with `overrides` against the unmodified model."""
+        fwd = self.forward
+        ref = self._reference
+        start = 0 if ref.block_inputs is None or capture is not None else first_block_touched(list(overrides or {}), fwd.n_blocks)
+        total = 0.0
+        for i, batch in enumerate(self.batches):
+            h = fwd.embed(batch, overrides) if start == 0 else ref.block_inputs[start][i]
+            for index in range(start, fwd.n_blocks):
+                h = fwd.block(index, h, overrides, capture)
+            log_q = torch.log_softmax(fwd.head(h, overrides, capture), dim=-1)
+            log_p = ref.log_probs[i]
+            total += float((log_p.exp() * (log_p - log_q)).sum(-1).double().sum())
+        return total / self.n_tokens
+
+
+_REFERENCES: dict[tuple[int, str], KLDReference] = {}
+
+
+def kld_against_reference(forward: Forward, overrides: Overrides | None, tokens: torch.Tensor) -> float:
+    """Mean per-token KLD of `forward` with `overrides` vs without, on `tokens` [windows, tokens].
+
+    The reference for a (forward, tokens) pair is computed on first use and kept, so each later call
+    costs one forward of the modified model.
+    """
+    key = (id(forward), hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest() + str(tuple(tokens.shape)))
+    reference = _REFERENCES.get(key)
+    if reference is None or reference.forward is not forward:
+        reference = _REFERENCES[key] = KLDReference(forward, tokens)
+    return reference.kld(overrides)
+
+
+def calibration_tokens(model: Model, n_tokens: int = 1024, window: int = 256) -> torch.Tensor:
+    """Calibration windows [n_tokens // window, window] of `ramp.text.calibration_text()`, tokenized and
+    BOS-patched by llama.cpp exactly as `ramp.llama_eval` cuts evaluation windows."""
+    from ramp.llama_eval import make_windows
+    from ramp.text import calibration_text
+
+    if model.source_path is None or model.source_path.is_dir():
+        raise RampError("calibration tokens need the model's GGUF file for its tokenizer; load the model from a .gguf path")
+    if n_tokens < window:
+        raise RampError(f"need at least one window: {n_tokens} calibration tokens < window of {window}; raise the token count")
+    windows = make_windows(model.source_path, calibration_text(), n_ctx=window, max_windows=n_tokens // window)
+    return torch.from_numpy(windows.tokens.astype(np.int64))
