@@ -17,9 +17,13 @@ from ramp.errors import RampError
 from ramp.files import atomic_path
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
     from stable_baselines3 import SAC
 
-    from ramp.envs.bit_allocation import BitAllocationEnv
+    from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext
+    from ramp.model import Model
+    from ramp.sensitivity_table import SensitivityTable
 
 POLICY_RECORD = "ramp_policy.json"
 REPLAY_SUFFIX = ".replay.pkl"
@@ -133,6 +137,11 @@ def replay_path(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.name.removesuffix(".zip") + REPLAY_SUFFIX)
 
 
+def default_checkpoint_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".zip") + "_checkpoints")
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     found = sorted(Path(directory).glob("step_*.zip"), key=lambda p: int(p.stem.removeprefix("step_")))
     return found[-1] if found else None
@@ -196,8 +205,7 @@ def train(
     the policy to `out`. Ctrl-C writes a checkpoint and raises `TrainingInterrupted`."""
     from stable_baselines3 import SAC
 
-    out = Path(out)
-    directory = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name.removesuffix(".zip") + "_checkpoints")
+    directory = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out)
     if resume is not None:
         previous = read_policy_record(resume)
         previous.check_compatible(env.embedding_size, list(env.ladder), record.feature_version, resume)
@@ -211,11 +219,135 @@ def train(
     remaining = timesteps - sac.num_timesteps
     callbacks = [_callback(directory, checkpoint_every, record), *(extra_callbacks or [])]
     if remaining > 0:
+        import torch
+
+        # Two-layer MLP updates on a batch of 64: extra threads only add synchronisation (10x slower on a
+        # loaded 2-core machine); `KLDEvaluator` takes the cores back for its forward passes.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             sac.learn(remaining, callback=callbacks, reset_num_timesteps=False, tb_log_name="sac", progress_bar=progress_bar)
         except KeyboardInterrupt:
             checkpoint = _save_checkpoint(sac, directory, record)
             print(f"ramp: checkpoint at step {sac.num_timesteps} saved to {checkpoint}", file=sys.stderr)
             raise TrainingInterrupted(checkpoint, sac.num_timesteps) from None
+        finally:
+            torch.set_num_threads(threads)
     save_policy(sac, out, record)
     return sac
+
+
+class KLDEvaluator:
+    """The real quality of an allocation: the model with every quantizable tensor replaced by its cached
+    dequantized weights (the format llama.cpp would write), one forward over held calibration tokens,
+    mean KLD against the unquantized model's logits."""
+
+    def __init__(self, model: "Model", tokens: "torch.Tensor", threads: int | None = None) -> None:
+        import torch
+
+        from ramp.forward import Forward, KLDReference
+        from ramp.kernels import DequantCache
+
+        self.cache = DequantCache(model)
+        # Every allocation touches token_embd, so block checkpoints would never save a block: skip them.
+        self.reference = KLDReference(Forward(model), tokens, checkpoint_blocks=False)
+        self.threads = threads or torch.get_num_threads()
+
+    def __call__(self, formats: dict[str, str]) -> float:
+        import torch
+
+        overrides = {name: self.cache.get(name, fmt) for name, fmt in formats.items()}
+        # SAC's updates run single-threaded (see `train`); the forward is where the cores pay off.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self.reference.kld(overrides)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def model_embedding(model: "Model") -> tuple["np.ndarray", int]:
+    """The model's per-tensor embedding (rows in `model.quantizable` order) and the feature version."""
+    import numpy as np
+
+    from ramp import profile
+
+    return np.asarray(profile.tensor_embedding(model)), profile.FEATURE_VERSION
+
+
+def parse_budget_range(text: str, models: list["Model"]) -> tuple[float, float]:
+    """`3.5bpw..4.5bpw` (or one budget) -> (low, high) bits per weight. Byte budgets are accepted for a
+    single model only: the same byte count means different things for models of different sizes."""
+    from ramp.allocate.budget import Budget
+
+    ends = [Budget.parse(part) for part in text.split("..")] if ".." in text else [Budget.parse(text)] * 2
+    if len(ends) != 2:
+        raise RampError(f"budget range {text!r} is not LOW..HIGH; write e.g. 3.5bpw..4.5bpw")
+    if any(end.unit != "bpw" for end in ends) and len(models) != 1:
+        raise RampError("byte budgets need exactly one --model; give bits per weight (3.5bpw..4.5bpw) for several")
+    low, high = (8.0 * end.bytes_for(models[0]) / models[0].n_quantizable_params if end.unit != "bpw" else end.value
+                 for end in ends)
+    if low > high:
+        raise RampError(f"budget range {text!r} runs backwards; write LOW..HIGH")
+    return low, high
+
+
+def build_contexts(
+    models: list["Model"],
+    names: list[str],
+    sensitivity: list["SensitivityTable | None"],
+    n_tokens: int,
+    window: int,
+) -> list["ModelContext"]:
+    """One training context per model: profiled embedding, real KLD evaluator on `n_tokens` calibration
+    tokens in windows of `window`, optional shaping table."""
+    from ramp.envs.bit_allocation import ModelContext
+    from ramp.forward import calibration_tokens
+
+    contexts = []
+    for model, name, table in zip(models, names, sensitivity):
+        embedding, _ = model_embedding(model)
+        contexts.append(ModelContext(name, model, embedding, KLDEvaluator(model, calibration_tokens(model, n_tokens, window)), table))
+    return contexts
+
+
+def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig, seed: int) -> PolicyRecord:
+    from ramp.profile import FEATURE_NAMES, FEATURE_VERSION
+
+    return PolicyRecord(
+        feature_version=FEATURE_VERSION,
+        feature_names=list(FEATURE_NAMES),
+        embedding_size=env.embedding_size,
+        observation_size=int(env.observation_space.shape[0]),
+        formats=list(env.ladder),
+        grouping=env.grouping,
+        models=[{"name": context.name, "sha256": model.sha256} for context, model in zip(env.contexts, models)],
+        budget_bpw=list(env.budget_bpw),
+        reward=asdict(env.reward_config),
+        sac=asdict(config),
+        seed=seed,
+    )
+
+
+def parse_overrides(pairs: list[str], cls: type, what: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> keyword arguments for dataclass `cls`, each value converted to the field's
+    type (so `--reward over_weight=30` and `--sac net_arch=128,128` work)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise RampError(f"--{what} {pair!r} is not KEY=VALUE with KEY one of {', '.join(fields)}")
+        default = fields[key].default
+        try:
+            if isinstance(default, tuple):
+                result[key] = tuple(int(part) for part in value.split(","))
+            elif isinstance(default, str):  # ent_coef: "auto", "auto_0.1" or a number
+                result[key] = value if value.startswith("auto") else float(value)
+            else:
+                result[key] = type(default)(value)
+        except ValueError:
+            raise RampError(f"--{what} {key} needs a {type(default).__name__}, got {value!r}") from None
+    return result

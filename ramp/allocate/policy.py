@@ -1,0 +1,65 @@
+"""Zero-shot allocation with a trained policy: profile the model, then one deterministic rollout of the
+policy through the bit-allocation environment. The environment clips every step to what keeps the rest
+feasible, so the result is within budget whatever the policy asks for."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ramp.allocate.budget import Budget, describe_bytes
+from ramp.allocate.problem import Problem, build_problem, parse_ladder
+from ramp.allocation import Allocation
+from ramp.errors import RampError
+from ramp.model import Model
+from ramp.sensitivity_table import SensitivityTable
+
+
+def allocate_with_policy(
+    model: Model,
+    policy_path: str | Path,
+    budget: Budget | str | None = None,
+    *,
+    problem: Problem | None = None,
+    sensitivity: SensitivityTable | None = None,
+    embedding: np.ndarray | None = None,
+) -> Allocation:
+    """Allocate `model` within `budget` (or `problem`'s items and budget: pins and groups included) with
+    the policy in `policy_path`. `embedding` skips profiling when the caller already has it; `sensitivity`
+    only adds the predicted damage to the result."""
+    from ramp.agent import load_policy, model_embedding, read_policy_record
+    from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig, rollout
+
+    record = read_policy_record(policy_path)  # refuse a foreign file before the expensive profile
+    ladder = tuple(record.formats)
+    if problem is None:
+        if budget is None:
+            raise RampError("allocate_with_policy needs a budget (e.g. 4.5bpw) or a problem")
+        budget = Budget.parse(budget) if isinstance(budget, str) else budget
+        problem = build_problem(model, budget.bytes_for(model), parse_ladder(",".join(ladder)))
+    if embedding is None:
+        embedding, feature_version = model_embedding(model)
+    else:
+        from ramp.profile import FEATURE_VERSION as feature_version
+    context = ModelContext(model.sha256[:12] or "model", model, embedding, damage=sensitivity, items=problem.items)
+    if problem.budget_bytes < problem.min_bytes:
+        raise RampError(
+            f"budget {describe_bytes(problem.budget_bytes, model)} is below the smallest allocation "
+            f"({describe_bytes(problem.min_bytes, model)}); raise the budget"
+        )
+    bpw = 8.0 * problem.budget_bytes / model.n_quantizable_params
+    env = BitAllocationEnv([context], (bpw, bpw), ladder=problem.ladder, grouping=record.grouping,
+                           reward=RewardConfig(**record.reward))
+    sac, record = load_policy(policy_path, env, feature_version)
+    info = rollout(env, lambda observation: sac.predict(observation, deterministic=True)[0],
+                   context=0, budget_bytes=problem.budget_bytes)
+    budget_text = budget.text if isinstance(budget, Budget) else f"{problem.budget_bytes}B"
+    return Allocation(
+        info["formats"], "policy", budget_text, model.sha256,
+        extra={
+            "policy": str(policy_path),
+            "policy_models": [entry["name"] for entry in record.models],
+            "policy_timesteps": record.timesteps,
+            "requested_over_budget_bytes": info["overshoot_bytes"],
+        },
+    )

@@ -1,0 +1,133 @@
+"""The bit-allocation environment on a tiny random llama: Gymnasium's checker, seeding, the budget
+guarantee under arbitrary policies, and a real episode-end evaluation through the torch forward."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ramp.envs import ENV_ID, BitAllocationEnv, ModelContext, RewardConfig
+from ramp.envs.bit_allocation import rollout
+from ramp.errors import RampError
+from ramp.model import MetadataValue, Model, TensorSpec, role_of
+
+EMBEDDING_SIZE = 11
+
+
+def tiny_llama(seed: int = 0, n_blocks: int = 2, embd: int = 256, ffn: int = 512, vocab: int = 96) -> Model:
+    """A random llama small enough for tests; rows are 256 or 512 wide, so every K-quant applies."""
+    rng = np.random.default_rng(seed)
+    n_head, n_head_kv, head_dim = 4, 2, embd // 4
+    shapes = {"token_embd.weight": (vocab, embd), "output_norm.weight": (embd,)}
+    for b in range(n_blocks):
+        shapes.update({
+            f"blk.{b}.attn_norm.weight": (embd,), f"blk.{b}.ffn_norm.weight": (embd,),
+            f"blk.{b}.attn_q.weight": (embd, embd), f"blk.{b}.attn_k.weight": (n_head_kv * head_dim, embd),
+            f"blk.{b}.attn_v.weight": (n_head_kv * head_dim, embd), f"blk.{b}.attn_output.weight": (embd, embd),
+            f"blk.{b}.ffn_gate.weight": (ffn, embd), f"blk.{b}.ffn_up.weight": (ffn, embd),
+            f"blk.{b}.ffn_down.weight": (embd, ffn),
+        })
+    tensors = {
+        name: (np.ones(shape) if len(shape) == 1 else rng.normal(0, 1 / np.sqrt(shape[1]), shape)).astype(np.float32)
+        for name, shape in shapes.items()
+    }
+    quantizable = [TensorSpec(name, shape, *role_of(name)) for name, shape in shapes.items() if len(shape) == 2]
+    hparams = {"block_count": n_blocks, "embedding_length": embd, "attention.head_count": n_head,
+               "attention.head_count_kv": n_head_kv, "attention.layer_norm_rms_epsilon": 1e-5}
+    metadata = {f"llama.{key}": MetadataValue(value, None) for key, value in hparams.items()}
+    return Model("llama", n_blocks, tensors, quantizable, metadata)
+
+
+def random_embedding(model: Model, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(len(model.quantizable), EMBEDDING_SIZE))
+
+
+def tokens(vocab: int = 96, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def context(model: Model) -> ModelContext:
+    from ramp.agent import KLDEvaluator
+
+    return ModelContext("tiny", model, random_embedding(model), KLDEvaluator(model, tokens()))
+
+
+def test_passes_gymnasium_checker(context: ModelContext) -> None:
+    check_env(BitAllocationEnv([context], (4.0, 5.0)), skip_render_check=True)
+
+
+def test_registered_with_gymnasium(context: ModelContext) -> None:
+    env = gym.make(ENV_ID, contexts=[context], budget_bpw=(4.5, 4.5))
+    observation, _ = env.reset(seed=0)
+    assert env.observation_space.contains(observation)
+
+
+def test_same_seed_same_allocation(context: ModelContext) -> None:
+    def episode(seed: int) -> tuple:
+        # The seed drives the env's budget draw; the action stream is the same for both runs.
+        env = BitAllocationEnv([context], (4.0, 6.0))
+        env.reset(seed=seed)
+        actions = iter(np.linspace(-1, 1, len(context.model.quantizable), dtype=np.float32))
+        while True:
+            _, _, terminated, _, info = env.step(np.array([next(actions)]))
+            if terminated:
+                return info["formats"], info["budget_bytes"], info["kld"]
+
+    assert episode(3) == episode(3)
+    assert episode(3)[1] != episode(4)[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    budget=st.floats(min_value=2.7, max_value=9.0),
+    actions=st.lists(st.floats(min_value=-1, max_value=1), min_size=1, max_size=40),
+    grouping=st.sampled_from(["tensor", "block"]),
+)
+def test_budget_never_exceeded(model: Model, budget: float, actions: list[float], grouping: str) -> None:
+    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (budget, budget), grouping=grouping)
+    observation, _ = env.reset()
+    for step in range(len(model.quantizable)):
+        observation, _, terminated, _, info = env.step(np.array([actions[step % len(actions)]], dtype=np.float32))
+        assert env.observation_space.contains(observation)
+        if terminated:
+            break
+    assert terminated
+    assert info["bytes"] <= info["budget_bytes"]
+    assert set(info["formats"]) == {spec.name for spec in model.quantizable}
+
+
+def test_budget_below_smallest_allocation_is_refused(model: Model) -> None:
+    with pytest.raises(RampError, match="below the smallest allocation"):
+        BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (2.0, 4.0))
+
+
+def test_greedy_requests_pay_the_cliff_and_still_end_within_budget(model: Model) -> None:
+    config = RewardConfig()
+    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (4.0, 4.0), reward=config)
+    env.reset()
+    rewards = []
+    for _ in model.quantizable:
+        _, reward, terminated, _, info = env.step(np.ones(1, dtype=np.float32))
+        rewards.append(reward)
+    assert terminated and info["overshoot_bytes"] > 0 and info["bytes"] <= info["budget_bytes"]
+    cliff = config.over_weight * info["overshoot_bytes"] / info["budget_bytes"]
+    unused = config.under_weight * (info["budget_bytes"] - info["bytes"]) / info["budget_bytes"]
+    assert sum(rewards) == pytest.approx(-cliff - unused)
+
+
+def test_episode_end_measures_real_kld(context: ModelContext) -> None:
+    env = BitAllocationEnv([context], (2.7, 9.0))
+    low = rollout(env, lambda _: -np.ones(1, dtype=np.float32), context=0, budget_bpw=9.0)
+    high = rollout(env, lambda _: np.ones(1, dtype=np.float32), context=0, budget_bpw=9.0)
+    assert set(low["formats"].values()) == {"Q2_K"} and set(high["formats"].values()) == {"Q8_0"}
+    assert 0 < high["kld"] < low["kld"]
