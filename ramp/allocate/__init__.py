@@ -3,7 +3,7 @@
 `allocate(model, method, budget, sensitivity, ...)` is the one entry point (`ramp allocate` and `ramp run`
 call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
 quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), and policy (a trained agent,
-`ramp.allocate.policy.allocate_with_policy(model=, policy_path=, problem=, sensitivity=) -> {tensor: format}`).
+`ramp.allocate.policy.allocate_with_policy`, another engineer's, imported only when asked for).
 
 Submodules are imported when a method runs, so importing this package stays cheap.
 """
@@ -62,14 +62,15 @@ def allocate(
         raise RampError(f"--method {method} needs a sensitivity table; pass --sensitivity FILE from `ramp profile`")
 
     items = problems.build_items(model, ladder, pins, [] if method == "uniform" else groups)
-    budget_bytes = budgets.require_within(budget, model, budgets.items_range(model, items), "any")
+    budget_bytes = budgets.require_within(budget, model, budgets.items_range(model, items))
     problem = problems.Problem(items, budget_bytes, ladder)
     if method == "uniform":
         from ramp.allocate import uniform
 
         formats, facts = uniform.solve(model, budget, ladder, pins, embedding_format, output_format)
     elif method == "policy":
-        formats, facts = _run_policy(model, problem, sensitivity, policy_path), {"policy": str(policy_path)}
+        chosen = _run_policy(model, budget, problem, sensitivity, policy_path)
+        formats, facts = chosen.formats, chosen.extra
     else:
         damage = problems.member_damage(model, items, sensitivity)
         if method == "quadratic":
@@ -105,7 +106,8 @@ def predicted_damage(model: "Model", formats: dict[str, str], sensitivity: "Sens
                for spec in model.quantizable)
 
 
-def _run_policy(model: "Model", problem, sensitivity: "SensitivityTable | None", policy_path) -> dict[str, str]:
+def _run_policy(model: "Model", budget: "Budget", problem, sensitivity: "SensitivityTable | None",
+                policy_path: str | Path | None) -> Allocation:
     if policy_path is None:
         raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
     try:
@@ -114,4 +116,4 @@ def _run_policy(model: "Model", problem, sensitivity: "SensitivityTable | None",
         if exc.name != "ramp.allocate.policy":
             raise
         raise RampError("--method policy is not available in this build (no ramp.allocate.policy); use another method") from None
-    return dict(allocate_with_policy(model=model, policy_path=Path(policy_path), problem=problem, sensitivity=sensitivity))
+    return allocate_with_policy(model, Path(policy_path), budget, problem=problem, sensitivity=sensitivity)

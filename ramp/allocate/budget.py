@@ -68,14 +68,14 @@ def feasible_range(
     return items_range(model, build_items(model, ladder, pins))
 
 
-def require_within(budget: Budget, model: Model, feasible: tuple[int, int], what: str) -> int:
+def require_within(budget: Budget, model: Model, feasible: tuple[int, int]) -> int:
     """The budget in bytes, or a one-line RampError stating the feasible range."""
     n_bytes = budget.bytes_for(model)
     smallest, largest = feasible
     if not smallest <= n_bytes <= largest:
-        side = "below the smallest" if n_bytes < smallest else "above the F16"
         raise RampError(
-            f"budget {budget.text} ({describe_bytes(n_bytes, model)}) is {side} allocation {what} can meet; "
-            f"feasible range: {describe_bytes(smallest, model)} to {describe_bytes(largest, model)}"
+            f"budget {budget.text} ({describe_bytes(n_bytes, model)}) is outside the feasible range "
+            f"{describe_bytes(smallest, model)} (every tensor at its smallest candidate format) to "
+            f"{describe_bytes(largest, model)} (F16); choose a budget inside it"
         )
     return n_bytes

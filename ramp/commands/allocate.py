@@ -1,0 +1,107 @@
+"""`ramp allocate`: choose a format per quantizable tensor under a budget, with one of the baselines
+(uniform, ilp, quadratic, greedy) or a trained policy, and write the allocation JSON."""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+METHODS = ("uniform", "ilp", "quadratic", "greedy", "policy")  # mirrors ramp.allocate.METHODS, kept light
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
+    parser.add_argument("--method", choices=METHODS, default="ilp", help="allocation method (default: ilp)")
+    parser.add_argument("--budget", required=True,
+                        help="bits per quantizable weight (3.65bpw) or bytes of their data (60MB, 57.2MiB, 123456789B)")
+    parser.add_argument("--formats", help="comma-separated candidate formats (default: Q2_K,Q3_K,Q4_0,Q4_K,Q5_0,Q5_K,Q6_K,Q8_0)")
+    parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (computed here when omitted)")
+    parser.add_argument("--pin", action="append", default=[], metavar="REGEX=FORMAT",
+                        help="force tensors whose name matches REGEX to FORMAT, as llama-quantize --tensor-type (repeatable)")
+    parser.add_argument("--group", action="append", default=[], metavar="REGEX",
+                        help="tensors matching REGEX in the same block share one format, e.g. 'attn_[qkv]' (repeatable)")
+    parser.add_argument("--embedding-format", default="same",
+                        help="uniform: format of an untied token_embd ('same' = the uniform format, llama.cpp's default)")
+    parser.add_argument("--output-format", default="Q6_K",
+                        help="uniform: format of the output projection (tied token_embd included) unless the uniform "
+                             "format is larger; llama.cpp's default Q6_K, 'same' = the uniform format")
+    parser.add_argument("--pairs-per-role", type=int, default=2,
+                        help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
+    parser.add_argument("--policy", metavar="FILE", help="policy: a policy file from `ramp train`")
+    parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
+    parser.add_argument("--tensor-type-file", metavar="FILE", help="also write llama-quantize's --tensor-type-file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ramp.allocate import NEEDS_SENSITIVITY, allocate
+    from ramp.allocate.budget import Budget, describe_bytes
+    from ramp.allocate.problem import Pin, parse_ladder
+    from ramp.errors import RampError
+    from ramp.files import check_output_path
+    from ramp.model import load_model
+    from ramp.sensitivity_table import SensitivityTable
+
+    # Everything that can be wrong with the command line fails before the model loads.
+    budget = Budget.parse(args.budget)
+    ladder = parse_ladder(args.formats)
+    pins = [Pin.parse(text) for text in args.pin]
+    for path in (args.out, args.tensor_type_file):
+        if path:
+            check_output_path(path)
+    if args.pairs_per_role < 1:
+        raise RampError("--pairs-per-role must be at least 1")
+    if args.method == "policy" and not args.policy:
+        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+    table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
+
+    model = load_model(args.model)
+    if table is None and args.method in NEEDS_SENSITIVITY:
+        table = _measure_sensitivity(model, ladder)
+    allocation = allocate(
+        model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
+        embedding_format=args.embedding_format, output_format=args.output_format,
+        measure_pair=_pair_measure(model) if args.method == "quadratic" else None,
+        pairs_per_role=args.pairs_per_role, policy_path=args.policy,
+    )
+    allocation.save(args.out)
+    if args.tensor_type_file:
+        allocation.save_tensor_type_file(args.tensor_type_file)
+
+    extra = allocation.extra
+    print(f"{args.method}: {describe_bytes(extra['data_bytes'], model)} of quantizable weights "
+          f"(budget {budget.text} = {describe_bytes(extra['budget_bytes'], model)})")
+    if extra["predicted_damage"] is not None:
+        print(f"predicted damage (sum of measured {table.measure} increases): {extra['predicted_damage']:.5g}")
+    if "predicted_damage_with_interaction" in extra:
+        print(f"predicted damage with pair interaction: {extra['predicted_damage_with_interaction']:.5g}")
+    counts = Counter(allocation.formats.values())
+    print("formats: " + ", ".join(f"{fmt} x{counts[fmt]}" for fmt in sorted(counts, key=_bits)))
+    print(f"wrote {args.out}" + (f" and {args.tensor_type_file}" if args.tensor_type_file else ""))
+    return 0
+
+
+def _bits(fmt: str) -> float:
+    from ramp.kernels.formats import get_format
+
+    return get_format(fmt).bits_per_weight
+
+
+def _measure_sensitivity(model, ladder: tuple[str, ...]):
+    """The sensitivity table by the profiling module, for runs without --sensitivity."""
+    from ramp.errors import RampError
+
+    try:
+        from ramp.sensitivity import measure_sensitivity
+    except ImportError:
+        raise RampError("this build cannot measure sensitivity itself; pass --sensitivity FILE from `ramp profile`") from None
+    return measure_sensitivity(model, formats=list(ladder))
+
+
+def _pair_measure(model):
+    """measure_pair for the quadratic method: the KLD of the model with only the given tensors quantized."""
+    from ramp.errors import RampError
+
+    try:
+        from ramp.sensitivity import kld_of_assignment
+    except ImportError:
+        raise RampError("this build cannot measure tensor pairs (no ramp.sensitivity); use --method ilp") from None
+    return lambda assignments: kld_of_assignment(model, assignments)
