@@ -84,10 +84,11 @@ class RewardConfig:
 
 
 def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
-    """Per-model standardisation of the raw embedding columns.
+    """Per-model standardisation of the embedding columns.
 
-    Raw features differ by orders of magnitude across models (sizes, norms), and a policy that is to
-    transfer zero-shot must read "this tensor is unusually X for its model", not absolute values.
+    The features are scale-free, but their spread differs between models (one model's kurtosis range is
+    another's outlier); an allocation trades tensors of one model against each other, so a policy that is
+    to transfer zero-shot reads "this tensor is unusually X for its model".
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     std = matrix.std(axis=0)

@@ -1,0 +1,110 @@
+"""The SAC agent on a tiny random llama: policy file round trip, Ctrl-C checkpoint and resume, refusal of
+policies trained for other observations, and zero-shot allocation within budget."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stable_baselines3.common.callbacks import BaseCallback
+from test_env import EMBEDDING_SIZE, random_embedding, tiny_llama, tokens
+
+from ramp import agent
+from ramp.allocate.budget import Budget
+from ramp.envs import BitAllocationEnv, ModelContext
+from ramp.errors import RampError
+
+CONFIG = agent.SACConfig(learning_starts=20, batch_size=16, net_arch=(16, 16))
+FEATURE_VERSION = 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def env(model) -> BitAllocationEnv:
+    context = ModelContext("tiny", model, random_embedding(model), agent.KLDEvaluator(model, tokens()))
+    return BitAllocationEnv([context], (4.0, 6.0))
+
+
+def record(env: BitAllocationEnv, model) -> agent.PolicyRecord:
+    return agent.PolicyRecord(
+        feature_version=FEATURE_VERSION, feature_names=[f"f{i}" for i in range(EMBEDDING_SIZE)],
+        embedding_size=env.embedding_size, observation_size=int(env.observation_space.shape[0]),
+        formats=list(env.ladder), grouping=env.grouping, models=[{"name": "tiny", "sha256": model.sha256}],
+        budget_bpw=list(env.budget_bpw), reward={}, sac={}, seed=0,
+    )
+
+
+class InterruptAt(BaseCallback):
+    """Ctrl-C as the user would press it: a KeyboardInterrupt in the middle of learning."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.step:
+            raise KeyboardInterrupt
+        return True
+
+
+def test_save_load_round_trip(env, model, tmp_path) -> None:
+    path = tmp_path / "policy.zip"
+    sac = agent.train(env, record(env, model), path, 60, CONFIG, checkpoint_every=0, progress_bar=False)
+    loaded, stored = agent.load_policy(path, env, FEATURE_VERSION)
+    assert stored.timesteps == 60 and stored.formats == list(env.ladder)
+    observations = np.stack([env.observation_space.sample() for _ in range(8)])
+    np.testing.assert_array_equal(sac.predict(observations, deterministic=True)[0],
+                                  loaded.predict(observations, deterministic=True)[0])
+
+
+def test_interrupt_checkpoints_and_resume_continues_step_count(env, model, tmp_path) -> None:
+    path = tmp_path / "policy.zip"
+    with pytest.raises(agent.TrainingInterrupted) as stop:
+        agent.train(env, record(env, model), path, 80, CONFIG, checkpoint_every=0, progress_bar=False,
+                    extra_callbacks=[InterruptAt(50)])
+    checkpoint = stop.value.checkpoint
+    assert not path.exists() and checkpoint.is_file() and agent.replay_path(checkpoint).is_file()
+    assert agent.read_policy_record(checkpoint).timesteps == 50
+    assert agent.latest_checkpoint(agent.default_checkpoint_dir(path)) == checkpoint
+
+    sac = agent.train(env, record(env, model), path, 80, CONFIG, resume=checkpoint, progress_bar=False)
+    assert sac.num_timesteps == 80
+    # The past transitions came back with the checkpoint (a cold restart would hold only the 30 new ones;
+    # the transition of the interrupted step itself is lost).
+    assert sac.replay_buffer.size() >= 79
+    assert agent.read_policy_record(path).timesteps == 80
+
+
+def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_path) -> None:
+    path = tmp_path / "policy.zip"
+    agent.train(env, record(env, model), path, 30, CONFIG, checkpoint_every=0, progress_bar=False)
+    narrow = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model)[:, :7])], (4.0, 6.0))
+    with pytest.raises(RampError, match="trained on 11-number embeddings"):
+        agent.load_policy(path, narrow, FEATURE_VERSION)
+    other_formats = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (4.5, 6.0),
+                                     ladder=("Q4_K", "Q8_0"))
+    with pytest.raises(RampError, match="trained for formats"):
+        agent.load_policy(path, other_formats, FEATURE_VERSION)
+    (tmp_path / "notes.txt").write_text("not a zip")
+    with pytest.raises(RampError, match="not a ramp policy file"):
+        agent.read_policy_record(tmp_path / "notes.txt")
+
+
+def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp_path) -> None:
+    from ramp.allocate.policy import allocate_with_policy
+    from ramp import profile
+
+    path = tmp_path / "policy.zip"
+    trained = record(env, model)
+    trained.feature_version = profile.FEATURE_VERSION
+    agent.train(env, trained, path, 60, CONFIG, checkpoint_every=0, progress_bar=False)
+    other = tiny_llama(seed=1, n_blocks=3)  # a model the policy never saw
+    embedding = random_embedding(other, seed=1)
+    first = allocate_with_policy(other, path, "4.5bpw", embedding=embedding)
+    again = allocate_with_policy(other, path, Budget.parse("4.5bpw"), embedding=embedding)
+    assert first.formats == again.formats
+    first.check_matches(other)
+    assert first.data_bytes(other) <= Budget.parse("4.5bpw").bytes_for(other)
+    assert first.method == "policy" and first.extra["policy_timesteps"] == 60
