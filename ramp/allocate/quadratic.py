@@ -27,7 +27,7 @@ item (a --group) only add to that item's own d.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -35,9 +35,25 @@ from ramp.allocate import ilp
 from ramp.allocate.problem import Problem
 from ramp.model import BLOCK_ROLES, Model
 
+if TYPE_CHECKING:
+    import torch
+
 # measure_pair({tensor: written format, ...}) -> damage (same measure and units as the sensitivity table)
 # of the model with exactly those tensors quantized.
 MeasurePair = Callable[[dict[str, str]], float]
+
+
+def kld_pair_measure(model: Model, tokens: "torch.Tensor | None" = None) -> MeasurePair:
+    """measure_pair by the torch forward: mean KLD (nats per token, over calibration windows) of the model
+    with only the given tensors replaced by their dequantized formats, against the unquantized model,
+    the measurement a sensitivity table holds per tensor. Adjacent-block pairs re-run from their first
+    block only, thanks to the reference's block checkpoints."""
+    from ramp.forward import Forward, KLDReference, calibration_tokens
+    from ramp.kernels import DequantCache
+
+    cache = DequantCache(model)
+    reference = KLDReference(Forward(model), calibration_tokens(model) if tokens is None else tokens)
+    return lambda assignments: reference.kld({name: cache.get(name, fmt) for name, fmt in assignments.items()})
 
 
 def adjacent_block_pairs(model: Model) -> list[tuple[str, str]]:

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.allocate import NEEDS_SENSITIVITY, allocate
     from ramp.allocate.budget import Budget, describe_bytes
     from ramp.allocate.problem import Pin, parse_ladder
+    from ramp.allocate.quadratic import kld_pair_measure
     from ramp.errors import RampError
     from ramp.files import check_output_path
     from ramp.model import load_model
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     allocation = allocate(
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
-        measure_pair=_pair_measure(model) if args.method == "quadratic" else None,
+        measure_pair=kld_pair_measure(model) if args.method == "quadratic" else None,
         pairs_per_role=args.pairs_per_role, policy_path=args.policy,
     )
     allocation.save(args.out)
@@ -94,14 +95,3 @@ def _measure_sensitivity(model, ladder: tuple[str, ...]):
     except ImportError:
         raise RampError("this build cannot measure sensitivity itself; pass --sensitivity FILE from `ramp profile`") from None
     return measure_sensitivity(model, formats=list(ladder))
-
-
-def _pair_measure(model):
-    """measure_pair for the quadratic method: the KLD of the model with only the given tensors quantized."""
-    from ramp.errors import RampError
-
-    try:
-        from ramp.sensitivity import kld_of_assignment
-    except ImportError:
-        raise RampError("this build cannot measure tensor pairs (no ramp.sensitivity); use --method ilp") from None
-    return lambda assignments: kld_of_assignment(model, assignments)
