@@ -266,13 +266,13 @@ class KLDEvaluator:
             torch.set_num_threads(previous)
 
 
-def model_embedding(model: "Model") -> tuple["np.ndarray", int]:
-    """The model's per-tensor embedding (rows in `model.quantizable` order) and the feature version."""
-    import numpy as np
+def model_embedding(model: "Model", tokens: "torch.Tensor | None" = None) -> tuple["np.ndarray", int]:
+    """The model's per-tensor embedding (rows in `model.quantizable` order, profiled on calibration
+    tokens unless `tokens` are given) and the feature version."""
+    from ramp.forward import calibration_tokens
+    from ramp.profile import FEATURE_VERSION, profile_model
 
-    from ramp import profile
-
-    return np.asarray(profile.tensor_embedding(model)), profile.FEATURE_VERSION
+    return profile_model(model, calibration_tokens(model) if tokens is None else tokens).features, FEATURE_VERSION
 
 
 def parse_budget_range(text: str, models: list["Model"]) -> tuple[float, float]:
