@@ -65,6 +65,27 @@ def _read_json(path: Path, what: str) -> dict:
         raise RampError(f"{path} is not valid JSON ({exc}); re-download the model") from None
 
 
+def _pre_tokenizer_name(pre_tokenizer: dict | None, directory: Path) -> str:
+    """llama.cpp's name for the regex split that runs before BPE; the wrong one silently changes tokens."""
+    def is_gpt2_byte_level(step: dict) -> bool:
+        return step.get("type") == "ByteLevel" and step.get("use_regex", True)
+
+    steps = (pre_tokenizer or {}).get("pretokenizers") or [pre_tokenizer or {}]
+    if len(steps) == 1 and is_gpt2_byte_level(steps[0]):
+        return "gpt-2"
+    if (
+        len(steps) == 2
+        and steps[0].get("type") == "Digits"
+        and steps[0].get("individual_digits")
+        and is_gpt2_byte_level(steps[1])
+    ):
+        return "smollm"  # GPT-2's split after putting every digit in its own piece
+    raise RampError(
+        f"{directory}/tokenizer.json splits text in a way ramp cannot name for llama.cpp; "
+        "convert the model with llama.cpp's convert_hf_to_gguf.py and pass the GGUF"
+    )
+
+
 def _tokenizer_metadata(directory: Path, config: dict) -> dict[str, MetadataValue]:
     import gguf
 
@@ -103,7 +124,7 @@ def _tokenizer_metadata(directory: Path, config: dict) -> dict[str, MetadataValu
     types = gguf.GGUFValueType
     metadata = {
         "tokenizer.ggml.model": MetadataValue("gpt2", types.STRING),
-        "tokenizer.ggml.pre": MetadataValue("default", types.STRING),
+        "tokenizer.ggml.pre": MetadataValue(_pre_tokenizer_name(tokenizer.get("pre_tokenizer"), directory), types.STRING),
         "tokenizer.ggml.tokens": MetadataValue(tokens, types.ARRAY, types.STRING),
         "tokenizer.ggml.token_type": MetadataValue(token_types, types.ARRAY, types.INT32),
         "tokenizer.ggml.merges": MetadataValue(merges, types.ARRAY, types.STRING),
