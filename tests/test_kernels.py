@@ -97,6 +97,37 @@ def model():
     return load_model()
 
 
+FRESH_SEED = int(np.random.SeedSequence().entropy % 2**32)
+
+
+@pytest.mark.parametrize("with_importance", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_torch_backend_bytes_equal_libggml(fmt: str, with_importance: bool) -> None:
+    """Bit-exact, not merely close: see torch_backend's docstring for why that is achievable."""
+    x = awkward_matrix(FRESH_SEED, rows=12)
+    rng = np.random.default_rng(FRESH_SEED + 1)
+    importance = rng.uniform(0.01, 5.0, x.shape[1]).astype(np.float32) if with_importance else None
+    ours = quantize(x, fmt, importance, backend="torch")
+    np.testing.assert_array_equal(ours, quantize(x, fmt, importance, backend="ggml"), err_msg=f"seed {FRESH_SEED}")
+    expected = dequantize(ours, fmt, x.shape, backend="ggml")
+    np.testing.assert_array_equal(dequantize(ours, fmt, x.shape, backend="torch"), expected)
+    round_trip = quantize_dequantize(torch.from_numpy(x), fmt, importance, backend="torch")
+    np.testing.assert_array_equal(round_trip.numpy(), expected, err_msg=f"seed {FRESH_SEED}")
+
+
+@pytest.mark.parametrize("fmt, row_length", [("Q4_K", 576), ("Q3_K", 96), ("IQ4_XS", 160), ("Q6_K", 48)])
+def test_torch_backend_follows_fallback(fmt: str, row_length: int) -> None:
+    x = np.random.default_rng(FRESH_SEED).standard_normal((6, row_length)).astype(np.float32)
+    np.testing.assert_array_equal(quantize(x, fmt, backend="torch"), quantize(x, fmt, backend="ggml"))
+
+
+@pytest.mark.parametrize("fmt", ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"))
+def test_torch_backend_on_real_model_tensors(model, fmt: str) -> None:
+    for name in ("blk.0.attn_k.weight", "blk.3.ffn_down.weight"):
+        weights = model.tensors[name]
+        np.testing.assert_array_equal(quantize(weights, fmt, backend="torch"), quantize(weights, fmt, backend="ggml"), err_msg=name)
+
+
 def test_dequant_cache_memoises_in_memory_and_on_disk(model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RAMP_CACHE", str(tmp_path))
     name = next(spec.name for spec in model.quantizable if spec.role == "attn_k")
