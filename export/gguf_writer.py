@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from ramp.allocation import Allocation
-from ramp.files import atomic_path
+from ramp.files import atomic_path, cache_dir
 from ramp.kernels.formats import Format, get_format, resolve_format
 from ramp.model import MetadataValue, Model
 
@@ -182,3 +182,14 @@ def write_reference(model: Model, path: str | os.PathLike, dtype: str = "F32", p
 def write_allocation(model: Model, allocation: Allocation, path: str | os.PathLike, progress: bool = True) -> int:
     allocation.check_matches(model)
     return write_gguf(model, allocation.formats, path, progress)
+
+
+def cached_reference(model: Model, dtype: str = "F32", progress: bool = True) -> Path:
+    """The model's reference GGUF under the cache, written on first use. The writer is deterministic, so
+    the source file's hash and the dtype identify it."""
+    folder = cache_dir() / "reference"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model.sha256[:16]}-{dtype.upper()}.gguf"
+    if not path.is_file():
+        write_reference(model, path, dtype, progress)
+    return path

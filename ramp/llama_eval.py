@@ -16,8 +16,9 @@ reference's top-k tokens instead was measured and rejected: this model's distrib
 """
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -81,10 +82,20 @@ def _check_gguf(path: str | os.PathLike) -> Path:
     return path
 
 
-def quiet_llama() -> None:
-    """Keep llama.cpp's load and quantize logs (hundreds of lines) off the terminal; errors still show.
-    llama-cpp-python routes them through this logger."""
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+@contextlib.contextmanager
+def quiet_llama() -> Iterator[None]:
+    """Keep llama.cpp's load and quantize logs (hundreds of lines) off the terminal. They are written by C
+    code straight to file descriptor 2, past Python's logging, so the descriptor itself is pointed at
+    /dev/null for the duration; failures still surface as return codes that ramp turns into RampErrors."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX, vocab_only: bool = False):
@@ -92,12 +103,12 @@ def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX, vocab_only: 
     import llama_cpp
 
     path = _check_gguf(path)
-    quiet_llama()
     try:
-        return llama_cpp.Llama(
-            str(path), vocab_only=vocab_only, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=not vocab_only,
-            n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
-        )
+        with quiet_llama():
+            return llama_cpp.Llama(
+                str(path), vocab_only=vocab_only, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=not vocab_only,
+                n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
+            )
     except ValueError as exc:
         raise RampError(f"llama.cpp cannot load {path} ({exc}); is it a complete GGUF of a supported model? re-export it") from None
 
@@ -190,9 +201,13 @@ def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
 
     path = _check_gguf(path)
     reader = _read_gguf(path)
+    size = path.stat().st_size
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            raise RampError(f"{path} is truncated: tensor {tensor.name} runs past the end of the file; re-export or re-download it")
     data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
     n_params = sum(int(t.n_elements) for t in reader.tensors)
-    return path.stat().st_size, 8.0 * data_bytes / n_params
+    return size, 8.0 * data_bytes / n_params
 
 
 def evaluate(path: str | os.PathLike, reference: np.ndarray, windows: Windows, name: str | None = None) -> EvalResult:

@@ -32,12 +32,12 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
     reference = Path(reference)
     if not reference.is_file():
         raise RampError(f"reference GGUF {reference} does not exist; write it with `ramp export --reference`")
-    quiet_llama()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
     with atomic_path(output) as tmp:
-        status = llama_cpp.llama_model_quantize(str(reference).encode(), str(tmp).encode(), params)
+        with quiet_llama():
+            status = llama_cpp.llama_model_quantize(str(reference).encode(), str(tmp).encode(), params)
         if status != 0:
             raise RampError(f"llama.cpp could not quantize {reference} to {name} (status {status}); is the reference a complete GGUF?")
     return Path(output)

@@ -1,0 +1,54 @@
+"""`ramp eval`: perplexity, KLD and top-1 agreement of GGUF files against a reference, through llama.cpp."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_N_CTX = 512  # mirrors ramp.llama_eval.DEFAULT_N_CTX, kept light
+
+
+def add_window_arguments(parser: argparse.ArgumentParser, default_windows: int | None) -> None:
+    """Options shared with `ramp run`: the evaluation windows."""
+    parser.add_argument("--ctx", type=int, default=DEFAULT_N_CTX, help=f"window length in tokens (default {DEFAULT_N_CTX})")
+    parser.add_argument("--max-windows", type=int, default=default_windows,
+                        help="evaluate at most this many windows of the held-out text to bound time "
+                             f"(default: {default_windows or 'all'}); each scores its second half")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="GGUF", help="GGUF files to evaluate")
+    parser.add_argument("--reference", required=True, metavar="GGUF",
+                        help="unquantized reference GGUF (`ramp export --reference F32`) the KLD is measured against")
+    add_window_arguments(parser, None)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ramp.files import check_output_path
+    from ramp.llama_eval import evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result
+    from ramp.text import evaluation_text
+
+    if args.json:
+        check_output_path(args.json)
+    for path in [args.reference, *args.files]:
+        gguf_size_stats(path)  # every file readable before the long passes start
+    windows = make_windows(args.reference, evaluation_text(), args.ctx, args.max_windows)
+    reference = reference_logprobs(args.reference, windows)
+    results = [reference_result(args.reference, reference, windows)]
+    results += [evaluate(path, reference, windows) for path in args.files]
+    report_results(results, windows, args.json)
+    return 0
+
+
+def report_results(results, windows, json_path: str | None) -> None:
+    """Print the table (and write JSON) the same way for `ramp eval` and `ramp run`."""
+    import json
+
+    from ramp.files import atomic_output
+    from ramp.llama_eval import format_table
+
+    print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} (held-out text)")
+    print(format_table(results))
+    if json_path:
+        with atomic_output(json_path, "w") as handle:
+            json.dump([result.as_dict() for result in results], handle, indent=1)
+            handle.write("\n")

@@ -1,0 +1,48 @@
+"""`ramp export`: write a GGUF from a model and an allocation (or the unquantized reference)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--allocation", metavar="FILE", help="allocation JSON from `ramp allocate`")
+    source.add_argument("--reference", choices=("F32", "F16"), help="write the unquantized reference instead")
+    parser.add_argument("--out", required=True, help="GGUF file to write")
+    parser.add_argument("--tensor-type-file", metavar="FILE",
+                        help="also write the allocation as llama-quantize's --tensor-type-file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ramp.allocation import Allocation
+    from ramp.errors import RampError
+    from ramp.export.gguf_writer import predict_file_size, reference_formats, write_gguf
+    from ramp.files import check_output_path
+    from ramp.model import load_model
+
+    for path in (args.out, args.tensor_type_file):
+        if path:
+            check_output_path(path)
+    if args.tensor_type_file and not args.allocation:
+        raise RampError("--tensor-type-file needs --allocation; the reference has no quantization types to list")
+    allocation = Allocation.load(args.allocation) if args.allocation else None
+    model = load_model(args.model)
+    if allocation is not None:
+        allocation.check_matches(model)
+        formats = allocation.formats
+    else:
+        formats = reference_formats(model, args.reference)
+    n_bytes = write_gguf(model, formats, args.out)
+    if allocation is not None and args.tensor_type_file:
+        allocation.save_tensor_type_file(args.tensor_type_file)
+    predicted = predict_file_size(model, formats)
+    bpw = 8.0 * sum(_data_bytes(model, formats)) / model.n_quantizable_params
+    print(f"wrote {args.out}: {n_bytes:,d} bytes (predicted {predicted:,d}), quantizable weights at {bpw:.3f} bpw")
+    return 0
+
+
+def _data_bytes(model, formats: dict[str, str]) -> list[int]:
+    from ramp.kernels.formats import tensor_bytes
+
+    return [tensor_bytes(spec.shape, formats[spec.name]) for spec in model.quantizable]

@@ -1,0 +1,41 @@
+"""`ramp presets`: llama.cpp's own preset quantizations (Q4_K_M, ...) of a reference GGUF, made by
+llama.cpp's quantizer, for comparing ramp's files against."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")  # mirrors ramp.presets.DEFAULT_PRESETS, kept light
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", metavar="GGUF", help="unquantized reference GGUF (default: write one from --model)")
+    parser.add_argument("--model", help="model to write the F32 reference of when --reference is not given "
+                                        "(default: embedded SmolLM2-135M)")
+    parser.add_argument("--preset", action="append", metavar="NAME",
+                        help=f"llama.cpp ftype name, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
+    parser.add_argument("--out-dir", default=".", help="folder for <reference stem>-<PRESET>.gguf (default: .)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ramp.files import check_output_path
+    from ramp.presets import ftype_of, quantize_preset
+
+    names = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
+    for name in names:
+        ftype_of(name)
+    out_dir = Path(args.out_dir)
+    check_output_path(out_dir / "preset.gguf")
+    reference = Path(args.reference) if args.reference else _reference_of(args.model)
+    for name in names:
+        path = quantize_preset(reference, name, out_dir / f"{reference.stem}-{name}.gguf")
+        print(f"wrote {path}: {path.stat().st_size:,d} bytes")
+    return 0
+
+
+def _reference_of(model_path: str | None):
+    from ramp.export.gguf_writer import cached_reference
+    from ramp.model import load_model
+
+    return cached_reference(load_model(model_path))
