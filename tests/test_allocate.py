@@ -353,3 +353,16 @@ def test_cli_rejects_table_of_another_model(tiny_gguf, tmp_path, capsys):
     table.save(tmp_path / "other.json")
     code, _, err = run_cli(capsys, "--model", str(path), "--budget", "5bpw", "--sensitivity", str(tmp_path / "other.json"))
     assert code == 2 and "another model" in err
+
+
+def test_default_ladder_keeps_to_the_formats_a_table_measured():
+    # `ramp profile` skips Q5_0 by default; a 1536-wide tensor then has no Q5_0 damage, so the default
+    # ladder drops Q5_0 rather than failing, while an explicit ladder naming it is an error.
+    model = make_model({"blk.0.ffn_down.weight": (576, 1536)})
+    formats = ("Q2_K", "Q4_K", "Q8_0")
+    table = make_table(model, [[3.0, 1.0, 0.1]], formats=formats)
+    allocation = allocate(model, "ilp", "5bpw", table)
+    assert allocation.formats == {"blk.0.ffn_down.weight": "Q4_K"}  # 4.5 bpw; Q8_0 (8.5) does not fit
+    assert allocation.extra["ladder"] == list(formats)
+    with pytest.raises(RampError, match="no measurement"):
+        allocate(model, "ilp", "5bpw", table, ladder=("Q2_K", "Q5_0"))

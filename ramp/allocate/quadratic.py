@@ -27,32 +27,33 @@ item (a --group) only add to that item's own d.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from ramp.allocate import ilp
 from ramp.allocate.problem import Problem
 from ramp.model import BLOCK_ROLES, Model
-
-if TYPE_CHECKING:
-    import torch
+from ramp.sensitivity_table import SensitivityTable
 
 # measure_pair({tensor: written format, ...}) -> damage (same measure and units as the sensitivity table)
 # of the model with exactly those tensors quantized.
 MeasurePair = Callable[[dict[str, str]], float]
 
 
-def kld_pair_measure(model: Model, tokens: "torch.Tensor | None" = None) -> MeasurePair:
-    """measure_pair by the torch forward: mean KLD (nats per token, over calibration windows) of the model
-    with only the given tensors replaced by their dequantized formats, against the unquantized model,
-    the measurement a sensitivity table holds per tensor. Adjacent-block pairs re-run from their first
-    block only, thanks to the reference's block checkpoints."""
+def kld_pair_measure(model: Model, table: SensitivityTable | None = None) -> MeasurePair:
+    """measure_pair by the torch forward: mean KLD (nats per token) of the model with only the given
+    tensors replaced by their dequantized formats, against the unquantized model, on the calibration
+    windows `table` was measured on (its extra's n_tokens and window; ramp's defaults without them), so
+    pair and single damages compare. Adjacent-block pairs re-run from their first block only, thanks to
+    the reference's block checkpoints."""
     from ramp.forward import Forward, KLDReference, calibration_tokens
     from ramp.kernels import DequantCache
 
+    extra = table.extra if table is not None else {}
+    shape = {"n_tokens": int(extra["n_tokens"]), "window": int(extra["window"])} if {"n_tokens", "window"} <= set(extra) else {}
     cache = DequantCache(model)
-    reference = KLDReference(Forward(model), calibration_tokens(model) if tokens is None else tokens)
+    reference = KLDReference(Forward(model), calibration_tokens(model, **shape))
     return lambda assignments: reference.kld({name: cache.get(name, fmt) for name, fmt in assignments.items()})
 
 

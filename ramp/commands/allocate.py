@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ramp.model import Model
+    from ramp.sensitivity_table import SensitivityTable
 
 METHODS = ("uniform", "ilp", "quadratic", "greedy", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be wrong with the command line fails before the model loads.
     budget = Budget.parse(args.budget)
-    ladder = parse_ladder(args.formats)
+    ladder = parse_ladder(args.formats) if args.formats else None
     pins = [Pin.parse(text) for text in args.pin]
     for path in (args.out, args.tensor_type_file):
         if path:
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     allocation = allocate(
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
-        measure_pair=kld_pair_measure(model) if args.method == "quadratic" else None,
+        measure_pair=kld_pair_measure(model, table) if args.method == "quadratic" else None,
         pairs_per_role=args.pairs_per_role, policy_path=args.policy,
     )
     allocation.save(args.out)
@@ -86,12 +91,10 @@ def _bits(fmt: str) -> float:
     return get_format(fmt).bits_per_weight
 
 
-def _measure_sensitivity(model, ladder: tuple[str, ...]):
+def _measure_sensitivity(model: "Model", ladder: tuple[str, ...] | None) -> "SensitivityTable":
     """The sensitivity table by the profiling module, for runs without --sensitivity."""
-    from ramp.errors import RampError
+    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.forward import calibration_tokens
+    from ramp.sensitivity import DEFAULT_TOKENS, measure_sensitivity
 
-    try:
-        from ramp.sensitivity import measure_sensitivity
-    except ImportError:
-        raise RampError("this build cannot measure sensitivity itself; pass --sensitivity FILE from `ramp profile`") from None
-    return measure_sensitivity(model, formats=list(ladder))
+    return measure_sensitivity(model, calibration_tokens(model, DEFAULT_TOKENS), formats=ladder or DEFAULT_LADDER)
