@@ -50,24 +50,26 @@ def solve(problem: Problem, damage: list[np.ndarray], pairs: list[PairTerm] = ()
     cost[:n_x] = np.concatenate(damage) * scale
     n_bytes = np.array([choice.nbytes for item in problem.items for choice in item.choices], dtype=np.float64)
 
+    # Sparse equality rows: first one per item (its choices sum to 1), then two per pair term per choice.
     rows, cols, vals = [], [], []
-    for i in range(len(problem.items)):  # one choice per item
-        for col in range(offsets[i], offsets[i + 1]):
-            rows.append(i), cols.append(col), vals.append(1.0)
+
+    def add_row(row: int, columns: list[int], values: list[float]) -> None:
+        rows.extend([row] * len(columns))
+        cols.extend(columns)
+        vals.extend(values)
+
+    for i in range(len(problem.items)):
+        add_row(i, list(range(offsets[i], offsets[i + 1])), [1.0] * int(offsets[i + 1] - offsets[i]))
     n_rows = len(problem.items)
     y_start = n_x
     for term in pairs:
         n_a, n_b = term.cost.shape
         cost[y_start:y_start + term.cost.size] = term.cost.ravel() * scale
         for a in range(n_a):  # sum_b y[a,b] - x[first,a] = 0
-            cols.extend(y_start + a * n_b + b for b in range(n_b))
-            rows.extend([n_rows] * n_b), vals.extend([1.0] * n_b)
-            rows.append(n_rows), cols.append(offsets[term.first] + a), vals.append(-1.0)
+            add_row(n_rows, [y_start + a * n_b + b for b in range(n_b)] + [int(offsets[term.first]) + a], [1.0] * n_b + [-1.0])
             n_rows += 1
         for b in range(n_b):  # sum_a y[a,b] - x[second,b] = 0
-            cols.extend(y_start + a * n_b + b for a in range(n_a))
-            rows.extend([n_rows] * n_a), vals.extend([1.0] * n_a)
-            rows.append(n_rows), cols.append(offsets[term.second] + b), vals.append(-1.0)
+            add_row(n_rows, [y_start + a * n_b + b for a in range(n_a)] + [int(offsets[term.second]) + b], [1.0] * n_a + [-1.0])
             n_rows += 1
         y_start += term.cost.size
     rhs = np.zeros(n_rows)
