@@ -224,13 +224,18 @@ class KLDReference:
 _REFERENCES: dict[tuple[int, str], KLDReference] = {}
 
 
+def tokens_sha256(tokens: torch.Tensor) -> str:
+    """Identity of a set of token windows (ids and window shape), for cache keys."""
+    return hashlib.sha256(tokens.cpu().numpy().astype(np.int64).tobytes() + str(tuple(tokens.shape)).encode()).hexdigest()
+
+
 def kld_against_reference(forward: Forward, overrides: Overrides | None, tokens: torch.Tensor) -> float:
     """Mean per-token KLD of `forward` with `overrides` vs without, on `tokens` [windows, tokens].
 
     The reference for a (forward, tokens) pair is computed on first use and kept, so each later call
     costs one forward of the modified model.
     """
-    key = (id(forward), hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest() + str(tuple(tokens.shape)))
+    key = (id(forward), tokens_sha256(tokens))
     reference = _REFERENCES.get(key)
     if reference is None or reference.forward is not forward:
         reference = _REFERENCES[key] = KLDReference(forward, tokens)

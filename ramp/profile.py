@@ -16,7 +16,6 @@ error by its token's frequency.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from ramp.errors import RampError
 from ramp.files import atomic_output
-from ramp.forward import Forward
+from ramp.forward import Forward, tokens_sha256
 from ramp.model import ROLES, Model, TensorSpec
 
 FEATURE_VERSION = 1
@@ -258,10 +257,6 @@ class Profile:
         names = list(data["tensors"])
         features = np.array([data["tensors"][n] for n in names], dtype=np.float64).reshape(len(names), len(FEATURE_NAMES))
         return cls(names, features, data["model_sha256"], data["calibration_sha256"], data["n_tokens"], data["seed"])
-
-
-def tokens_sha256(tokens: torch.Tensor) -> str:
-    return hashlib.sha256(tokens.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
 
 
 def profile_model(

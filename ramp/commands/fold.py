@@ -1,0 +1,30 @@
+"""`ramp fold MODEL --alpha 0.5 --out folded.gguf`: Scale Folding, written as a GGUF that computes the same
+function with activation outliers moved into the weights (quantize it afterwards with `ramp export`)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="migration strength in [0, 1]: 0 flattens weight columns, 1 flattens activations (default 0.5)")
+    parser.add_argument("--out", required=True, help="folded GGUF to write")
+    parser.add_argument("--tokens", type=int, default=2048, help="calibration tokens for activation maxima (default 2048)")
+    parser.add_argument("--window", type=int, default=256, help="tokens per calibration window (default 256)")
+    parser.add_argument("--type", choices=("F32", "F16"), default="F32",
+                        help="type of the folded weights in the file (default F32: folding is exact only before rounding)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ramp.export.gguf_writer import write_reference
+    from ramp.files import check_output_path
+    from ramp.folding import fold_with_calibration
+    from ramp.model import load_model
+
+    check_output_path(args.out)
+    model = load_model(args.model)
+    folded = fold_with_calibration(model, args.alpha, args.tokens, args.window)
+    size = write_reference(folded, args.out, args.type)
+    print(f"folded with alpha {args.alpha} on {args.tokens} calibration tokens; wrote {args.out} ({size / 2**20:.1f} MiB, {args.type})")
+    return 0

@@ -1,0 +1,64 @@
+"""`ramp profile MODEL`: per-tensor embeddings (11 features) and the per-(tensor, format) sensitivity table,
+written to an output folder with a heatmap and a short printed summary."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--out", default="profile", help="output folder (default ./profile, created if missing)")
+    parser.add_argument("--tokens", type=int, default=2048, help="calibration tokens for the activation features (default 2048)")
+    parser.add_argument("--sensitivity-tokens", type=int, default=None,
+                        help="calibration tokens for the sensitivity sweep (default 512; cost is linear in it)")
+    parser.add_argument("--window", type=int, default=256, help="tokens per calibration window (default 256)")
+    parser.add_argument("--formats", default=None,
+                        help="comma-separated formats to measure (default Q2_K,Q3_K,Q4_0,Q4_K,Q5_K,Q6_K,Q8_0)")
+    parser.add_argument("--no-sensitivity", action="store_true", help="only the embeddings (seconds, not minutes)")
+    parser.add_argument("--fold", type=float, metavar="ALPHA", help="profile the Scale-Folded model (alpha in [0, 1])")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the row sampling of very large tensors (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device for the forward passes (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from ramp.errors import RampError
+    from ramp.forward import Forward, calibration_tokens
+    from ramp.kernels.formats import get_format
+    from ramp.model import load_model
+    from ramp.profile import profile_model
+    from ramp.sensitivity import DEFAULT_FORMATS, DEFAULT_TOKENS, measure_sensitivity, plot_heatmap, summary
+
+    formats = [get_format(name.strip()).name for name in args.formats.split(",")] if args.formats else list(DEFAULT_FORMATS)
+    sensitivity_tokens = args.sensitivity_tokens or DEFAULT_TOKENS
+    if min(args.tokens, sensitivity_tokens) < args.window:
+        raise RampError(f"token counts must be at least one window ({args.window}); raise --tokens or lower --window")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RampError(f"--out {out} is a file; give a folder name")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = load_model(args.model)
+    if args.fold is not None:
+        from ramp.folding import fold_with_calibration
+
+        model = fold_with_calibration(model, args.fold, args.tokens, args.window)
+    started = time.perf_counter()
+    profile = profile_model(model, calibration_tokens(model, args.tokens, args.window), args.seed, Forward(model, args.device), progress=True)
+    profile.save(out / "embeddings.json", out / "embeddings.csv")
+    print(f"embeddings: {len(profile.tensors)} tensors x {profile.features.shape[1]} features "
+          f"({profile.n_tokens} tokens, {time.perf_counter() - started:.1f} s) -> {out / 'embeddings.json'}, .csv")
+    if args.no_sensitivity:
+        return 0
+
+    started = time.perf_counter()
+    table = measure_sensitivity(model, calibration_tokens(model, sensitivity_tokens, args.window), formats, device=args.device)
+    elapsed = time.perf_counter() - started
+    table.save(out / "sensitivity.json")
+    plot_heatmap(table, model, out / "sensitivity.png")
+    print(summary(table, model))
+    print(f"sensitivity: {table.extra['n_measured']} forwards on {table.extra['n_tokens']} tokens in {elapsed:.0f} s "
+          f"(0 when cached) -> {out / 'sensitivity.json'}, {out / 'sensitivity.png'}")
+    return 0
