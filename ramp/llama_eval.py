@@ -8,7 +8,8 @@ next token), so every scored token sees at least n_ctx/2 tokens of context.
 
 Reference logits are cached on disk as the full log-softmax in float16, one row per scored position
 (n_vocab x 2 bytes each, the same resolution llama-perplexity's --kl-divergence-base file keeps), written
-window by window into a memory-mapped .npy so neither computing nor reading it holds it all in memory.
+window by window into a memory-mapped .npy so neither computing nor reading it holds it all in memory;
+the reference's top-1 token per position is stored beside it from the unrounded values.
 float16 keeps log-probs to a relative 2^-11, so mean KLD(P_ref || P_q) over the full vocabulary stays within
 1e-4 nats of the float64 value (tests/test_eval.py checks it on the embedded model). Truncating to the
 reference's top-k tokens instead was measured and rejected: this model's distributions are heavy-tailed
@@ -26,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from ramp.errors import RampError
-from ramp.files import atomic_path, cache_dir, file_sha256, text_sha256
+from ramp.files import atomic_output, atomic_path, cache_dir, file_sha256, text_sha256
 
 DEFAULT_N_CTX = 512
 
@@ -164,29 +165,41 @@ def scored_logprobs(path: str | os.PathLike, windows: Windows, desc: str) -> Ite
         llm.close()
 
 
+@dataclass(frozen=True)
+class ReferenceLogits:
+    logprobs: np.ndarray  # [n_windows * n_scored, n_vocab] float16, memory-mapped
+    top1: np.ndarray  # [n_windows * n_scored] int32: argmax before rounding, so near-ties are not flipped
+
+
 def _reference_cache_path(reference_sha: str, windows: Windows) -> Path:
     n_windows, n_ctx = windows.tokens.shape
     key = f"{reference_sha[:16]}-text{windows.text_sha256[:16]}-ctx{n_ctx}-w{n_windows}"
     return cache_dir() / "reference_logits" / f"{key}.npy"
 
 
-def reference_logprobs(path: str | os.PathLike, windows: Windows) -> np.ndarray:
-    """The reference's float16 log-probs [n_windows * n_scored, n_vocab], memory-mapped from the cache,
-    computed through llama.cpp the first time."""
+def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLogits:
+    """The reference's float16 log-probs at every scored position, memory-mapped from the cache, computed
+    through llama.cpp the first time. The log-probs file is written last, so its presence means complete."""
     cache = _reference_cache_path(file_sha256(_check_gguf(path)), windows)
+    top1_cache = cache.with_suffix(".top1.npy")
     if not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         n_scored = windows.n_ctx - 1 - windows.first_scored
+        top1 = np.zeros(len(windows.tokens) * n_scored, dtype=np.int32)
         with atomic_path(cache) as tmp:
             out = None
             for index, logprobs in enumerate(scored_logprobs(path, windows, "reference logits")):
                 if out is None:
-                    shape = (len(windows.tokens) * n_scored, logprobs.shape[1])
+                    shape = (len(top1), logprobs.shape[1])
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-                out[index * n_scored : (index + 1) * n_scored] = logprobs
+                rows = slice(index * n_scored, (index + 1) * n_scored)
+                out[rows] = logprobs
+                top1[rows] = logprobs.argmax(axis=-1)
             out.flush()
             del out
-    return np.load(cache, mmap_mode="r")
+            with atomic_output(top1_cache) as handle:
+                np.save(handle, top1)
+    return ReferenceLogits(np.load(cache, mmap_mode="r"), np.load(top1_cache))
 
 
 def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
@@ -210,26 +223,26 @@ def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
     return size, 8.0 * data_bytes / n_params
 
 
-def evaluate(path: str | os.PathLike, reference: np.ndarray, windows: Windows, name: str | None = None) -> EvalResult:
+def evaluate(path: str | os.PathLike, reference: ReferenceLogits, windows: Windows, name: str | None = None) -> EvalResult:
     """Perplexity of `path` on the windows and its divergence from the reference log-probs."""
     path = _check_gguf(path)
     file_bytes, bpw = gguf_size_stats(path)
     n_scored = windows.n_ctx - 1 - windows.first_scored
     nll, kld, agree = [], [], []
     for index, (logprobs, targets) in enumerate(zip(scored_logprobs(path, windows, f"eval {path.name}"), windows.targets)):
-        ref = reference[index * n_scored : (index + 1) * n_scored]
+        rows = slice(index * n_scored, (index + 1) * n_scored)
         nll.append(-logprobs[np.arange(len(targets)), targets])
-        kld.append(token_kld(ref, logprobs))
-        agree.append(logprobs.argmax(axis=-1) == ref.argmax(axis=-1))
+        kld.append(token_kld(reference.logprobs[rows], logprobs))
+        agree.append(logprobs.argmax(axis=-1) == reference.top1[rows])
     return _result(name or path.stem, path, file_bytes, bpw, np.concatenate(nll), np.concatenate(kld), np.concatenate(agree))
 
 
-def reference_result(path: str | os.PathLike, reference: np.ndarray, windows: Windows, name: str = "reference") -> EvalResult:
+def reference_result(path: str | os.PathLike, reference: ReferenceLogits, windows: Windows, name: str = "reference") -> EvalResult:
     """The reference's own row from its cached log-probs (no second pass): zero divergence by definition."""
     path = _check_gguf(path)
     file_bytes, bpw = gguf_size_stats(path)
     targets = windows.targets.reshape(-1)
-    nll = -reference[np.arange(len(targets)), targets].astype(np.float64)
+    nll = -reference.logprobs[np.arange(len(targets)), targets].astype(np.float64)
     return _result(name, path, file_bytes, bpw, nll, np.zeros(len(nll)), np.ones(len(nll), dtype=bool))
 
 
