@@ -1,0 +1,74 @@
+"""`ramp run` end to end on the embedded SmolLM2-135M (few short windows), and its one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import gguf
+import pytest
+
+from ramp.allocation import Allocation
+from ramp.cli import main
+from ramp.export.gguf_writer import predict_file_size, write_reference
+from ramp.kernels.formats import resolve_format
+from ramp.model import load_model
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
+
+
+def test_run_on_embedded_model(tmp_path, capsys):
+    code = main(["run", "--preset", "Q4_K_M", "--ctx", "128", "--max-windows", "2", "--out-dir", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "weight-error stand-in" in printed and "126 scored tokens" in printed
+
+    results = {row["name"]: row for row in json.loads((tmp_path / "results.json").read_text())}
+    assert set(results) == {"F32 reference", "Q4_K_M", "ramp ilp (stand-in)"}
+    ours, preset, reference = results["ramp ilp (stand-in)"], results["Q4_K_M"], results["F32 reference"]
+    assert ours["file_bytes"] <= preset["file_bytes"] < reference["file_bytes"]  # the budget is Q4_K_M's bytes
+    for row in (ours, preset):
+        assert 0 < row["kld_mean"] < 1 and 0.5 < row["top1_agreement"] < 1
+        assert 1 < reference["perplexity"] < row["perplexity"] < 2 * reference["perplexity"]
+
+    # the file holds exactly the allocated types, at exactly the predicted size
+    model = load_model()
+    allocation = Allocation.load(tmp_path / "allocation.json")
+    written = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(tmp_path / "ramp.gguf").tensors}
+    for spec in model.quantizable:
+        assert written[spec.name] == resolve_format(allocation.formats[spec.name], spec.row_length).name
+    assert "output.weight" not in written  # tied embeddings stay tied
+    assert os.path.getsize(tmp_path / "ramp.gguf") == predict_file_size(model, allocation.formats) == ours["file_bytes"]
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory, tiny_reference):
+    folder = tmp_path_factory.mktemp("bad")
+    unmappable = folder / "gptj.gguf"
+    write_reference(tiny_llama(arch="gptj"), unmappable, progress=False)
+    truncated = folder / "truncated.gguf"
+    data = tiny_reference.read_bytes()
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    return {"unmappable": unmappable, "truncated": truncated, "tiny": tiny_reference, "missing": folder / "missing.gguf"}
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "message"),
+    [
+        ("missing", [], "does not exist"),
+        ("unmappable", [], "unsupported architecture 'gptj'"),
+        ("truncated", [], "truncated"),
+        ("tiny", ["--budget", "1bpw"], "outside the feasible range"),
+        ("tiny", ["--budget", "17bpw"], "outside the feasible range"),
+        ("tiny", ["--budget", "Q9_K_Z"], "unknown llama.cpp preset"),
+        ("tiny", ["--out-dir", "{tmp}/missing"], "does not exist"),
+    ],
+)
+def test_run_errors_are_one_line_and_leave_no_file(bad_models, tmp_path, capsys, model, extra, message):
+    extra = [arg.format(tmp=tmp_path) for arg in extra]
+    args = ["run", "--model", str(bad_models[model]), "--max-windows", "1", *extra]
+    if "--out-dir" not in extra:
+        args += ["--out-dir", str(tmp_path)]
+    code = main(args)
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ramp: error:") and message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
