@@ -69,6 +69,8 @@ class Forward:
             raise RampError(f"rope scaling {scaling!r} is not supported by the torch forward; use a model without it")
         self.rope_scale = 1.0 / float(model.hparam("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
         self.output_name = "output.weight" if "output.weight" in self.weights else "token_embd.weight"
+        # kld_against_reference's cache: lives and dies with this forward
+        self.kld_references: dict[str, "KLDReference"] = {}
 
     def weight(self, name: str, overrides: Overrides | None) -> torch.Tensor:
         if overrides is not None and name in overrides:
@@ -221,9 +223,6 @@ class KLDReference:
         return total / self.n_tokens
 
 
-_REFERENCES: dict[tuple[int, str], KLDReference] = {}
-
-
 def tokens_sha256(tokens: torch.Tensor) -> str:
     """Identity of a set of token windows (ids and window shape), for cache keys."""
     return hashlib.sha256(tokens.cpu().numpy().astype(np.int64).tobytes() + str(tuple(tokens.shape)).encode()).hexdigest()
@@ -235,10 +234,10 @@ def kld_against_reference(forward: Forward, overrides: Overrides | None, tokens:
     The reference for a (forward, tokens) pair is computed on first use and kept, so each later call
     costs one forward of the modified model.
     """
-    key = (id(forward), tokens_sha256(tokens))
-    reference = _REFERENCES.get(key)
-    if reference is None or reference.forward is not forward:
-        reference = _REFERENCES[key] = KLDReference(forward, tokens)
+    key = tokens_sha256(tokens)
+    reference = forward.kld_references.get(key)
+    if reference is None:
+        reference = forward.kld_references[key] = KLDReference(forward, tokens)
     return reference.kld(overrides)
 
 
