@@ -33,7 +33,7 @@ FEATURE_VERSION = 1
 FEATURE_DOCS: dict[str, str] = {
     "relative_depth": "block index / (blocks - 1), token_embd 0, output 1: early blocks' errors propagate through the whole residual stream.",
     "role_ordinal": "position of the role in ramp.model.ROLES scaled to [0, 1]: roles differ systematically (v and down are fragile, q and k robust).",
-    "log_fan_ratio": "log2(fan_out / fan_in): expanding (gate/up), square (q/o) and contracting (down, k/v under GQA) maps amplify error differently.",
+    "log_fan_ratio": "log2(fan_out / fan_in) (token_embd: width / vocabulary): expanding, square and contracting maps amplify error differently.",
     "w_log_kurtosis": "log of the weights' kurtosis E[w^4]/E[w^2]^2: heavy tails stretch block scales so that most weights get few levels.",
     "w_block_crest": "mean over 32-blocks of max|w| / rms(w): the absmax grid's step relative to a typical weight, the direct driver of rounding error.",
     "w_superblock_spread": "mean over 256-super-blocks of max/mean of the 32-block absmax: K-quants code sub-block scales in 4-6 bits, poorly when they spread.",
@@ -44,7 +44,6 @@ FEATURE_DOCS: dict[str, str] = {
     "act_weighted_error": "sum_j E[x_j^2] |dW_j|^2 / sum_j E[x_j^2] |W_j|^2 with 4-bit RTN dW: expected relative output error, the activation-aware damage proxy.",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_DOCS)
-assert len(FEATURE_NAMES) == 11
 
 _BLOCK = 32
 _SUPER_BLOCK = 8  # 32-blocks per 256-weight K-quant super-block

@@ -71,7 +71,8 @@ def measure_sensitivity(
     if todo:
         forward = Forward(model, device=device)
         reference = KLDReference(forward, tokens)
-        weights = DequantCache(model, backend=backend, device=device)
+        # each (tensor, format) is used once: keep none in memory, the disk cache keeps the packed bytes
+        weights = DequantCache(model, backend=backend, device=device, max_memory_bytes=0)
         bar = tqdm(todo, desc="sensitivity", unit="forward", disable=not progress)
         for count, (name, real) in enumerate(bar, 1):
             bar.set_postfix_str(f"{name} {real}", refresh=False)
