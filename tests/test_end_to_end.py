@@ -72,3 +72,23 @@ def test_run_errors_are_one_line_and_leave_no_file(bad_models, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert err.startswith("ramp: error:") and message in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_presets_command_runs_llama_cpp_quantizer(tiny_reference, tmp_path, capsys):
+    code = main(["presets", "--reference", str(tiny_reference), "--preset", "Q8_0", "--preset", "q4_k_m",
+                 "--out-dir", str(tmp_path)])
+    assert code == 0
+    q8 = gguf.GGUFReader(tmp_path / f"{tiny_reference.stem}-Q8_0.gguf")
+    assert q8.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert {t.tensor_type.name for t in q8.tensors if len(t.shape) == 2} == {"Q8_0"}
+    q4 = gguf.GGUFReader(tmp_path / f"{tiny_reference.stem}-Q4_K_M.gguf")
+    assert q4.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert "Q4_K" in {t.tensor_type.name for t in q4.tensors}
+    assert capsys.readouterr().out.count("wrote") == 2
+
+
+def test_presets_command_rejects_unknown_preset(tiny_reference, tmp_path, capsys):
+    code = main(["presets", "--reference", str(tiny_reference), "--preset", "Q4_K_X", "--out-dir", str(tmp_path)])
+    assert code != 0
+    assert "unknown llama.cpp preset 'Q4_K_X'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
