@@ -16,7 +16,9 @@ from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_
 
 
 def test_run_on_embedded_model(tmp_path, capsys):
-    code = main(["run", "--preset", "Q4_K_M", "--ctx", "128", "--max-windows", "2", "--out-dir", str(tmp_path)])
+    # the weight-error stand-in keeps this under CI's budget; the measured-KLD path is tested on the tiny model
+    code = main(["run", "--damage", "weight-error", "--preset", "Q4_K_M", "--ctx", "128", "--max-windows", "2",
+                 "--out-dir", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "weight-error stand-in" in printed and "126 scored tokens" in printed
@@ -37,6 +39,19 @@ def test_run_on_embedded_model(tmp_path, capsys):
         assert written[spec.name] == resolve_format(allocation.formats[spec.name], spec.row_length).name
     assert "output.weight" not in written  # tied embeddings stay tied
     assert os.path.getsize(tmp_path / "ramp.gguf") == predict_file_size(model, allocation.formats) == ours["file_bytes"]
+
+
+def test_run_with_measured_sensitivity(tiny_reference, tmp_path, capsys):
+    code = main(["run", "--model", str(tiny_reference), "--budget", "5.5bpw", "--formats", "Q4_0,Q8_0", "--calibration-tokens", "64",
+                 "--preset", "Q8_0", "--ctx", "64", "--max-windows", "1", "--out-dir", str(tmp_path)])
+    assert code == 0
+    assert "KLD sensitivity measured on 64 calibration tokens" in capsys.readouterr().out
+    allocation = Allocation.load(tmp_path / "allocation.json")
+    assert allocation.method == "ilp" and allocation.extra["damage"] == "kld"
+    assert allocation.extra["data_bytes"] <= allocation.extra["budget_bytes"]
+    assert len(set(allocation.formats.values())) > 1  # a mixed allocation, not one format
+    names = [row["name"] for row in json.loads((tmp_path / "results.json").read_text())]
+    assert sorted(names) == ["F32 reference", "Q8_0", "ramp ilp"]
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,12 @@
 that reference, allocate formats under the budget, export ramp's GGUF, and evaluate everything on the same
 held-out windows through llama.cpp, printing one table.
 
-Damage per (tensor, format) comes from `--sensitivity` (a `ramp profile` table) when given. Without one,
-run uses the WEIGHT-ERROR STAND-IN: the squared error of each tensor's weights after llama.cpp's own
-quantization round trip. It ignores how much each tensor matters to the output, so it is a placeholder for
-measured sensitivity, named as such in the output and in the allocation file.
+Damage per (tensor, format) is `ramp profile`'s measured sensitivity (mean KLD with only that tensor
+quantized), taken from `--sensitivity FILE` or measured here on calibration text (disk-cached, so a second
+run skips it). Run measures on 256 calibration tokens, half of `ramp profile`'s default, to keep the whole
+command near 15 minutes on two cores. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN instead: the
+squared error of each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but
+blind to how much each tensor matters to the output; it is named as such in the table and the allocation.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ramp.commands.eval import add_window_arguments
 
 DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")  # mirrors ramp.presets.DEFAULT_PRESETS, kept light
 DEFAULT_MAX_WINDOWS = 32
+DEFAULT_CALIBRATION_TOKENS = 256
 STAND_IN = "weight-error stand-in"
 
 
@@ -25,8 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the bytes llama.cpp's preset spends on them (default Q4_K_M)")
     parser.add_argument("--method", default="ilp", choices=("ilp", "greedy"), help="allocation method (default ilp)")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp allocate's ladder)")
-    parser.add_argument("--sensitivity", metavar="FILE",
-                        help=f"sensitivity table from `ramp profile` (default: the {STAND_IN})")
+    parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
+    parser.add_argument("--damage", choices=("kld", "weight-error"), default="kld",
+                        help=f"without --sensitivity: measure KLD sensitivity (default) or use the {STAND_IN}")
+    parser.add_argument("--calibration-tokens", type=int, default=DEFAULT_CALIBRATION_TOKENS,
+                        help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS})")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp presets to compare against, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--out-dir", default=".", help="folder for ramp.gguf, allocation.json, results.json (default: .)")
@@ -54,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(out_gguf)
     presets = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
     budget_preset = args.budget.upper() if _is_preset_name(args.budget) else None
-    for name in presets + ([budget_preset] if budget_preset else []):
+    needed_presets = list(dict.fromkeys(presets + ([budget_preset] if budget_preset else [])))
+    for name in needed_presets:
         ftype_of(name)
     budget = None if budget_preset else Budget.parse(args.budget)
     ladder = parse_ladder(args.formats)
@@ -64,14 +71,21 @@ def run(args: argparse.Namespace) -> int:
     if budget is not None:
         require_within(budget, model, feasible_range(model, ladder))
     reference = cached_reference(model)
-    preset_files = {name: preset_path(reference, name) for name in dict.fromkeys(presets + ([budget_preset] if budget_preset else []))}
+    preset_files = {name: preset_path(reference, name) for name in needed_presets}
     if budget_preset:
         budget = Budget.parse(f"{_quantizable_bytes(preset_files[budget_preset], model)}B")
         print(f"budget: the {budget.text} {budget_preset} spends on the quantizable tensors")
 
-    if table is None:
-        print(f"damage: {STAND_IN} (squared weight error after llama.cpp's quantization; `ramp profile` measures real sensitivity)")
+    if table is None and args.damage == "weight-error":
+        print(f"damage: {STAND_IN} (squared weight error after llama.cpp's quantization, not measured sensitivity)")
         table = weight_error_table(model, ladder)
+    elif table is None:
+        from ramp.forward import calibration_tokens
+        from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
+
+        print(f"damage: KLD sensitivity measured on {args.calibration_tokens} calibration tokens (cached for later runs)")
+        tokens = calibration_tokens(model, args.calibration_tokens, min(DEFAULT_WINDOW, args.calibration_tokens))
+        table = measure_sensitivity(model, tokens, formats=ladder)
     allocation = allocate(model, args.method, budget, table, ladder=ladder)
     allocation.extra["damage"] = table.measure
     allocation.save(out_allocation)
