@@ -175,10 +175,21 @@ class _Plan:
         return 8.0 * self.min_after[0] / self.n_params
 
 
-def action_index(action: float, n_options: int) -> int:
-    """Map an action in [-1, 1] linearly onto option indices 0..n-1 (equal-width bins)."""
-    position = (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0
-    return min(int(position * n_options), n_options - 1)
+def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) -> int:
+    """Map an action in [-1, 1] onto the step's ordered options, centred on the budget's pace.
+
+    -1 is the lowest option and +1 the highest; 0 is the largest option not above `pace_bpw`, the bits per
+    weight the remaining weights may average (rounding down, so pacing never overdraws; what it leaves
+    raises the pace of later steps). The mapping is monotone and piecewise linear in the fractional
+    option index. Centring on the pace means an untrained policy already spends the budget evenly, and
+    learning only has to find which tensors deserve more or less than their share: with a few dozen
+    episodes, an absolute mapping spends them learning to pace itself instead.
+    """
+    action = float(np.clip(action, -1.0, 1.0))
+    top = len(option_bpw) - 1
+    pace = float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
+    position = pace + action * (pace if action < 0 else top - pace)
+    return int(np.clip(np.floor(position + 1e-9), 0, top))
 
 
 class BitAllocationEnv(gym.Env):
@@ -288,7 +299,9 @@ class BitAllocationEnv(gym.Env):
         config = self.reward_config
         value = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         choices = plan.items[self._step].choices
-        requested = action_index(value, len(choices))
+        step_params = int(plan.params[self._step])
+        pace_bpw = 8.0 * (self._budget - self._spent) / (plan.n_params - self._params_done)
+        requested = action_index(value, [8.0 * choice.nbytes / step_params for choice in choices], pace_bpw)
         allowed = self._budget - self._spent - int(plan.min_after[self._step + 1])
         # Largest choice at or below the request that leaves every later step its minimum; choice 0
         # always fits because reset checked the whole minimum against the budget.

@@ -131,3 +131,11 @@ def test_episode_end_measures_real_kld(context: ModelContext) -> None:
     high = rollout(env, lambda _: np.ones(1, dtype=np.float32), context=0, budget_bpw=9.0)
     assert set(low["formats"].values()) == {"Q2_K"} and set(high["formats"].values()) == {"Q8_0"}
     assert 0 < high["kld"] < low["kld"]
+
+
+def test_zero_action_paces_the_budget(model: Model) -> None:
+    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (3.0, 6.0))
+    for budget in (3.0, 4.5, 6.0):
+        info = rollout(env, lambda _: np.zeros(1, dtype=np.float32), context=0, budget_bpw=budget)
+        assert info["overshoot_bytes"] == 0
+        assert 0.9 * info["budget_bytes"] <= info["bytes"] <= info["budget_bytes"]
