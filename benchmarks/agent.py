@@ -26,6 +26,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budgets", default="3.5,4.0,4.5,5.0,5.5", help="comma-separated bits per quantizable weight")
     parser.add_argument("--train-budget", help="training range LOW..HIGH (default: feasible part of --budgets)")
     parser.add_argument("--presets", default="Q3_K_M,Q4_K_M,Q5_K_M")
+    parser.add_argument("--calibration-tokens", type=int, default=256,
+                        help="calibration tokens for the sensitivity table and the training evaluator (default 256)")
     parser.add_argument("--eval-windows", type=int, default=8, help="512-token windows of held-out text (default 8)")
     parser.add_argument("--out-dir", default="bench/agent")
     parser.add_argument("--seed", type=int, default=0)
@@ -72,15 +74,17 @@ def main() -> int:
     table_path = out / "sensitivity.json"
     started = time.monotonic()
     if not table_path.is_file():
-        measure_sensitivity(model, calibration_tokens(model), formats=list(DEFAULT_LADDER), progress=False).save(table_path)
+        tokens = calibration_tokens(model, args.calibration_tokens, 128)
+        measure_sensitivity(model, tokens, formats=list(DEFAULT_LADDER), progress=False).save(table_path)
     table = SensitivityTable.load(table_path)
     results["sensitivity_seconds"] = time.monotonic() - started
 
     policy = out / "policy.zip"
     train_budget = args.train_budget or f"{min(feasible)}bpw..{max(feasible)}bpw"
     train_argv = ["train", "--budget", train_budget, "--timesteps", str(args.timesteps), "--out", str(policy),
-                  "--sensitivity", str(table_path), "--seed", str(args.seed), "--tensorboard", str(out / "runs"),
-                  "--checkpoint-every", "1000", "--no-progress"]
+                  "--sensitivity", str(table_path), "--calibration-tokens", str(args.calibration_tokens),
+                  "--seed", str(args.seed), "--tensorboard", str(out / "runs"), "--checkpoint-every", "1000",
+                  "--no-progress"]
     results["train_command"] = "ramp " + " ".join(train_argv)
     started = time.monotonic()
     if cli.main(train_argv) != 0:
