@@ -16,7 +16,10 @@ evaluates all candidates at once and replays the acceptance rule, which selects 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +33,8 @@ QK_K = 256
 # Groups per slice in the scale searches. Searches that evaluate all candidates at once hold
 # (elements, candidates, groups) temporaries and take smaller slices; the sequential affine search holds
 # (elements, groups) ones and takes large slices so that Python's per-operation overhead stays small.
-BATCHED_CHUNK = 4096
-SEQUENTIAL_CHUNK = 16384
+BATCHED_CHUNK = 16384
+SEQUENTIAL_CHUNK = 8192
 IQ4NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 
@@ -60,27 +63,41 @@ def _inverse_or_zero(value: Tensor) -> Tensor:
     return torch.where(value != 0, _div(1.0, value, value), torch.zeros_like(value))
 
 
-def _seq_sum(terms: Tensor, seeded: bool = False) -> Tensor:
-    """Sum over dim 0 left to right in float32, as `float s = 0; for (...) s += t;` does.
+def _seq_sum(terms: Tensor | Sequence[Tensor], seeded: bool = False) -> Tensor:
+    """Sum over dim 0 (or over a list of views) left to right in float32, as `float s = 0; for (...) s += t;`.
 
     `seeded`: C initialises the sum with the first term instead (`float s = t[0]; for (i = 1; ...)`).
+    Callers that sum the same buffer repeatedly pass its views, made once: making a view costs about as
+    much as the addition.
     """
     total = terms[0].clone() if seeded else terms[0] + 0.0  # 0.0f + -0.0f is +0.0f
-    for term in terms[1:]:
-        total = total + term
+    for i in range(1, len(terms)):
+        total.add_(terms[i])
     return total
 
 
 def _signed_absmax(x: Tensor) -> Tensor:
-    """Per column, the value with the largest magnitude, first occurrence on ties (C's `if (ax > amax)`)."""
-    index = x.abs().argmax(dim=0, keepdim=True)
-    return x.gather(0, index)[0] + 0.0  # an all-zero group yields C's +0.0 even if it holds -0.0
+    """Per column, the value with the largest magnitude, first occurrence on ties (C's `if (ax > amax)`).
+
+    argmax over dim 0 is not vectorised on CPU (about 10 ns a weight), so this takes the amax of an int64
+    key instead: the bits of |x|, which order non-negative floats as their values do, then the row's
+    rank, higher for earlier rows so that ties go to the first.
+    """
+    n = x.shape[0]
+    rank = torch.arange(n - 1, -1, -1, device=x.device).reshape((n,) + (1,) * (x.dim() - 1))
+    key = x.abs().view(torch.int32).to(torch.int64).mul_(n).add_(rank).amax(dim=0, keepdim=True)
+    return x.gather(0, (n - 1) - key.remainder(n))[0] + 0.0  # an all-zero group yields C's +0.0 even if it holds -0.0
 
 
-def _round_away(x: Tensor) -> Tensor:
-    """C's roundf: halves away from zero (torch.round goes to even)."""
-    truncated = x.trunc()
-    return truncated + torch.where((x - truncated).abs() >= 0.5, x.sign(), torch.zeros_like(x))
+def _round_away_int(x: Tensor) -> Tensor:
+    """C's roundf for |x| < 2**31, as int32 (torch.round goes to even); overwrites x.
+
+    x - trunc(x) is exact and doubling it is exact, so trunc(2 * fraction) is +-1 exactly when the
+    fraction reaches one half. Truncation is by conversion to int32: torch's float `trunc` is not
+    vectorised on CPU and costs 15 times as much.
+    """
+    truncated = x.to(torch.int32)
+    return truncated.add_(x.sub_(truncated).mul_(2.0).to(torch.int32))
 
 
 def _sqrt(x: Tensor) -> Tensor:
@@ -144,21 +161,32 @@ def _fit_symmetric_chunk(x: Tensor, nmax: int, weights: Tensor | None) -> tuple[
         float(-(np.float32(nmax) + np.float32(0.1) * np.float32(step))) for step in range(-9, 10) if step
     ]
     iscale = _div(torch.tensor(numerators, device=x.device).reshape(-1, 1), peak, x)  # (C, G)
-    levels = torch.round(iscale.unsqueeze(0) * x.unsqueeze(1)).clamp_(-nmax, nmax - 1)  # (n, C, G)
-    wl = w.unsqueeze(1) * levels
-    sumlx = _seq_sum(w.mul(x).unsqueeze(1) * levels)
-    suml2 = _seq_sum(wl * levels)
-    scale = torch.where(suml2[0] != 0, _div(sumlx[0], suml2[0], x), torch.zeros_like(peak))
-    best = scale * sumlx[0]
+    # One element at a time over all candidates: the (C, G) temporaries stay in cache, where the
+    # (n, C, G) levels of all elements at once would not, and only the chosen levels are kept (below).
+    wx = w * x
+    sumlx, suml2 = torch.zeros_like(iscale), torch.zeros_like(iscale)
+    level = torch.empty_like(iscale)
+    for i in range(x.shape[0]):
+        torch.mul(iscale, x[i], out=level).round_().clamp_(-nmax, nmax - 1)
+        sumlx.add_(wx[i] * level)
+        suml2.add_(torch.mul(w[i], level).mul_(level))
+    # The acceptance rule replayed candidate by candidate; everything that does not depend on the
+    # running best is computed for all candidates at once.
+    scales = _div(sumlx, suml2, x)
+    scales[0] = torch.where(suml2[0] != 0, scales[0], 0.0)
+    gains, squares, positive = scales * sumlx, sumlx * sumlx, suml2 > 0
+    best = gains[0]
     chosen = torch.zeros_like(peak, dtype=torch.long)
     for c in range(1, len(numerators)):
-        better = (suml2[c] > 0) & (sumlx[c] * sumlx[c] > best * suml2[c])
-        scale = torch.where(better, _div(sumlx[c], suml2[c], x), scale)
-        best = torch.where(better, scale * sumlx[c], best)
-        chosen = torch.where(better, c, chosen)
-    codes = _pick(levels.transpose(0, 1), chosen) + nmax
+        better = positive[c] & (squares[c] > best * suml2[c])
+        best = torch.where(better, gains[c], best)
+        chosen.masked_fill_(better, c)
+    scale = _pick(scales, chosen)
     zero = peak.abs() < GROUP_MAX_EPS
-    return torch.where(zero, 0.0, scale), torch.where(zero, 0.0, codes)
+    # Zeroed through the (finite) scale and a multiplication: torch.where over all elements is slow on CPU.
+    chosen_iscale = torch.where(zero, 0.0, _pick(iscale, chosen))
+    codes = torch.round(chosen_iscale * x).clamp_(-nmax, nmax - 1).add_(nmax).mul_((~zero).to(x.dtype))
+    return torch.where(zero, 0.0, scale), codes
 
 
 def _fit_affine(
@@ -173,39 +201,56 @@ def _fit_affine_chunk(
 ) -> tuple[Tensor, Tensor, Tensor]:
     low = torch.clamp(x.amin(dim=0), max=0.0)
     high = x.amax(dim=0)
-    sum_w = _seq_sum(w, seeded=True)
-    sum_x = _seq_sum(w * x, seeded=True)
+    sum_w, sum_x = _seq_sum(torch.stack([w, w * x], dim=1), seeded=True)
+    # Per-element work goes through buffers reused by every candidate (out= and in-place operations):
+    # no allocations, and the (n, G) tensors stay in cache between the operations of one candidate.
+    levels, diff = torch.empty_like(x), torch.empty_like(x)
+    weighted, squares, cross = products = torch.empty((3,) + x.shape, dtype=x.dtype, device=x.device)
+    product_terms, diff_terms = [products[:, i] for i in range(x.shape[0])], list(diff)
 
-    def error(scale: Tensor, offset: Tensor, codes: Tensor) -> Tensor:
-        diff = scale * codes + offset - x
-        return _seq_sum(w * (diff.abs() if use_mad else diff * diff))
+    def quantize_levels(iscale: Tensor, offset: Tensor) -> Tensor:
+        return torch.sub(x, offset, out=levels).mul_(iscale).round_().clamp_(0, nmax)
+
+    def error(scale: Tensor, offset: Tensor) -> Tensor:
+        torch.mul(levels, scale, out=diff).add_(offset).sub_(x)
+        (diff.abs_() if use_mad else diff.mul_(diff)).mul_(w)
+        return _seq_sum(diff_terms)
 
     iscale = _div(float(nmax), high - low, x)
     scale, offset = _div(1.0, iscale, x), low
-    codes = torch.round(iscale * (x - low)).clamp_(0, nmax)
-    best_error = error(scale, offset, codes)
+    quantize_levels(iscale, low)
+    best_error = error(scale, offset)
+    # The codes are not kept per candidate: the chosen candidate's are recomputed at the end from the
+    # (iscale, offset) pair that produced them, by the same operations.
+    level_iscale, level_offset = iscale, low
     # Unlike make_qx_quants, each candidate here starts from the offset accepted so far, so the
     # candidates are evaluated one after another (vectorised over groups only).
     for step in range(nstep + 1):
         numerator = float(np.float32(rmin) + np.float32(rdelta) * np.float32(step) + np.float32(nmax))
         iscale = _div(numerator, high - offset, x)
-        levels = torch.round(iscale * (x - offset)).clamp_(0, nmax)
-        wl = w * levels
-        sum_l, sum_l2, sum_xl = _seq_sum(torch.stack([wl, wl * levels, wl * x], dim=1))
+        quantize_levels(iscale, offset)
+        torch.mul(w, levels, out=weighted)
+        torch.mul(weighted, levels, out=squares)
+        torch.mul(weighted, x, out=cross)
+        sum_l, sum_l2, sum_xl = _seq_sum(product_terms)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = _div(sum_w * sum_xl - sum_x * sum_l, det, x)
         this_min = _div(sum_l2 * sum_x - sum_l * sum_xl, det, x)
         clipped = this_min > 0
         this_scale = torch.where(clipped, _div(sum_xl, sum_l2, x), this_scale)
         this_min = torch.where(clipped, 0.0, this_min)
-        this_error = error(this_scale, this_min, levels)
+        this_error = error(this_scale, this_min)
         take = (det > 0) & (this_error < best_error)
         best_error = torch.where(take, this_error, best_error)
         scale = torch.where(take, this_scale, scale)
+        level_iscale = torch.where(take, iscale, level_iscale)
+        level_offset = torch.where(take, offset, level_offset)
         offset = torch.where(take, this_min, offset)
-        codes = torch.where(take, levels, codes)
     flat = high <= low
-    return torch.where(flat, 0.0, scale), -torch.where(flat, low, offset), torch.where(flat, 0.0, codes)
+    # Flat groups get codes 0 through a zero iscale (+ 0.0 turns round's -0.0 into +0.0), not through a
+    # torch.where over all elements, which is slow on CPU.
+    codes = quantize_levels(torch.where(flat, 0.0, level_iscale), level_offset).add_(0.0)
+    return torch.where(flat, 0.0, scale), -torch.where(flat, low, offset), codes
 
 
 def _refine_codes(
@@ -394,7 +439,14 @@ def _row_sigma2(blocks: Tensor, n_rows: int) -> Tensor:
 
 def _encode_q8_0(x: Tensor, qw: np.ndarray | None, n_rows: int) -> dict[str, Tensor]:
     d = _div(x.abs().amax(dim=1), 127.0, x)
-    return {"d": d, "q": _round_away(x * _inverse_or_zero(d).unsqueeze(1))}
+    return {"d": d, "q": _round_away_int(x * _inverse_or_zero(d).unsqueeze(1))}
+
+
+def _pack_q8_0(p: dict[str, Tensor]) -> Tensor:
+    out = torch.empty(p["q"].shape[0], 34, dtype=torch.uint8, device=p["q"].device)
+    out[:, :2] = _half_bytes(p["d"])
+    out[:, 2:].view(torch.int8).copy_(p["q"])  # float to int8 in the same pass as the copy
+    return out
 
 
 def _decode_q8_0(p: dict[str, Tensor]) -> Tensor:
@@ -403,7 +455,7 @@ def _decode_q8_0(p: dict[str, Tensor]) -> Tensor:
 
 Q8_0 = _Codec(
     _encode_q8_0,
-    lambda p: torch.cat([_half_bytes(p["d"]), p["q"].to(torch.int8).view(torch.uint8)], dim=1),
+    _pack_q8_0,
     lambda b: {"d": _read_half(b, 0), "q": b[:, 2:].contiguous().view(torch.int8).to(torch.float32)},
     _decode_q8_0,
 )
@@ -850,9 +902,41 @@ def _codec(fmt: Format) -> _Codec:
         raise RampError(f"the torch backend has no {fmt.name} kernel; use backend='ggml' for it") from None
 
 
-def _row_slices(rows: Tensor) -> list[tuple[int, int]]:
-    step = max(1, _ROWS_WEIGHTS // rows.shape[1])
-    return [(start, min(start + step, rows.shape[0])) for start in range(0, rows.shape[0], step)]
+def _n_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _row_slices(rows: Tensor, n_workers: int) -> list[tuple[int, int]]:
+    """Row ranges of at most _ROWS_WEIGHTS weights, and at least one per worker when there are enough rows."""
+    n_rows = rows.shape[0]
+    step = max(1, min(_ROWS_WEIGHTS // rows.shape[1], -(-n_rows // n_workers)))
+    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+@contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """Torch's intra-op threads off for the duration (process-wide; new threads inherit the setting).
+
+    An intra-op parallel region waits for all its threads at every operation, and the encoders run
+    thousands of small operations: on a loaded machine one descheduled thread stalls each of them for a
+    time slice (measured: 15 ms instead of 0.1 ms per 1M-element op at load 9 on 2 cores). Row slices on
+    one Python thread per core instead never wait for each other; torch releases the GIL inside ops.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _map_rows(rows: Tensor, fn: Callable[[int, int], Tensor | None]) -> list[Tensor | None]:
+    """fn(start, stop) over row slices: on CPU one single-threaded slice per core at a time, in order."""
+    if rows.device.type != "cpu":
+        return [fn(a, b) for a, b in _row_slices(rows, 1)]
+    n_workers = _n_workers()
+    with _single_threaded_ops(), ThreadPoolExecutor(max_workers=n_workers) as pool:
+        return list(pool.map(lambda bounds: fn(*bounds), _row_slices(rows, n_workers)))
 
 
 def _encode(rows: Tensor, fmt: Format, importance: np.ndarray | None, start: int, stop: int) -> dict[str, Tensor]:
@@ -863,19 +947,28 @@ def _encode(rows: Tensor, fmt: Format, importance: np.ndarray | None, start: int
 def quantize(rows: Tensor, fmt: Format, importance: np.ndarray | None) -> np.ndarray:
     """llama.cpp's packed bytes for float32 rows (n_rows, row_length) whose length `fmt` fits."""
     codec = _codec(fmt)
-    packed = [codec.pack(_encode(rows, fmt, importance, a, b)).reshape(-1) for a, b in _row_slices(rows)]
-    return torch.cat(packed).cpu().numpy()
+    out = torch.empty(rows.shape[0], fmt.tensor_bytes(1, rows.shape[1]), dtype=torch.uint8, device=rows.device)
+
+    def pack(start: int, stop: int) -> None:
+        # Written in place while the slice's bytes are still in cache, instead of concatenated at the end.
+        out[start:stop].view(-1).copy_(codec.pack(_encode(rows, fmt, importance, start, stop)).reshape(-1))
+
+    _map_rows(rows, pack)
+    return out.reshape(-1).cpu().numpy()
 
 
 def quantize_dequantize(rows: Tensor, fmt: Format, importance: np.ndarray | None) -> Tensor:
     """The float32 weights llama.cpp computes with, without packing bytes (same device as `rows`)."""
     codec = _codec(fmt)
-    parts = [codec.decode(_encode(rows, fmt, importance, a, b)).reshape(b - a, -1) for a, b in _row_slices(rows)]
-    return torch.cat(parts)
+    return torch.cat(_map_rows(rows, lambda a, b: codec.decode(_encode(rows, fmt, importance, a, b)).reshape(b - a, -1)))
 
 
 def dequantize(packed: np.ndarray, fmt: Format, n_rows: int, row_length: int) -> np.ndarray:
     """Float32 (n_rows, row_length) from llama.cpp's packed bytes (length already checked by the caller)."""
     codec = _codec(fmt)
-    data = torch.from_numpy(np.ascontiguousarray(packed)).reshape(-1, fmt.block_bytes)
-    return codec.decode(codec.unpack(data)).reshape(n_rows, row_length).numpy()
+    data = torch.from_numpy(np.ascontiguousarray(packed)).reshape(n_rows, -1)
+
+    def decode(start: int, stop: int) -> Tensor:
+        return codec.decode(codec.unpack(data[start:stop].reshape(-1, fmt.block_bytes))).reshape(stop - start, row_length)
+
+    return torch.cat(_map_rows(data, decode)).numpy()
