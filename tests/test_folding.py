@@ -19,14 +19,18 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def absmax(model):
-    stats = collect_activation_stats(Forward(model), calibration_tokens(model, n_tokens=256, window=128))
+def tokens(model):
+    return calibration_tokens(model, n_tokens=128, window=128)
+
+
+@pytest.fixture(scope="module")
+def absmax(model, tokens):
+    stats = collect_activation_stats(Forward(model), tokens)
     return {name: s.absmax for name, s in stats.items()}
 
 
-def test_folded_model_gives_the_same_logits_on_real_text(model, absmax):
+def test_folded_model_gives_the_same_logits_on_real_text(model, absmax, tokens):
     folded = fold_model(model, absmax, alpha=0.5)
-    tokens = calibration_tokens(model, n_tokens=128, window=128)
     before = Forward(model).logits(tokens).double()
     after = Forward(folded).logits(tokens).double()
     assert float((after - before).norm() / before.norm()) < 1e-5  # float32 rounding, nothing more
@@ -36,10 +40,10 @@ def test_folded_model_gives_the_same_logits_on_real_text(model, absmax):
     assert folded.sha256 != model.sha256
 
 
-def test_alpha_one_flattens_activation_maxima(model, absmax):
+def test_alpha_one_flattens_activation_maxima(model, absmax, tokens):
     # with alpha = 1, s_j = max|X_j|: every folded input channel of q/k/v has max |x| = 1 on the same tokens
     folded = fold_model(model, absmax, alpha=1.0)
-    stats = collect_activation_stats(Forward(folded), calibration_tokens(model, n_tokens=256, window=128))
+    stats = collect_activation_stats(Forward(folded), tokens)
     assert np.allclose(stats["blk.5.attn_q.weight"].absmax, 1.0, rtol=1e-3)
     assert np.allclose(stats["blk.5.ffn_gate.weight"].absmax, 1.0, rtol=1e-3)
 
