@@ -30,11 +30,13 @@ from ramp.kernels.formats import Format
 Tensor = torch.Tensor
 GROUP_MAX_EPS = 1e-15
 QK_K = 256
-# Groups per slice in the scale searches. Searches that evaluate all candidates at once hold
-# (elements, candidates, groups) temporaries and take smaller slices; the sequential affine search holds
-# (elements, groups) ones and takes large slices so that Python's per-operation overhead stays small.
-BATCHED_CHUNK = 16384
-SEQUENTIAL_CHUNK = 8192
+# Groups per slice in the scale searches, measured best on a 2-core CPU: large enough that Python's
+# per-operation overhead stays small next to the work, small enough that the temporaries stay in cache
+# (make_qx_quants: (candidates, groups); the affine search: (elements, groups); iq4_nl's search:
+# (elements, candidates, groups)).
+SYMMETRIC_CHUNK = 16384
+AFFINE_CHUNK = 8192
+NONLINEAR_CHUNK = 4096
 IQ4NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 
@@ -151,7 +153,7 @@ def _ungroup(groups: Tensor, n_blocks: int) -> Tensor:
 
 def _fit_symmetric(x: Tensor, nmax: int, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     """make_qx_quants(rmse_type=1): scale and codes L in [0, 2*nmax) for groups x (n, G)."""
-    return _chunked(lambda xs, ws: _fit_symmetric_chunk(xs, nmax, ws), BATCHED_CHUNK, x, weights)
+    return _chunked(lambda xs, ws: _fit_symmetric_chunk(xs, nmax, ws), SYMMETRIC_CHUNK, x, weights)
 
 
 def _fit_symmetric_chunk(x: Tensor, nmax: int, weights: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -193,7 +195,7 @@ def _fit_affine(
     x: Tensor, nmax: int, weights: Tensor, rmin: float, rdelta: float, nstep: int, use_mad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """make_qkx2_quants / make_qkx3_quants: (scale, the_min, codes in [0, nmax]) for groups x (n, G)."""
-    return _chunked(lambda xs, ws: _fit_affine_chunk(xs, nmax, ws, rmin, rdelta, nstep, use_mad), SEQUENTIAL_CHUNK, x, weights)
+    return _chunked(lambda xs, ws: _fit_affine_chunk(xs, nmax, ws, rmin, rdelta, nstep, use_mad), AFFINE_CHUNK, x, weights)
 
 
 def _fit_affine_chunk(
@@ -316,7 +318,7 @@ def _best_index(values: Tensor, x: Tensor) -> Tensor:
 
 def _fit_nonlinear(x: Tensor, w: Tensor, table: Tensor) -> Tensor:
     """The per-32 scale search of quantize_row_iq4_nl_impl (ntry=7) for groups x (32, G)."""
-    return _chunked(lambda xs, ws: (_fit_nonlinear_chunk(xs, ws, table),), BATCHED_CHUNK, x, w)[0]
+    return _chunked(lambda xs, ws: (_fit_nonlinear_chunk(xs, ws, table),), NONLINEAR_CHUNK, x, w)[0]
 
 
 def _fit_nonlinear_chunk(x: Tensor, w: Tensor, table: Tensor) -> Tensor:
@@ -889,8 +891,9 @@ CODECS: dict[str, _Codec] = {
 
 # ---------------------------------------------------------------------------------------------- entry points
 
-# Rows per call of an encoder: bounds the memory of the (elements, candidates, groups) temporaries.
-_ROWS_WEIGHTS = 1 << 20
+# Weights per call of an encoder: one scale-search chunk of groups, and enough slices to keep every
+# worker busy to the end.
+_ROWS_WEIGHTS = 1 << 18
 
 
 def _codec(fmt: Format) -> _Codec:
