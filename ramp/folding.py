@@ -35,7 +35,7 @@ from ramp.model import Model
 DEFAULT_ALPHA = 0.5
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise RampError(f"alpha must lie in [0, 1], got {alpha}")
 
@@ -61,7 +61,7 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
     calibration text (`ramp.profile.collect_activation_stats(...)[name].absmax`); the ones needed are
     each block's attn_q, attn_output and ffn_gate (and ffn_down).
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     tensors = dict(model.tensors)
     n_head = int(model.hparam("attention.head_count", 0))
     n_head_kv = int(model.hparam("attention.head_count_kv", n_head))
@@ -130,6 +130,6 @@ def fold_with_calibration(model: Model, alpha: float = DEFAULT_ALPHA, n_tokens: 
     from ramp.forward import Forward, calibration_tokens
     from ramp.profile import collect_activation_stats
 
-    _check_alpha(alpha)
+    check_alpha(alpha)
     stats = collect_activation_stats(Forward(model), calibration_tokens(model, n_tokens, window))
     return fold_model(model, {name: s.absmax for name, s in stats.items()}, alpha)

@@ -19,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ramp.export.gguf_writer import write_reference
     from ramp.files import check_output_path
-    from ramp.folding import fold_with_calibration
+    from ramp.folding import check_alpha, fold_with_calibration
     from ramp.model import load_model
 
+    check_alpha(args.alpha)  # fail before loading the model
     check_output_path(args.out)
     model = load_model(args.model)
     folded = fold_with_calibration(model, args.alpha, args.tokens, args.window)
