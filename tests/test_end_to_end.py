@@ -17,8 +17,8 @@ from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_
 
 def test_run_on_embedded_model(tmp_path, capsys):
     # the weight-error stand-in keeps this under CI's budget; the measured-KLD path is tested on the tiny model
-    code = main(["run", "--damage", "weight-error", "--preset", "Q4_K_M", "--ctx", "128", "--max-windows", "2",
-                 "--out-dir", str(tmp_path)])
+    code = main(["run", "--damage", "weight-error", "--formats", "Q4_0,Q6_K,Q8_0", "--preset", "Q4_K_M",
+                 "--ctx", "128", "--max-windows", "2", "--out-dir", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "weight-error stand-in" in printed and "126 scored tokens" in printed
