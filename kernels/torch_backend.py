@@ -361,7 +361,8 @@ def _half_bytes(values: Tensor) -> Tensor:
 
 
 def _read_half(data: Tensor, offset: int) -> Tensor:
-    return data[:, offset:offset + 2].contiguous().view(torch.float16).reshape(-1).to(torch.float32)
+    # Every block size and half offset is even, so the bytes can be reinterpreted in place.
+    return data[:, offset:offset + 2].view(torch.float16).reshape(-1).to(torch.float32)
 
 
 def _nibbles(low: Tensor, high: Tensor) -> Tensor:
@@ -458,7 +459,7 @@ def _decode_q8_0(p: dict[str, Tensor]) -> Tensor:
 Q8_0 = _Codec(
     _encode_q8_0,
     _pack_q8_0,
-    lambda b: {"d": _read_half(b, 0), "q": b[:, 2:].contiguous().view(torch.int8).to(torch.float32)},
+    lambda b: {"d": _read_half(b, 0), "q": b[:, 2:].view(torch.int8).to(torch.float32)},
     _decode_q8_0,
 )
 
@@ -942,6 +943,21 @@ def _map_rows(rows: Tensor, fn: Callable[[int, int], Tensor | None]) -> list[Ten
         return list(pool.map(lambda bounds: fn(*bounds), _row_slices(rows, n_workers)))
 
 
+_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32}
+
+
+def _empty_like_rows(rows: Tensor, row_length: int, dtype: torch.dtype) -> Tensor:
+    """An uninitialised (n_rows, row_length) output on `rows`' device that slices are copied into.
+
+    On CPU it is a numpy array's memory: numpy backs large arrays with huge pages, so filling it costs
+    far fewer page faults than torch's fresh allocations do (page faults were most of the time of
+    dequantizing into a torch.cat of slices).
+    """
+    if rows.device.type == "cpu":
+        return torch.from_numpy(np.empty((rows.shape[0], row_length), dtype=_NUMPY_DTYPES[dtype]))
+    return torch.empty(rows.shape[0], row_length, dtype=dtype, device=rows.device)
+
+
 def _encode(rows: Tensor, fmt: Format, importance: np.ndarray | None, start: int, stop: int) -> dict[str, Tensor]:
     chunk = rows[start:stop]
     return _codec(fmt).encode(chunk.reshape(-1, fmt.block_size), importance, stop - start)
@@ -950,7 +966,7 @@ def _encode(rows: Tensor, fmt: Format, importance: np.ndarray | None, start: int
 def quantize(rows: Tensor, fmt: Format, importance: np.ndarray | None) -> np.ndarray:
     """llama.cpp's packed bytes for float32 rows (n_rows, row_length) whose length `fmt` fits."""
     codec = _codec(fmt)
-    out = torch.empty(rows.shape[0], fmt.tensor_bytes(1, rows.shape[1]), dtype=torch.uint8, device=rows.device)
+    out = _empty_like_rows(rows, fmt.tensor_bytes(1, rows.shape[1]), torch.uint8)
 
     def pack(start: int, stop: int) -> None:
         # Written in place while the slice's bytes are still in cache, instead of concatenated at the end.
@@ -963,15 +979,23 @@ def quantize(rows: Tensor, fmt: Format, importance: np.ndarray | None) -> np.nda
 def quantize_dequantize(rows: Tensor, fmt: Format, importance: np.ndarray | None) -> Tensor:
     """The float32 weights llama.cpp computes with, without packing bytes (same device as `rows`)."""
     codec = _codec(fmt)
-    return torch.cat(_map_rows(rows, lambda a, b: codec.decode(_encode(rows, fmt, importance, a, b)).reshape(b - a, -1)))
+    out = _empty_like_rows(rows, rows.shape[1], torch.float32)
+
+    def decode(start: int, stop: int) -> None:
+        out[start:stop].copy_(codec.decode(_encode(rows, fmt, importance, start, stop)).reshape(stop - start, -1))
+
+    _map_rows(rows, decode)
+    return out
 
 
 def dequantize(packed: np.ndarray, fmt: Format, n_rows: int, row_length: int) -> np.ndarray:
     """Float32 (n_rows, row_length) from llama.cpp's packed bytes (length already checked by the caller)."""
     codec = _codec(fmt)
     data = torch.from_numpy(np.ascontiguousarray(packed)).reshape(n_rows, -1)
+    out = _empty_like_rows(data, row_length, torch.float32)
 
-    def decode(start: int, stop: int) -> Tensor:
-        return codec.decode(codec.unpack(data[start:stop].reshape(-1, fmt.block_bytes))).reshape(stop - start, row_length)
+    def decode(start: int, stop: int) -> None:
+        out[start:stop].copy_(codec.decode(codec.unpack(data[start:stop].reshape(-1, fmt.block_bytes))).reshape(stop - start, -1))
 
-    return torch.cat(_map_rows(data, decode)).numpy()
+    _map_rows(data, decode)
+    return out.numpy()
