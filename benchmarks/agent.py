@@ -2,10 +2,12 @@
 
     python benchmarks/agent.py --timesteps 5000 --budgets 3.5,4.0,4.5,5.0,5.5 --out-dir bench/agent
 
-1. Sensitivity table of the embedded model (SmolLM2-135M) for the ILP and the policy's shaped rewards.
+1. With `--sensitivity FILE` (or `--measure-sensitivity`, ~1000 forwards), the table of the embedded model
+   (SmolLM2-135M) for the ILP baseline and the policy's shaped rewards; without one, the policy learns from
+   the episode-end KLD alone and the ILP is left out.
 2. `ramp train` on the embedded model over the budget range (timed).
-3. Per budget: allocate with the policy and with the ILP, write each GGUF, and measure it through llama.cpp
-   on held-out text (perplexity, KLD vs the F32 reference, top-1); the presets are measured the same way.
+3. Per budget: allocate with the policy, uniform and (with a table) the ILP, write each GGUF, and measure it
+   through llama.cpp on held-out text (perplexity, KLD vs the F32 reference, top-1); the presets likewise.
    Budgets below the model's smallest allocation are reported as infeasible, not silently moved.
 4. Zero-shot on a second model when one can be profiled (Gemma 3 270M from PyPI, if installed).
 
@@ -28,6 +30,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--presets", default="Q3_K_M,Q4_K_M,Q5_K_M")
     parser.add_argument("--calibration-tokens", type=int, default=256,
                         help="calibration tokens for the sensitivity table and the training evaluator (default 256)")
+    parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` for this model")
+    parser.add_argument("--measure-sensitivity", action="store_true", help="measure the table here when --sensitivity is absent")
     parser.add_argument("--eval-windows", type=int, default=8, help="512-token windows of held-out text (default 8)")
     parser.add_argument("--out-dir", default="bench/agent")
     parser.add_argument("--seed", type=int, default=0)
@@ -47,7 +51,9 @@ def gemma_path() -> Path | None:
 def main() -> int:
     args = parse_args()
     from ramp import cli
-    from ramp.allocate import allocate
+    from ramp.agent import model_embedding
+    from ramp.allocate import allocate, predicted_damage
+    from ramp.allocate.policy import allocate_with_policy
     from ramp.allocate.budget import Budget, feasible_range
     from ramp.allocate.problem import DEFAULT_LADDER
     from ramp.errors import RampError
@@ -71,20 +77,21 @@ def main() -> int:
     results: dict = {"model": "SmolLM2-135M-Instruct", "min_bpw": min_bpw, "timesteps": args.timesteps,
                      "infeasible_budgets": [b for b in budgets if b < min_bpw], "rows": []}
 
-    table_path = out / "sensitivity.json"
-    started = time.monotonic()
-    if not table_path.is_file():
+    table_path = Path(args.sensitivity) if args.sensitivity else out / "sensitivity.json"
+    if args.measure_sensitivity and not table_path.is_file():
+        started = time.monotonic()
         tokens = calibration_tokens(model, args.calibration_tokens, 128)
         measure_sensitivity(model, tokens, formats=list(DEFAULT_LADDER), progress=False).save(table_path)
-    table = SensitivityTable.load(table_path)
-    results["sensitivity_seconds"] = time.monotonic() - started
+        results["sensitivity_seconds"] = time.monotonic() - started
+    table = SensitivityTable.load(table_path) if table_path.is_file() else None
 
     policy = out / "policy.zip"
     train_budget = args.train_budget or f"{min(feasible)}bpw..{max(feasible)}bpw"
     train_argv = ["train", "--budget", train_budget, "--timesteps", str(args.timesteps), "--out", str(policy),
-                  "--sensitivity", str(table_path), "--calibration-tokens", str(args.calibration_tokens),
-                  "--seed", str(args.seed), "--tensorboard", str(out / "runs"), "--checkpoint-every", "1000",
-                  "--no-progress"]
+                  "--calibration-tokens", str(args.calibration_tokens), "--seed", str(args.seed),
+                  "--tensorboard", str(out / "runs"), "--checkpoint-every", "1000", "--no-progress"]
+    if table is not None:
+        train_argv += ["--sensitivity", str(table_path)]
     results["train_command"] = "ramp " + " ".join(train_argv)
     started = time.monotonic()
     if cli.main(train_argv) != 0:
@@ -94,15 +101,21 @@ def main() -> int:
     reference = cached_reference(model)
     windows = make_windows(reference, evaluation_text(), 512, args.eval_windows)
     ref_logprobs = reference_logprobs(reference, windows)
+    started = time.monotonic()
+    embedding, _ = model_embedding(model)  # profiled once; allocate_with_policy would redo it per budget
+    results["profile_seconds"] = time.monotonic() - started
     evaluated = []
     for name in args.presets.split(","):
         result = evaluate(preset_path(reference, name), ref_logprobs, windows, name)
         evaluated.append(result)
         results["rows"].append({"method": "preset", "budget_bpw": None, **asdict(result)})
     for bpw in feasible:
-        for method in ("policy", "ilp"):
+        for method in ("policy", "uniform") + (("ilp",) if table is not None else ()):
             started = time.monotonic()
-            allocation = allocate(model, method, Budget.parse(f"{bpw}bpw"), table, policy_path=policy)
+            if method == "policy":
+                allocation = allocate_with_policy(model, policy, f"{bpw}bpw", embedding=embedding)
+            else:
+                allocation = allocate(model, method, Budget.parse(f"{bpw}bpw"), table)
             seconds = time.monotonic() - started
             path = out / f"{method}-{bpw}bpw.gguf"
             write_allocation(model, allocation, path, progress=False)
@@ -111,7 +124,8 @@ def main() -> int:
             results["rows"].append({
                 "method": method, "budget_bpw": bpw, "allocate_seconds": seconds,
                 "quantizable_bpw": allocation.bits_per_weight(model),
-                "predicted_damage": allocation.extra.get("predicted_damage"), **asdict(result),
+                "predicted_damage": None if table is None else predicted_damage(model, allocation.formats, table),
+                **asdict(result),
             })
             path.unlink()  # a few hundred MB each; the numbers are what we keep
 
