@@ -248,7 +248,9 @@ class KLDEvaluator:
         from ramp.forward import Forward, KLDReference
         from ramp.kernels import DequantCache
 
-        self.cache = DequantCache(model)
+        # libggml writes the same bytes as the torch backend (bit-exact) and is 20-50x faster on CPU for the
+        # K-quants (docs/BENCHMARKS.md, Kernels), and first-time quantization dominates early training.
+        self.cache = DequantCache(model, backend="ggml")
         # Every allocation touches token_embd, so block checkpoints would never save a block: skip them.
         self.reference = KLDReference(Forward(model), tokens, checkpoint_blocks=False)
         self.threads = threads or torch.get_num_threads()
