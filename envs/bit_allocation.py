@@ -195,6 +195,11 @@ def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) ->
 class BitAllocationEnv(gym.Env):
     """Pick a format per step; the episode always ends within budget (see `RewardConfig` for rewards).
 
+    Observation: the step's embedding (per-model standardised; parameter-weighted mean over a group)
+    followed by `CONTEXT_FEATURES`. Action: one number in [-1, 1] on the step's ordered choices, centred
+    on the budget's pace (`action_index`); a request that would leave later steps less than their
+    minimum is lowered to the largest choice that does not.
+
     `budget_bpw` is a (low, high) range in bits per quantizable weight; each episode draws its budget
     uniformly from it (low == high fixes it). `reset(options=...)` pins the model (`context`: index) and
     the budget (`budget_bpw`, or `budget_bytes` exactly), which is how deterministic allocation rollouts run.
