@@ -226,7 +226,8 @@ def train(
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            sac.learn(remaining, callback=callbacks, reset_num_timesteps=False, tb_log_name="sac", progress_bar=progress_bar)
+            sac.learn(remaining, callback=callbacks, log_interval=1, reset_num_timesteps=False, tb_log_name="sac",
+                      progress_bar=progress_bar)
         except KeyboardInterrupt:
             checkpoint = _save_checkpoint(sac, directory, record)
             print(f"ramp: checkpoint at step {sac.num_timesteps} saved to {checkpoint}", file=sys.stderr)
