@@ -167,20 +167,22 @@ def _fit_symmetric_chunk(x: Tensor, nmax: int, weights: Tensor | None) -> tuple[
     # (n, C, G) levels of all elements at once would not, and only the chosen levels are kept (below).
     wx = w * x
     sumlx, suml2 = torch.zeros_like(iscale), torch.zeros_like(iscale)
-    level = torch.empty_like(iscale)
+    level, term = torch.empty_like(iscale), torch.empty_like(iscale)
     for i in range(x.shape[0]):
         torch.mul(iscale, x[i], out=level).round_().clamp_(-nmax, nmax - 1)
-        sumlx.add_(wx[i] * level)
-        suml2.add_(torch.mul(w[i], level).mul_(level))
+        sumlx.add_(torch.mul(wx[i], level, out=term))
+        suml2.add_(torch.mul(w[i], level, out=term).mul_(level))
     # The acceptance rule replayed candidate by candidate; everything that does not depend on the
     # running best is computed for all candidates at once.
     scales = _div(sumlx, suml2, x)
     scales[0] = torch.where(suml2[0] != 0, scales[0], 0.0)
-    gains, squares, positive = scales * sumlx, sumlx * sumlx, suml2 > 0
+    # C also requires suml2 > 0 (it is never negative): a -inf square fails the comparison instead.
+    gains = scales * sumlx
+    squares = torch.where(suml2 > 0, sumlx * sumlx, -torch.inf)
     best = gains[0]
     chosen = torch.zeros_like(peak, dtype=torch.long)
     for c in range(1, len(numerators)):
-        better = positive[c] & (squares[c] > best * suml2[c])
+        better = squares[c] > best * suml2[c]
         best = torch.where(better, gains[c], best)
         chosen.masked_fill_(better, c)
     scale = _pick(scales, chosen)
@@ -567,7 +569,10 @@ def _requantize(x: Tensor, d: Tensor, offset: Tensor | None, low: int, high: int
     """
     shifted = x if offset is None else x + offset.unsqueeze(-1)
     fresh = torch.round(_div(shifted, d.unsqueeze(-1), x)).clamp_(low, high)
-    return torch.where((d != 0).unsqueeze(-1), fresh, codes)
+    # Only the (rare) zero-scale sub-blocks are copied over: a torch.where over every element is slow on CPU.
+    kept = d == 0
+    fresh[kept] = codes[kept]
+    return fresh
 
 
 def _encode_q2_k(x: Tensor, qw: np.ndarray | None, n_rows: int) -> dict[str, Tensor]:
@@ -763,7 +768,7 @@ def _encode_q6_k(x: Tensor, qw: np.ndarray | None, n_rows: int) -> dict[str, Ten
     d = _div(1.0, iscale, x)
     dq = _fp16(d).unsqueeze(1) * levels
     codes = _requantize(x.reshape(n_blocks, 16, 16), dq, None, -32, 31, _ungroup(codes, n_blocks).reshape(n_blocks, 16, 16) - 32) + 32
-    # A block whose every sub-block scale is ~0 is written as all-zero bytes.
+    # A block whose every sub-block scale is ~0 is written as all-zero bytes (its codes may be NaN).
     return {
         "d": torch.where(live, d, 0.0),
         "scales": torch.where(live.unsqueeze(1), levels, 0.0),
