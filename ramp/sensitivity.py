@@ -120,7 +120,8 @@ def plot_heatmap(table: SensitivityTable, model: Model, path: str | Path) -> Non
     axes.set_xticks(range(grid.shape[1]), [f"{fmt}" for _ in roles for fmt in table.formats], rotation=90, fontsize=6)
     axes.set_yticks(range(grid.shape[0]), ["embd/out"] + [str(b) for b in range(model.n_blocks)], fontsize=6)
     for index, role in enumerate(roles):
-        axes.text(index * n_formats + (n_formats - 1) / 2, -1.2, role, ha="center", fontsize=8)
+        axes.text(index * n_formats + (n_formats - 1) / 2, 1.01, role, ha="center", va="bottom", fontsize=8,
+                  transform=axes.get_xaxis_transform())
         if index:
             axes.axvline(index * n_formats - 0.5, color="white", linewidth=1)
     axes.set_ylabel("block")
