@@ -17,6 +17,7 @@ evaluates all candidates at once and replays the acceptance rule, which selects 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -922,6 +923,11 @@ def _row_slices(rows: Tensor, n_workers: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
+_threads_lock = threading.Lock()
+_single_threaded_depth = 0
+_saved_num_threads = 1
+
+
 @contextmanager
 def _single_threaded_ops() -> Iterator[None]:
     """Torch's intra-op threads off for the duration (process-wide; new threads inherit the setting).
@@ -930,13 +936,21 @@ def _single_threaded_ops() -> Iterator[None]:
     thousands of small operations: on a loaded machine one descheduled thread stalls each of them for a
     time slice (measured: 15 ms instead of 0.1 ms per 1M-element op at load 9 on 2 cores). Row slices on
     one Python thread per core instead never wait for each other; torch releases the GIL inside ops.
+    Concurrent callers share one setting: the first in saves the thread count, the last out restores it.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    global _single_threaded_depth, _saved_num_threads
+    with _threads_lock:
+        if _single_threaded_depth == 0:
+            _saved_num_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _single_threaded_depth += 1
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _threads_lock:
+            _single_threaded_depth -= 1
+            if _single_threaded_depth == 0:
+                torch.set_num_threads(_saved_num_threads)
 
 
 def _map_rows(rows: Tensor, fn: Callable[[int, int], Tensor | None]) -> list[Tensor | None]:

@@ -141,3 +141,26 @@ def test_dequant_cache_memoises_in_memory_and_on_disk(model, tmp_path, monkeypat
     np.testing.assert_array_equal(second.get(name, "Q4_K").numpy(), expected)
     assert (second.disk_hits, second.misses) == (1, 0)
     assert len(list(tmp_path.rglob("*.bin"))) == 1
+
+
+@pytest.mark.parametrize("fmt", ("Q4_0", "Q5_0", "Q3_K", "Q6_K", "IQ4_NL"))
+def test_torch_backend_breaks_magnitude_ties_like_libggml(fmt: str) -> None:
+    """Groups whose largest magnitude occurs as both +v and -v: C keeps the first, whatever its sign."""
+    x = np.random.default_rng(17).uniform(-0.5, 0.5, (8, 512)).astype(np.float32)
+    for row in range(8):
+        first, second = (1.5, -1.5) if row % 2 else (-1.5, 1.5)
+        x[row, 3::16], x[row, 9::16] = first, second
+    np.testing.assert_array_equal(quantize(x, fmt, backend="torch"), quantize(x, fmt, backend="ggml"))
+
+
+def test_torch_backend_from_concurrent_threads_restores_torch_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = awkward_matrix(seed=18, rows=64)
+    formats = ["Q4_K", "Q6_K", "Q8_0", "Q3_K"] * 2
+    before = torch.get_num_threads()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda fmt: quantize(x, fmt, backend="torch"), formats))
+    assert torch.get_num_threads() == before
+    for fmt, packed in zip(formats, results):
+        np.testing.assert_array_equal(packed, quantize(x, fmt, backend="ggml"), err_msg=fmt)
