@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,14 @@ def as_rows(weights: np.ndarray | Tensor, shape: tuple[int, ...]) -> Tensor:
 
 def _k(value: float, like: Tensor) -> Tensor:
     """A float32 constant on `like`'s device, so that divisions stay true divisions (see module docstring)."""
-    return torch.tensor(value, dtype=torch.float32, device=like.device)
+    return _constant(value, like.device)
+
+
+@lru_cache(maxsize=4096)
+def _constant(value: float, device: torch.device) -> Tensor:
+    # Cached: the searches divide by the same few constants thousands of times, and making a tensor
+    # costs more than a division of a few thousand floats. Callers never modify it in place.
+    return torch.tensor(value, dtype=torch.float32, device=device)
 
 
 def _div(numerator: Tensor | float, denominator: Tensor | float, like: Tensor) -> Tensor:
