@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-windows", type=int, default=8, help="512-token windows of held-out text (default 8)")
     parser.add_argument("--out-dir", default="bench/agent")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", metavar="FILE", help="evaluate this trained policy instead of training one")
     parser.add_argument("--second-model", help="GGUF for the zero-shot test (default: Gemma 3 270M package, if installed)")
     return parser.parse_args()
 
@@ -93,10 +94,14 @@ def main() -> int:
     if table is not None:
         train_argv += ["--sensitivity", str(table_path)]
     results["train_command"] = "ramp " + " ".join(train_argv)
-    started = time.monotonic()
-    if cli.main(train_argv) != 0:
-        raise RampError("training failed")
-    results["train_seconds"] = time.monotonic() - started
+    if args.policy:
+        policy = Path(args.policy)
+        results["train_command"] = f"(policy {policy} trained earlier)"
+    else:
+        started = time.monotonic()
+        if cli.main(train_argv) != 0:
+            raise RampError("training failed")
+        results["train_seconds"] = time.monotonic() - started
 
     reference = cached_reference(model)
     windows = make_windows(reference, evaluation_text(), 512, args.eval_windows)
@@ -112,10 +117,14 @@ def main() -> int:
     for bpw in feasible:
         for method in ("policy", "uniform") + (("ilp",) if table is not None else ()):
             started = time.monotonic()
-            if method == "policy":
-                allocation = allocate_with_policy(model, policy, f"{bpw}bpw", embedding=embedding)
-            else:
-                allocation = allocate(model, method, Budget.parse(f"{bpw}bpw"), table)
+            try:
+                if method == "policy":
+                    allocation = allocate_with_policy(model, policy, f"{bpw}bpw", embedding=embedding)
+                else:
+                    allocation = allocate(model, method, Budget.parse(f"{bpw}bpw"), table)
+            except RampError as exc:  # uniform cannot meet every budget: say so in the results
+                results["rows"].append({"method": method, "budget_bpw": bpw, "error": str(exc)})
+                continue
             seconds = time.monotonic() - started
             path = out / f"{method}-{bpw}bpw.gguf"
             write_allocation(model, allocation, path, progress=False)
@@ -128,6 +137,7 @@ def main() -> int:
                 **asdict(result),
             })
             path.unlink()  # a few hundred MB each; the numbers are what we keep
+            (out / "results.json").write_text(json.dumps(results, indent=1))  # survive a later failure
 
     second = Path(args.second_model) if args.second_model else gemma_path()
     if second is None:
