@@ -211,10 +211,10 @@ def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
 
 def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
     """(file bytes, bits per weight) where bits per weight is llama.cpp's: tensor data bits / parameters."""
-    from ramp.model import _read_gguf
+    from ramp.model import read_gguf
 
     path = _check_gguf(path)
-    reader = _read_gguf(path)
+    reader = read_gguf(path)
     size = path.stat().st_size
     for tensor in reader.tensors:
         if tensor.data_offset + tensor.n_bytes > size:

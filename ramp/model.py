@@ -114,7 +114,8 @@ def load_model(path: str | Path | None = None) -> Model:
     return load_gguf(model_path)
 
 
-def _read_gguf(path: Path):
+def read_gguf(path: str | Path) -> "gguf.GGUFReader":
+    """A GGUF reader, or one RampError line for an unreadable, corrupt or non-GGUF file."""
     import gguf
 
     try:
@@ -132,7 +133,7 @@ def load_gguf(path: str | Path) -> Model:
     import gguf
 
     path = Path(path)
-    reader = _read_gguf(path)
+    reader = read_gguf(path)
     metadata: dict[str, MetadataValue] = {}
     for key, fld in reader.fields.items():
         if key.startswith("GGUF."):

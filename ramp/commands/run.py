@@ -108,10 +108,10 @@ def _is_preset_name(text: str) -> bool:
 
 def _quantizable_bytes(path, model) -> int:
     """Bytes a GGUF spends on the model's quantizable tensors, the quantity a budget bounds."""
-    from ramp.model import _read_gguf
+    from ramp.model import read_gguf
 
     names = {spec.name for spec in model.quantizable}
-    return sum(int(tensor.n_bytes) for tensor in _read_gguf(path).tensors if tensor.name in names)
+    return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)
 
 
 def weight_error_table(model, ladder: tuple[str, ...]):
