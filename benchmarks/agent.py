@@ -52,7 +52,7 @@ def gemma_path() -> Path | None:
 def main() -> int:
     args = parse_args()
     from ramp import cli
-    from ramp.agent import model_embedding
+    from ramp.agent import model_embedding, read_policy_record
     from ramp.allocate import allocate, predicted_damage
     from ramp.allocate.policy import allocate_with_policy
     from ramp.allocate.budget import Budget, feasible_range
@@ -97,6 +97,7 @@ def main() -> int:
     if args.policy:
         policy = Path(args.policy)
         results["train_command"] = f"(policy {policy} trained earlier)"
+        results["timesteps"] = read_policy_record(policy).timesteps
     else:
         started = time.monotonic()
         if cli.main(train_argv) != 0:
