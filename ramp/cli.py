@@ -28,23 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            command_parser.set_defaults(_missing=True)
-            continue
-        module.add_arguments(command_parser)
+        importlib.import_module(module_name).add_arguments(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "_missing", False):
-        print(f"ramp: error: command {args.command!r} is not available in this build", file=sys.stderr)
-        return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except RampError as exc:
