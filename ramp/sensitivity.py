@@ -23,8 +23,8 @@ from ramp.model import Model
 from ramp.sensitivity_table import SensitivityTable
 
 DEFAULT_FORMATS = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-# 512 tokens keep the ~930 forwards of SmolLM2's default sweep near a quarter hour on two cores; the
-# ranking of tensors is stable well below that (see docs/BENCHMARKS.md).
+# Cost is linear in tokens: SmolLM2's default sweep (934 forwards of 512 tokens) took 2650 s wall, about
+# 35 CPU-minutes, on a 2-core VM shared with other jobs.
 DEFAULT_TOKENS = 512
 DEFAULT_WINDOW = 256
 _SAVE_EVERY = 16
