@@ -20,6 +20,10 @@ class Allocation:
     budget: str
     model_sha256: str
     extra: dict = field(default_factory=dict)  # method-specific facts (solver status, predicted damage, ...)
+    # Scale Folding alpha of the model it was made for (None: unfolded). Checked on its own: folding keeps
+    # every tensor name, and the folded model's sha256 hashes scales from a float forward pass, which need
+    # not repeat bit for bit on another machine, so comparing hashes would refuse good pairs there.
+    fold_alpha: float | None = None
 
     def data_bytes(self, model: Model) -> int:
         """Bytes of the quantizable tensors' data as written (llama.cpp's fallbacks included)."""
@@ -28,7 +32,19 @@ class Allocation:
     def bits_per_weight(self, model: Model) -> float:
         return 8.0 * self.data_bytes(model) / model.n_quantizable_params
 
+    def check_fold(self, fold_alpha: float | None) -> None:
+        """Refuse a model folded differently from the one allocated for; cheap, so commands call it before loading."""
+        if fold_alpha == self.fold_alpha:
+            return
+        if self.fold_alpha is None:
+            raise RampError(f"allocation was made for the unfolded model, not one Scale-Folded with alpha {fold_alpha}; "
+                            f"drop --fold or re-run `ramp allocate --fold {fold_alpha}`")
+        asked = "the unfolded model" if fold_alpha is None else f"alpha {fold_alpha}"
+        raise RampError(f"allocation was made for the model Scale-Folded with alpha {self.fold_alpha}, not {asked}; "
+                        f"pass --fold {self.fold_alpha} or re-run `ramp allocate` with the --fold you want")
+
     def check_matches(self, model: Model) -> None:
+        self.check_fold(model.fold_alpha)
         missing = [spec.name for spec in model.quantizable if spec.name not in self.formats]
         unknown = sorted(set(self.formats) - {spec.name for spec in model.quantizable})
         if missing or unknown:

@@ -33,6 +33,7 @@ from ramp.errors import RampError
 from ramp.model import Model
 
 DEFAULT_ALPHA = 0.5
+DEFAULT_FOLD_TOKENS, DEFAULT_FOLD_WINDOW = 2048, 256
 
 
 def check_alpha(alpha: float) -> None:
@@ -122,10 +123,12 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
     digest = hashlib.sha256(model.sha256.encode() + f"fold:{alpha}".encode())
     for s in folded_scales:
         digest.update(s.astype(np.float32).tobytes())
-    return replace(model, tensors=tensors, sha256=digest.hexdigest())
+    return replace(model, tensors=tensors, sha256=digest.hexdigest(), fold_alpha=alpha)
 
 
-def fold_with_calibration(model: Model, alpha: float = DEFAULT_ALPHA, n_tokens: int = 2048, window: int = 256) -> Model:
+def fold_with_calibration(
+    model: Model, alpha: float = DEFAULT_ALPHA, n_tokens: int = DEFAULT_FOLD_TOKENS, window: int = DEFAULT_FOLD_WINDOW
+) -> Model:
     """Fold with activation statistics measured on the calibration text (what `--fold` options call)."""
     from ramp.forward import Forward, calibration_tokens
     from ramp.profile import collect_activation_stats

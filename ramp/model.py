@@ -63,6 +63,8 @@ class Model:
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
     source_path: Path | None = None
     sha256: str = ""
+    # alpha of the Scale Folding applied in memory (`--fold`); None when the tensors are the file's own
+    fold_alpha: float | None = None
 
     @property
     def n_quantizable_params(self) -> int:

@@ -61,7 +61,7 @@ def allocate(
         ladder = tuple(fmt for fmt in problems.DEFAULT_LADDER if fmt in measured) or problems.DEFAULT_LADDER
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
     if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
-        raise RampError("the sensitivity table was measured on another model file; re-run `ramp profile` for this one")
+        raise RampError("the sensitivity table was measured on another model file or --fold; re-run `ramp profile` for this one")
     if method in NEEDS_SENSITIVITY and sensitivity is None:
         raise RampError(f"--method {method} needs a sensitivity table; pass --sensitivity FILE from `ramp profile`")
 
@@ -88,7 +88,7 @@ def allocate(
             picks, facts = solver.solve(problem, [d.sum(axis=1) for d in damage])
         formats = problem.formats(picks)
 
-    allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts))
+    allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha)
     allocation.check_matches(model)
     n_bytes = allocation.data_bytes(model)
     if n_bytes > budget_bytes:

@@ -62,4 +62,5 @@ def allocate_with_policy(
             "policy_timesteps": record.timesteps,
             "requested_over_budget_bytes": info["overshoot_bytes"],
         },
+        fold_alpha=model.fold_alpha,
     )

@@ -6,6 +6,8 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from ramp.commands._options import add_fold_argument, load_model_for
+
 if TYPE_CHECKING:
     from ramp.model import Model
     from ramp.sensitivity_table import SensitivityTable
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", metavar="FILE", help="policy: a policy file from `ramp train`")
     parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
     parser.add_argument("--tensor-type-file", metavar="FILE", help="also write llama-quantize's --tensor-type-file")
+    add_fold_argument(parser, "allocating for it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from ramp.allocate.quadratic import kld_pair_measure
     from ramp.errors import RampError
     from ramp.files import check_output_path
-    from ramp.model import load_model
     from ramp.sensitivity_table import SensitivityTable
 
     # Everything that can be wrong with the command line fails before the model loads.
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
 
-    model = load_model(args.model)
+    model = load_model_for(args)
     if table is None and args.method in NEEDS_SENSITIVITY:
         table = _measure_sensitivity(model, ladder)
     allocation = allocate(

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import add_fold_argument, load_model_for
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
@@ -12,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="GGUF file to write")
     parser.add_argument("--tensor-type-file", metavar="FILE",
                         help="also write the allocation as llama-quantize's --tensor-type-file")
+    add_fold_argument(parser, "exporting it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from ramp.errors import RampError
     from ramp.export.gguf_writer import predict_file_size, reference_formats, write_gguf
     from ramp.files import check_output_path
-    from ramp.model import load_model
 
     for path in (args.out, args.tensor_type_file):
         if path:
@@ -27,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tensor_type_file and not args.allocation:
         raise RampError("--tensor-type-file needs --allocation; the reference has no quantization types to list")
     allocation = Allocation.load(args.allocation) if args.allocation else None
-    model = load_model(args.model)
+    if allocation is not None:
+        allocation.check_fold(args.fold)  # before folding, which costs a forward pass
+    model = load_model_for(args)
     if allocation is not None:
         allocation.check_matches(model)
         formats = allocation.formats

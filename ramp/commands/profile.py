@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import add_fold_argument, load_model_for
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formats", default=None,
                         help="comma-separated formats to measure (default Q2_K,Q3_K,Q4_0,Q4_K,Q5_K,Q6_K,Q8_0)")
     parser.add_argument("--no-sensitivity", action="store_true", help="only the embeddings (seconds, not minutes)")
-    parser.add_argument("--fold", type=float, metavar="ALPHA", help="profile the Scale-Folded model (alpha in [0, 1])")
+    add_fold_argument(parser, "profiling it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the row sampling of very large tensors (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device for the forward passes (default cpu)")
 
@@ -27,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from ramp.errors import RampError
     from ramp.forward import Forward, calibration_tokens
     from ramp.kernels.formats import get_format
-    from ramp.model import load_model
     from ramp.profile import profile_model
     from ramp.sensitivity import DEFAULT_FORMATS, DEFAULT_TOKENS, measure_sensitivity, plot_heatmap, summary
 
@@ -35,20 +36,12 @@ def run(args: argparse.Namespace) -> int:
     sensitivity_tokens = args.sensitivity_tokens or DEFAULT_TOKENS
     if min(args.tokens, sensitivity_tokens) < args.window:
         raise RampError(f"token counts must be at least one window ({args.window}); raise --tokens or lower --window")
-    if args.fold is not None:
-        from ramp.folding import check_alpha
-
-        check_alpha(args.fold)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise RampError(f"--out {out} is a file; give a folder name")
-    out.mkdir(parents=True, exist_ok=True)
 
-    model = load_model(args.model)
-    if args.fold is not None:
-        from ramp.folding import fold_with_calibration
-
-        model = fold_with_calibration(model, args.fold, args.tokens, args.window)
+    model = load_model_for(args)
+    out.mkdir(parents=True, exist_ok=True)  # after loading: a bad model or --fold leaves no empty folder
     started = time.perf_counter()
     profile = profile_model(model, calibration_tokens(model, args.tokens, args.window), args.seed, Forward(model, args.device), progress=True)
     profile.save(out / "embeddings.json", out / "embeddings.csv")

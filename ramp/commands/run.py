@@ -8,11 +8,15 @@ run skips it). Run measures on 256 calibration tokens, half of `ramp profile`'s 
 command near 15 minutes on two cores. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN instead: the
 squared error of each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but
 blind to how much each tensor matters to the output; it is named as such in the table and the allocation.
+
+With `--fold ALPHA` ramp's own GGUF is made from the Scale-Folded model while the F32 reference and the
+presets stay those of the model as given, so the table shows what folding buys against llama.cpp's presets.
 """
 from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import add_fold_argument, check_fold_argument, fold_as_asked
 from ramp.commands.eval import add_window_arguments
 
 DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")  # mirrors ramp.presets.DEFAULT_PRESETS, kept light
@@ -36,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp presets to compare against, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--out-dir", default=".", help="folder for ramp.gguf, allocation.json, results.json (default: .)")
+    add_fold_argument(parser, "profiling, allocating and exporting it; the reference and presets stay unfolded")
     add_window_arguments(parser, DEFAULT_MAX_WINDOWS)
 
 
@@ -66,15 +71,17 @@ def run(args: argparse.Namespace) -> int:
     budget = None if budget_preset else Budget.parse(args.budget)
     ladder = parse_ladder(args.formats)
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
+    check_fold_argument(args)
 
-    model = load_model(args.model)
+    source = load_model(args.model)  # reference and presets: the model as given, also with --fold
     if budget is not None:
-        require_within(budget, model, feasible_range(model, ladder))
-    reference = cached_reference(model)
+        require_within(budget, source, feasible_range(source, ladder))
+    reference = cached_reference(source)
     preset_files = {name: preset_path(reference, name) for name in needed_presets}
     if budget_preset:
-        budget = Budget.parse(f"{_quantizable_bytes(preset_files[budget_preset], model)}B")
+        budget = Budget.parse(f"{_quantizable_bytes(preset_files[budget_preset], source)}B")
         print(f"budget: the {budget.text} {budget_preset} spends on the quantizable tensors")
+    model = fold_as_asked(source, args.fold)
 
     if table is None and args.damage == "weight-error":
         print(f"damage: {STAND_IN} (squared weight error after llama.cpp's quantization, not measured sensitivity)")
@@ -93,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     windows = make_windows(reference, evaluation_text(), args.ctx, args.max_windows)
     reference_logits = reference_logprobs(reference, windows)
-    label = f"ramp {args.method}" + (" (stand-in)" if table.measure == STAND_IN else "")
+    label = (f"ramp {args.method}" + (" (stand-in)" if table.measure == STAND_IN else "")
+             + (f" fold {args.fold}" if args.fold is not None else ""))
     results = [reference_result(reference, reference_logits, windows, "F32 reference")]
     results += [evaluate(path, reference_logits, windows, name) for name, path in preset_files.items() if name in presets]
     results.append(evaluate(out_gguf, reference_logits, windows, label))

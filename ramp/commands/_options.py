@@ -1,0 +1,45 @@
+"""Options shared by the commands that quantize. Kept free of heavy imports: the parser builds every
+command's arguments on each `ramp` call."""
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ramp.model import Model
+
+
+def add_fold_argument(parser: argparse.ArgumentParser, use: str) -> None:
+    """--fold ALPHA; `use` completes "Scale-Fold the model before ...", e.g. "exporting it"."""
+    parser.add_argument(
+        "--fold", type=float, metavar="ALPHA",
+        help=f"Scale-Fold the model (migration strength ALPHA in [0, 1]) before {use} (default: no folding)",
+    )
+
+
+def check_fold_argument(args: argparse.Namespace) -> None:
+    """A bad --fold fails before anything expensive."""
+    if args.fold is not None:
+        from ramp.folding import check_alpha
+
+        check_alpha(args.fold)
+
+
+def fold_as_asked(model: "Model", alpha: float | None) -> "Model":
+    """The model Scale-Folded with `alpha`, or the model itself without --fold. Every command folds on the
+    same default calibration tokens, so `ramp profile --fold A` and `ramp allocate --fold A` see one model."""
+    if alpha is None:
+        return model
+    from ramp.folding import DEFAULT_FOLD_TOKENS, fold_with_calibration
+
+    folded = fold_with_calibration(model, alpha)
+    print(f"fold: Scale-Folded with alpha {alpha} on {DEFAULT_FOLD_TOKENS} calibration tokens")
+    return folded
+
+
+def load_model_for(args: argparse.Namespace) -> "Model":
+    """`args.model`, Scale-Folded when `args.fold` is given."""
+    from ramp.model import load_model
+
+    check_fold_argument(args)
+    return fold_as_asked(load_model(args.model), args.fold)
