@@ -130,19 +130,6 @@ def test_unfolded_allocation_is_refused_by_export_with_fold(tiny_model, tiny_ref
     assert not out.exists()
 
 
-def test_run_fold_quantizes_the_folded_model_against_the_unfolded_reference(tiny_reference, tmp_path, capsys):
-    code, printed, _ = run_cli(capsys, "run", "--model", str(tiny_reference), "--budget", "9bpw", "--formats", "Q8_0",
-                               "--damage", "weight-error", "--preset", "Q8_0", "--ctx", "64", "--max-windows", "1",
-                               "--fold", "0.5", "--out-dir", str(tmp_path))
-    assert code == 0 and "Scale-Folded with alpha 0.5" in printed
-    # the allocation (and so the file written with it) is the folded model's; the reference is the unfolded one
-    allocation = Allocation.load(tmp_path / "allocation.json")
-    assert allocation.fold_alpha == 0.5 and allocation.model_sha256 != file_sha256(tiny_reference)
-    results = {row["name"]: row for row in json.loads((tmp_path / "results.json").read_text())}
-    assert sorted(results) == ["F32 reference", "Q8_0", "ramp ilp (stand-in) fold 0.5"]
-    assert Path(results["F32 reference"]["path"]).name == f"{file_sha256(tiny_reference)[:16]}-F32.gguf"
-
-
 def test_run_refuses_bad_alpha_before_any_work(tiny_reference, tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", "--model", str(tiny_reference), "--fold", "2", "--out-dir", str(tmp_path))
     assert_one_line_error(code, err, "[0, 1]")
