@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ramp.errors import RampError
+from ramp.files import file_sha256, text_sha256
 from ramp.model import MetadataValue, Model, TensorSpec, role_of
 
 # Hugging Face class -> GGUF architecture whose weights need only renaming (and the q/k permutation).
@@ -204,7 +205,5 @@ def load_safetensors_dir(directory: str | Path) -> Model:
             quantizable.append(TensorSpec(name, tuple(int(d) for d in weights.shape), role[0], role[1]))
     order = {"token_embd": -1, "output": n_blocks}
     quantizable.sort(key=lambda spec: (order.get(spec.role, spec.block), spec.name))
-    from ramp.files import file_sha256, text_sha256
-
     digest = text_sha256("".join(file_sha256(file) for file in files))
     return Model(arch, n_blocks, tensors, quantizable, metadata, directory, digest)

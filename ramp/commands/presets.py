@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")  # mirrors ramp.presets.DEFAULT_PRESETS, kept light
+from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

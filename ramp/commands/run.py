@@ -19,7 +19,7 @@ import argparse
 from ramp.commands._options import add_fold_argument, check_fold_argument, fold_as_asked
 from ramp.commands.eval import add_window_arguments
 
-DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")  # mirrors ramp.presets.DEFAULT_PRESETS, kept light
+from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
 DEFAULT_MAX_WINDOWS = 32
 DEFAULT_CALIBRATION_TOKENS = 256
 STAND_IN = "weight-error stand-in"
