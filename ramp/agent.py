@@ -216,6 +216,11 @@ def train(
         sac.set_random_seed(record.seed + sac.num_timesteps)
     else:
         sac = make_sac(env, config, record.seed, tensorboard_log)
+    if tensorboard_log is None:
+        from stable_baselines3.common.logger import Logger
+
+        # SB3's default logger makes a /tmp/SB3-<timestamp> folder per run even when it writes nothing.
+        sac.set_logger(Logger(folder=None, output_formats=[]))
     remaining = timesteps - sac.num_timesteps
     callbacks = [_callback(directory, checkpoint_every, record), *(extra_callbacks or [])]
     if remaining > 0:

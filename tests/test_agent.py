@@ -2,6 +2,8 @@
 policies trained for other observations, and zero-shot allocation within budget."""
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
@@ -57,6 +59,12 @@ def test_save_load_round_trip(env, model, tmp_path) -> None:
     observations = np.stack([env.observation_space.sample() for _ in range(8)])
     np.testing.assert_array_equal(sac.predict(observations, deterministic=True)[0],
                                   loaded.predict(observations, deterministic=True)[0])
+
+
+def test_training_without_tensorboard_leaves_no_log_folder(env, model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's default logger would make SB3-<time>/
+    agent.train(env, record(env, model), tmp_path / "policy.zip", 30, CONFIG, checkpoint_every=0, progress_bar=False)
+    assert (tmp_path / "policy.zip").is_file() and not list(tmp_path.glob("SB3-*"))
 
 
 def test_interrupt_checkpoints_and_resume_continues_step_count(env, model, tmp_path) -> None:
