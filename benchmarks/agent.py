@@ -12,7 +12,8 @@
 4. Zero-shot on a second model (Gemma 3 270M from PyPI, if installed): the same policy allocates for it at
    the quantizable size of each of llama.cpp's presets on it (and at `--second-budgets` bits per weight),
    beside the presets and the uniform baseline (the largest uniform file within that size and the smallest
-   above it), all measured through llama.cpp against the second model's F32 reference. `--second-policy` adds a policy trained on the second model.
+   above it), all measured through llama.cpp against the second model's F32 reference. `--second-policy` adds
+   a policy trained on the second model, `--second-sensitivity` the ILP over the second model's own table.
    `--zero-shot-only --policy FILE` runs this step alone.
 
 Results go to <out-dir>/results.json and a markdown table on stdout.
@@ -53,7 +54,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--second-eval-windows", type=int, default=4,
                         help="512-token windows for the second model (default 4: Gemma's 262144-wide logits are big)")
     parser.add_argument("--second-policy", metavar="FILE", help="a policy trained on the second model, for comparison")
+    parser.add_argument("--second-sensitivity", metavar="FILE",
+                        help="sensitivity table of the second model (`ramp profile`): adds the ILP at every zero-shot budget")
     parser.add_argument("--zero-shot-only", action="store_true", help="skip the first model; needs --policy")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only redraw <out-dir>/agent.png from results.json and zero_shot.json already there")
     args = parser.parse_args()
     if args.zero_shot_only and not args.policy:
         parser.error("--zero-shot-only needs --policy FILE")
@@ -90,9 +95,11 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs
     from ramp.model import load_model
     from ramp.presets import preset_path
+    from ramp.sensitivity_table import SensitivityTable
     from ramp.text import evaluation_text
 
     model = load_model(second)
+    table = SensitivityTable.load(args.second_sensitivity) if args.second_sensitivity else None
     names = {spec.name for spec in model.quantizable}
     results: dict = {"model": str(second), "eval_windows": args.second_eval_windows, "rows": []}
     started = time.monotonic()
@@ -140,6 +147,8 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
         budget = Budget.parse(f"{budget_bytes}B")
         for method, policy_path in policies.items():
             measure(method, label, lambda: allocate_with_policy(model, policy_path, budget, embedding=embedding))
+        if table is not None:
+            measure("ilp", label, lambda: allocate(model, "ilp", budget, table))
         within = [size for size in uniform_sizes if size <= budget_bytes][-1:]
         above = [size for size in uniform_sizes if size > budget_bytes][:1]
         for method, sizes in (("uniform (within)", within), ("uniform (next above)", above)):
@@ -148,12 +157,49 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
     return results, evaluated
 
 
+def plot(out: Path) -> Path:
+    """KLD against file size for every measured file, one panel per model (from the results in `out`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if (out / "results.json").is_file():
+        panels.append(("SmolLM2-135M (training model)", json.loads((out / "results.json").read_text())["rows"]))
+    if (out / "zero_shot.json").is_file():
+        panels.append(("Gemma 3 270M (zero-shot)", json.loads((out / "zero_shot.json").read_text())["rows"]))
+    figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels):
+        measured = [row for row in rows if "kld_mean" in row]
+        for method in dict.fromkeys(row["method"] for row in measured if row["method"] != "preset"):
+            points = sorted({(row["file_bytes"] / 2**20, row["kld_mean"]) for row in measured if row["method"] == method})
+            ax.plot(*zip(*points), marker="o", label=method)
+        for row in (row for row in measured if row["method"] == "preset"):
+            ax.scatter(row["file_bytes"] / 2**20, row["kld_mean"], marker="*", s=140, color="black", zorder=3)
+            ax.annotate(row["name"].removesuffix(" preset"), (row["file_bytes"] / 2**20, row["kld_mean"]),
+                        textcoords="offset points", xytext=(6, 4))
+        ax.set_yscale("log")
+        ax.set_xlabel("GGUF file size (MiB)")
+        ax.set_ylabel("mean KLD vs unquantized (nats/token)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    path = out / "agent.png"
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def main() -> int:
     args = parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from ramp.llama_eval import format_table
 
+    if args.plot_only:
+        print(plot(out))
+        return 0
     if args.zero_shot_only:
         second = Path(args.second_model) if args.second_model else gemma_path()
         if second is None:
@@ -161,6 +207,7 @@ def main() -> int:
         results, evaluated = zero_shot(second, args, Path(args.policy), out)
         (out / "zero_shot.json").write_text(json.dumps(results, indent=1))
         print(format_table(evaluated))
+        plot(out)
         return 0
     from ramp import cli
     from ramp.agent import model_embedding, read_policy_record
@@ -256,6 +303,7 @@ def main() -> int:
         evaluated += second_evaluated
 
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(out)
     print(format_table(evaluated))
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}, indent=1))
     return 0
