@@ -51,17 +51,24 @@ class RewardConfig:
 
     With `kld` the measured mean KLD of the finished allocation, `B` the budget in bytes, `used` the bytes
     placed, and per step `asked` the bytes of the format the agent requested, `allowed` the most bytes
-    that step could take and still leave the minimum for every later step (the step is clipped to it):
+    that step could take and still leave the minimum for every later step (the step is clipped to it),
+    `bytes` the bytes of the granted choice and `share` the step's share of the budget (B * its weights /
+    all weights):
 
         each step:  r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
-                          - shaping_weight * sum_{tensor in step} damage(tensor, fmt) / kld_scale
+                          - shaping_weight * (damage + price_weight * price * (bytes - share)) / kld_scale
         last step:  r_T += - quality_weight * log(1 + kld / kld_scale)                         (quality)
                            - under_weight * (B - used) / B                                     (unused budget)
 
     The cliff is steep (a request past the frontier costs far more than the bytes are worth) and the
     unused-budget term is mild, so the agent learns to spend close to the budget without pushing past it.
-    `damage` comes from the sensitivity table (single-tensor KLD increase) and is zero without one; the
-    quality term is zero when no evaluator is attached (deterministic allocation rollouts).
+    `damage` is the step's summed single-tensor KLD increase from the sensitivity table. `price` (nats
+    per byte) is the Lagrange multiplier of the episode's budget over that table: the smallest price at
+    which choosing argmin(damage + price * bytes) for every step independently fits the budget. It charges
+    each step, at once, for the bytes it takes from later steps; without it that cost only shows up many
+    steps later as their damage, and SAC, which discounts the future, learns to overspend early and
+    starve late tensors. Both are zero without a table; the quality term is zero when no evaluator is
+    attached (deterministic allocation rollouts).
     """
 
     quality_weight: float = 1.0
@@ -69,6 +76,7 @@ class RewardConfig:
     over_weight: float = 20.0
     under_weight: float = 1.0
     shaping_weight: float = 0.5
+    price_weight: float = 1.0
 
     def quality(self, kld: float) -> float:
         return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
@@ -79,8 +87,8 @@ class RewardConfig:
     def unused(self, used: int, budget: int) -> float:
         return -self.under_weight * max(0, budget - used) / budget
 
-    def shaping(self, damage: float) -> float:
-        return -self.shaping_weight * damage / self.kld_scale
+    def shaping(self, damage: float, price: float, nbytes: int, share: float) -> float:
+        return -self.shaping_weight * (damage + self.price_weight * price * (nbytes - share)) / self.kld_scale
 
 
 def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
@@ -166,6 +174,7 @@ class _Plan:
             ]
             for item, group in zip(self.items, specs)
         ]
+        self.has_damage = context.damage is not None
         lows = np.array([item.choices[0].nbytes for item in self.items], dtype=np.int64)
         # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
         self.min_after = np.concatenate([np.cumsum(lows[::-1])[::-1], [0]])
@@ -173,6 +182,27 @@ class _Plan:
 
     def min_bpw(self) -> float:
         return 8.0 * self.min_after[0] / self.n_params
+
+    def price(self, budget: int) -> float:
+        """The budget's Lagrange multiplier over the damage table (nats per byte; see `RewardConfig`)."""
+        if not self.has_damage:
+            return 0.0
+        damage = [np.asarray(row) for row in self.damage]
+        nbytes = [np.array([choice.nbytes for choice in item.choices], dtype=np.float64) for item in self.items]
+
+        def spent(price: float) -> float:
+            return sum(b[np.argmin(d + price * b)] for d, b in zip(damage, nbytes))
+
+        if spent(0.0) <= budget:
+            return 0.0
+        # Bisection in log space: the damages span many decades, and spent() falls as the price rises.
+        low, high = 1e-16, 1.0
+        while spent(high) > budget and high < 1e6:
+            high *= 10.0
+        for _ in range(60):
+            middle = float(np.sqrt(low * high))
+            low, high = (middle, high) if spent(middle) > budget else (low, middle)
+        return high
 
 
 def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) -> int:
@@ -242,6 +272,7 @@ class BitAllocationEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self._context_index = 0
         self._budget = 1
+        self._price = 0.0
         self._budget_bpw = low
         self._begin_episode()
 
@@ -270,6 +301,7 @@ class BitAllocationEnv(gym.Env):
                 f"budget {self._budget_bpw:.3f} bpw is below the smallest allocation of {self.contexts[self._context_index].name} "
                 f"({plan.min_bpw():.3f} bpw); raise the budget"
             )
+        self._price = plan.price(self._budget)
         self._begin_episode()
         return self._observation(), {}
 
@@ -315,7 +347,9 @@ class BitAllocationEnv(gym.Env):
             granted -= 1
         asked = choices[requested].nbytes
         self._overshoot += max(0, asked - allowed)
-        reward = config.cliff(asked, allowed, self._budget) + config.shaping(plan.damage[self._step][granted])
+        share = self._budget * step_params / plan.n_params
+        reward = config.cliff(asked, allowed, self._budget) + config.shaping(
+            plan.damage[self._step][granted], self._price, choices[granted].nbytes, share)
 
         self._picks.append(granted)
         self._spent += choices[granted].nbytes
@@ -337,6 +371,7 @@ class BitAllocationEnv(gym.Env):
                 budget_bytes=self._budget,
                 bits_per_weight=8.0 * self._spent / plan.n_params,
                 overshoot_bytes=self._overshoot,
+                price=self._price,
                 model=context.name,
             )
         return self._observation(), float(reward), terminated, False, info

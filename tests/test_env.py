@@ -10,10 +10,12 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ramp.allocate.problem import build_items
 from ramp.envs import ENV_ID, BitAllocationEnv, ModelContext, RewardConfig
 from ramp.envs.bit_allocation import rollout
 from ramp.errors import RampError
 from ramp.model import MetadataValue, Model, TensorSpec, role_of
+from ramp.sensitivity_table import SensitivityTable
 
 EMBEDDING_SIZE = 11
 
@@ -139,3 +141,54 @@ def test_zero_action_paces_the_budget(model: Model) -> None:
         info = rollout(env, lambda _: np.zeros(1, dtype=np.float32), context=0, budget_bpw=budget)
         assert info["overshoot_bytes"] == 0
         assert 0.9 * info["budget_bytes"] <= info["bytes"] <= info["budget_bytes"]
+
+
+def damage_table(model: Model, seed: int = 0) -> SensitivityTable:
+    """Damage falling with bits like real tables do (about 4x per extra bit), scaled per tensor at random."""
+    formats = ["Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0"]
+    bits = np.array([2.6, 3.4, 4.5, 4.5, 5.5, 5.5, 6.6, 8.5])
+    scale = np.random.default_rng(seed).lognormal(-5, 1.5, size=(len(model.quantizable), 1))
+    return SensitivityTable([spec.name for spec in model.quantizable], formats, scale * 4.0 ** (2.6 - bits))
+
+
+def lagrangian_bytes(model: Model, table: SensitivityTable, price: float) -> int:
+    """Bytes when every tensor independently takes argmin(damage + price * bytes)."""
+    total = 0
+    for item in build_items(model, BitAllocationEnv([ModelContext("t", model, random_embedding(model))], (5, 5)).ladder):
+        (name,) = item.members
+        costs = [table.of(name, choice.formats[0]) + price * choice.nbytes for choice in item.choices]
+        total += item.choices[int(np.argmin(costs))].nbytes
+    return total
+
+
+def test_budget_price_is_the_lagrange_multiplier(model: Model) -> None:
+    table = damage_table(model)
+    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=table)], (3.5, 6.0))
+    for budget in (3.5, 4.5, 6.0):
+        info = rollout(env, lambda _: np.zeros(1, dtype=np.float32), context=0, budget_bpw=budget)
+        assert info["price"] > 0
+        assert lagrangian_bytes(model, table, info["price"]) <= info["budget_bytes"]
+        assert lagrangian_bytes(model, table, 0.95 * info["price"]) > info["budget_bytes"]
+
+
+def test_shaped_step_reward_charges_damage_and_bytes(model: Model) -> None:
+    table = damage_table(model)
+    config = RewardConfig()
+    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=table)], (4.5, 4.5), reward=config)
+    env.reset()
+    rewards, names = [], [spec.name for spec in model.quantizable]
+    for _ in names:
+        _, reward, terminated, _, info = env.step(np.zeros(1, dtype=np.float32))
+        rewards.append(reward)
+    budget, price = info["budget_bytes"], info["price"]
+    from ramp.kernels.formats import tensor_bytes
+
+    expected = [
+        -config.shaping_weight * (table.of(name, info["formats"][name]) + price * (
+            tensor_bytes(model.spec(name).shape, info["formats"][name]) - budget * model.spec(name).n_params / model.n_quantizable_params
+        )) / config.kld_scale
+        for name in names
+    ]
+    expected[-1] += config.unused(info["bytes"], budget)
+    assert info["overshoot_bytes"] == 0
+    np.testing.assert_allclose(rewards, expected, rtol=1e-9, atol=1e-12)

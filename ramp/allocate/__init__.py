@@ -54,11 +54,8 @@ def allocate(
     if method not in METHODS:
         raise RampError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
-    if ladder is None:
-        # A table measured on fewer formats than the default ladder (`ramp profile`'s own default skips
-        # Q5_0) limits the default to what it can answer for; an explicit ladder is taken as asked.
-        measured = set(problems.DEFAULT_LADDER) if sensitivity is None else set(sensitivity.formats)
-        ladder = tuple(fmt for fmt in problems.DEFAULT_LADDER if fmt in measured) or problems.DEFAULT_LADDER
+    if ladder is None:  # an explicit ladder is taken as asked
+        ladder = problems.measured_ladder([sensitivity])
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
     if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
         raise RampError("the sensitivity table was measured on another model file or --fold; re-run `ramp profile` for this one")

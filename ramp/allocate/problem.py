@@ -92,6 +92,16 @@ def parse_ladder(text: str | None) -> tuple[str, ...]:
     return tuple(sorted(formats, key=lambda name: formats[name].bits_per_weight))
 
 
+def measured_ladder(tables: "list[SensitivityTable | None]") -> tuple[str, ...]:
+    """The default ladder limited to the formats every given table measured (`ramp profile`'s own default
+    skips Q5_0): a choice the table cannot answer for would look free to anything that minimises damage."""
+    measured = set(DEFAULT_LADDER)
+    for table in tables:
+        if table is not None:
+            measured &= set(table.formats)
+    return tuple(fmt for fmt in DEFAULT_LADDER if fmt in measured) or DEFAULT_LADDER
+
+
 def pinned_format(name: str, pins: list[Pin]) -> str | None:
     """The first pin whose regex matches, as llama-quantize applies its --tensor-type list."""
     for pin in pins:

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="budget range each episode draws from, LOW..HIGH (4.2bpw..5bpw) or one budget")
     parser.add_argument("--timesteps", type=int, default=2000, help="environment steps in total (default 2000)")
     parser.add_argument("--out", default="policy.zip", help="policy file to write (default policy.zip)")
-    parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's)")
+    parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's, limited to the formats the --sensitivity tables measured)")
     parser.add_argument("--grouping", choices=("tensor", "block"), default="tensor",
                         help="one step per tensor, or per transformer block sharing a format (default tensor)")
     parser.add_argument("--seed", type=int, default=0)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ramp import agent
-    from ramp.allocate.problem import parse_ladder
+    from ramp.allocate.problem import measured_ladder, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig
     from ramp.errors import RampError
     from ramp.files import check_output_path
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise RampError("--timesteps must be at least 1")
     if args.sensitivity and len(args.sensitivity) != max(len(args.model), 1):
         raise RampError("give one --sensitivity per --model, in the same order, or none")
-    ladder = parse_ladder(args.formats)
+    asked_ladder = parse_ladder(args.formats) if args.formats else None
     reward = RewardConfig(**agent.parse_overrides(args.reward, RewardConfig, "reward"))
     config = agent.SACConfig(**agent.parse_overrides(args.sac, agent.SACConfig, "sac"))
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else agent.default_checkpoint_dir(out)
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     models = [load_model(path) for path in paths]
     names = [Path(path).name if path else "SmolLM2-135M-Instruct" for path in paths]
     tables = [SensitivityTable.load(path) for path in args.sensitivity] or [None] * len(models)
+    ladder = asked_ladder or measured_ladder(tables)
     budget_bpw = agent.parse_budget_range(args.budget, models)
     started = time.monotonic()
     contexts = agent.build_contexts(models, names, tables, args.calibration_tokens, args.window)
