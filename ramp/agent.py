@@ -300,6 +300,15 @@ def parse_budget_range(text: str, models: list["Model"]) -> tuple[float, float]:
     return low, high
 
 
+def load_tables(paths: list[str], n_models: int) -> list["SensitivityTable | None"]:
+    """One sensitivity table per model from `--sensitivity` paths (same order), or None for each without."""
+    from ramp.sensitivity_table import SensitivityTable
+
+    if paths and len(paths) != n_models:
+        raise RampError("give one --sensitivity per --model, in the same order, or none")
+    return [SensitivityTable.load(path) for path in paths] or [None] * n_models
+
+
 def build_contexts(
     models: list["Model"],
     names: list[str],

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 from test_env import EMBEDDING_SIZE, random_embedding, tiny_llama, tokens
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 from ramp import agent
 from ramp.allocate.budget import Budget
 from ramp.envs import BitAllocationEnv, ModelContext
 from ramp.errors import RampError
+from ramp.sensitivity_table import SensitivityTable
 
 CONFIG = agent.SACConfig(learning_starts=20, batch_size=16, net_arch=(16, 16))
 FEATURE_VERSION = 1
@@ -116,3 +118,30 @@ def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp
     first.check_matches(other)
     assert first.data_bytes(other) <= Budget.parse("4.5bpw").bytes_for(other)
     assert first.method == "policy" and first.extra["policy_timesteps"] == 60
+
+
+def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, tmp_path, capsys) -> None:
+    from test_env import damage_table
+
+    from ramp.cli import main
+    from ramp.model import load_model
+
+    model = load_model(tiny_reference)
+    full = damage_table(model)
+    measured = [fmt for fmt in full.formats if fmt != "Q5_0"]  # as `ramp profile`'s default sweep
+    table = SensitivityTable(full.tensors, measured, full.damage[:, [full.formats.index(f) for f in measured]],
+                             model_sha256=model.sha256)
+    table.save(tmp_path / "table.json")
+    out = tmp_path / "policy.zip"
+    common = ["train", "--model", str(tiny_reference), "--budget", "5bpw..6bpw", "--timesteps", "40", "--out", str(out),
+              "--calibration-tokens", "64", "--window", "32", "--tensorboard", str(tmp_path / "runs"), "--no-progress",
+              "--checkpoint-every", "0", "--sac", "learning_starts=20", "--sac", "batch_size=16"]
+    assert main(common + ["--sensitivity", str(tmp_path / "table.json")]) == 0
+    record = agent.read_policy_record(out)
+    assert record.formats == measured and record.timesteps == 40 and record.models[0]["sha256"] == model.sha256
+
+    out.unlink()
+    capsys.readouterr()
+    code = main(common + ["--sensitivity", str(tmp_path / "table.json")] * 2)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "one --sensitivity per --model" in err and not out.exists()

@@ -44,14 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from ramp.errors import RampError
     from ramp.files import check_output_path
     from ramp.model import load_model
-    from ramp.sensitivity_table import SensitivityTable
 
     # Command-line mistakes fail before any model loads.
     out = check_output_path(args.out)
     if args.timesteps < 1:
         raise RampError("--timesteps must be at least 1")
-    if args.sensitivity and len(args.sensitivity) != max(len(args.model), 1):
-        raise RampError("give one --sensitivity per --model, in the same order, or none")
     asked_ladder = parse_ladder(args.formats) if args.formats else None
     reward = RewardConfig(**agent.parse_overrides(args.reward, RewardConfig, "reward"))
     config = agent.SACConfig(**agent.parse_overrides(args.sac, agent.SACConfig, "sac"))
@@ -64,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
                             "drop --resume to start afresh")
 
     paths = args.model or [None]
+    tables = agent.load_tables(args.sensitivity, len(paths))
     models = [load_model(path) for path in paths]
     names = [Path(path).name if path else "SmolLM2-135M-Instruct" for path in paths]
-    tables = [SensitivityTable.load(path) for path in args.sensitivity] or [None] * len(models)
     ladder = asked_ladder or measured_ladder(tables)
     budget_bpw = agent.parse_budget_range(args.budget, models)
     started = time.monotonic()

@@ -12,6 +12,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="GGUF file or safetensors directory (repeatable; default: embedded SmolLM2-135M)")
+    parser.add_argument("--sensitivity", action="append", default=[], metavar="FILE",
+                        help="sensitivity table per --model, same order, for shaped step rewards (optional)")
     parser.add_argument("--budget", required=True, help="budget range, LOW..HIGH (e.g. 4.2bpw..5bpw)")
     parser.add_argument("--trials", type=int, default=20, help="trials to run in this invocation (default 20)")
     parser.add_argument("--timesteps", type=int, default=1000, help="training steps per trial (default 1000)")
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Optuna RDB storage URL (default sqlite:///ramp_tune.db; any SQLAlchemy URL works)")
     parser.add_argument("--study", default="ramp", help="study name; re-running with the same name continues it")
     parser.add_argument("--out", default="tuned.json", help="best settings as JSON (default tuned.json)")
-    parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's)")
+    parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's, limited to the "
+                                          "formats the --sensitivity tables measured)")
     parser.add_argument("--grouping", choices=("tensor", "block"), default="tensor")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration-tokens", type=int, default=256)
@@ -42,7 +45,8 @@ def suggest(trial) -> tuple[dict, dict]:
         "kld_scale": trial.suggest_float("kld_scale", 0.005, 0.5, log=True),
         "over_weight": trial.suggest_float("over_weight", 2.0, 100.0, log=True),
         "under_weight": trial.suggest_float("under_weight", 0.05, 5.0, log=True),
-        "shaping_weight": trial.suggest_float("shaping_weight", 0.0, 2.0),
+        "shaping_weight": trial.suggest_float("shaping_weight", 0.1, 10.0, log=True),
+        "price_weight": trial.suggest_float("price_weight", 0.0, 2.0),
     }
     return sac, reward
 
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from ramp import agent
-    from ramp.allocate.problem import parse_ladder
+    from ramp.allocate.problem import measured_ladder, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig, rollout
     from ramp.errors import RampError
     from ramp.files import atomic_output, check_output_path
@@ -66,13 +70,15 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out)
     if args.trials < 1 or args.timesteps < 1 or args.eval_points < 1:
         raise RampError("--trials, --timesteps and --eval-points must be at least 1")
-    ladder = parse_ladder(args.formats)
+    asked_ladder = parse_ladder(args.formats) if args.formats else None
     paths = args.model or [None]
+    tables = agent.load_tables(args.sensitivity, len(paths))
+    ladder = asked_ladder or measured_ladder(tables)
     models = [load_model(path) for path in paths]
     names = [Path(path).name if path else "SmolLM2-135M-Instruct" for path in paths]
     low, high = agent.parse_budget_range(args.budget, models)
     # Profiles, evaluators and their caches are shared by every trial: only the agent and reward change.
-    contexts = agent.build_contexts(models, names, [None] * len(models), args.calibration_tokens, args.window)
+    contexts = agent.build_contexts(models, names, tables, args.calibration_tokens, args.window)
     eval_budgets = np.linspace(low, high, args.eval_points) if args.eval_points > 1 else [(low + high) / 2]
 
     def objective(trial) -> float:
