@@ -52,22 +52,24 @@ class RewardConfig:
     With `kld` the measured mean KLD of the finished allocation, `B` the budget in bytes, `used` the bytes
     placed, and per step `asked` the bytes of the format the agent requested, `allowed` the most bytes
     that step could take and still leave the minimum for every later step (the step is clipped to it),
-    `bytes` the bytes of the granted choice and `share` the step's share of the budget (B * its weights /
-    all weights):
+    `damage_t` the step's summed single-tensor KLD increase from the sensitivity table, and `best(t, b)`
+    the least summed damage the table allows steps t.. within b bytes:
 
         each step:  r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
-                          - shaping_weight * (damage + price_weight * price * (bytes - share)) / kld_scale
+                          - shaping_weight * (damage_t + lookahead_weight * (best(t+1, left after t)
+                                                                   - best(t, left before t))) / kld_scale
         last step:  r_T += - quality_weight * log(1 + kld / kld_scale)                         (quality)
                            - under_weight * (B - used) / B                                     (unused budget)
 
     The cliff is steep (a request past the frontier costs far more than the bytes are worth) and the
     unused-budget term is mild, so the agent learns to spend close to the budget without pushing past it.
-    `damage` is the step's summed single-tensor KLD increase from the sensitivity table. `price` (nats
-    per byte) is the Lagrange multiplier of the episode's budget over that table: the smallest price at
-    which choosing argmin(damage + price * bytes) for every step independently fits the budget. It charges
-    each step, at once, for the bytes it takes from later steps; without it that cost only shows up many
-    steps later as their damage, and SAC, which discounts the future, learns to overspend early and
-    starve late tensors. Both are zero without a table; the quality term is zero when no evaluator is
+    With lookahead_weight 1 the shaping is potential-based (Ng et al., 1999, potential -best): it sums
+    over an episode to the table's regret, damage - best(0, B), whatever the order of the choices, so it
+    does not move the optimum, but it charges each step at once for what its bytes cost the steps after
+    it. Without the lookahead that cost shows up only many steps later as damage to starved tensors, and
+    SAC, which discounts the future, learned to give token_embd an extra bit paid for by every ffn_down at
+    Q2_K. `best` is the Lagrangian relaxation of the knapsack (`_Plan.best_damage`), exact up to one item
+    near the budget. Shaping is zero without a table; the quality term is zero when no evaluator is
     attached (deterministic allocation rollouts).
     """
 
@@ -76,7 +78,7 @@ class RewardConfig:
     over_weight: float = 20.0
     under_weight: float = 1.0
     shaping_weight: float = 0.5
-    price_weight: float = 1.0
+    lookahead_weight: float = 1.0
 
     def quality(self, kld: float) -> float:
         return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
@@ -87,8 +89,8 @@ class RewardConfig:
     def unused(self, used: int, budget: int) -> float:
         return -self.under_weight * max(0, budget - used) / budget
 
-    def shaping(self, damage: float, price: float, nbytes: int, share: float) -> float:
-        return -self.shaping_weight * (damage + self.price_weight * price * (nbytes - share)) / self.kld_scale
+    def shaping(self, damage: float, best_after: float, best_before: float) -> float:
+        return -self.shaping_weight * (damage + self.lookahead_weight * (best_after - best_before)) / self.kld_scale
 
 
 def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
@@ -175,6 +177,13 @@ class _Plan:
             for item, group in zip(self.items, specs)
         ]
         self.has_damage = context.damage is not None
+        # Padded [step, choice] matrices for best_damage; a missing choice costs infinite damage.
+        width = max(len(item.choices) for item in self.items)
+        self._damage_matrix = np.full((len(self.items), width), np.inf)
+        self._bytes_matrix = np.zeros((len(self.items), width))
+        for i, item in enumerate(self.items):
+            self._damage_matrix[i, : len(item.choices)] = self.damage[i]
+            self._bytes_matrix[i, : len(item.choices)] = [choice.nbytes for choice in item.choices]
         lows = np.array([item.choices[0].nbytes for item in self.items], dtype=np.int64)
         # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
         self.min_after = np.concatenate([np.cumsum(lows[::-1])[::-1], [0]])
@@ -183,26 +192,29 @@ class _Plan:
     def min_bpw(self) -> float:
         return 8.0 * self.min_after[0] / self.n_params
 
-    def price(self, budget: int) -> float:
-        """The budget's Lagrange multiplier over the damage table (nats per byte; see `RewardConfig`)."""
-        if not self.has_damage:
+    def best_damage(self, start: int, budget: int) -> float:
+        """Least summed damage steps start.. can have within `budget` bytes, by the Lagrangian relaxation:
+        the smallest price per byte at which every step choosing argmin(damage + price * bytes) on its
+        own fits, bisected in log space (damages span many decades). 0 without a table or steps."""
+        if not self.has_damage or start >= len(self.items):
             return 0.0
-        damage = [np.asarray(row) for row in self.damage]
-        nbytes = [np.array([choice.nbytes for choice in item.choices], dtype=np.float64) for item in self.items]
+        damage, nbytes = self._damage_matrix[start:], self._bytes_matrix[start:]
+        rows = np.arange(len(damage))
 
-        def spent(price: float) -> float:
-            return sum(b[np.argmin(d + price * b)] for d, b in zip(damage, nbytes))
+        def pick(price: float) -> tuple[float, float]:
+            chosen = np.argmin(damage + price * nbytes, axis=1)
+            return float(damage[rows, chosen].sum()), float(nbytes[rows, chosen].sum())
 
-        if spent(0.0) <= budget:
-            return 0.0
-        # Bisection in log space: the damages span many decades, and spent() falls as the price rises.
+        least, spent = pick(0.0)
+        if spent <= budget:
+            return least
         low, high = 1e-16, 1.0
-        while spent(high) > budget and high < 1e6:
+        while pick(high)[1] > budget and high < 1e6:
             high *= 10.0
-        for _ in range(60):
+        for _ in range(50):
             middle = float(np.sqrt(low * high))
-            low, high = (middle, high) if spent(middle) > budget else (low, middle)
-        return high
+            low, high = (middle, high) if pick(middle)[1] > budget else (low, middle)
+        return pick(high)[0]
 
 
 def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) -> int:
@@ -272,7 +284,8 @@ class BitAllocationEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self._context_index = 0
         self._budget = 1
-        self._price = 0.0
+        self._best_left = 0.0  # best_damage of the steps still to place, within the bytes still left
+        self._best_at_start = 0.0
         self._budget_bpw = low
         self._begin_episode()
 
@@ -301,8 +314,9 @@ class BitAllocationEnv(gym.Env):
                 f"budget {self._budget_bpw:.3f} bpw is below the smallest allocation of {self.contexts[self._context_index].name} "
                 f"({plan.min_bpw():.3f} bpw); raise the budget"
             )
-        self._price = plan.price(self._budget)
         self._begin_episode()
+        self._best_left = plan.best_damage(0, self._budget)
+        self._best_at_start = self._best_left
         return self._observation(), {}
 
     def _observation(self) -> np.ndarray:
@@ -347,9 +361,10 @@ class BitAllocationEnv(gym.Env):
             granted -= 1
         asked = choices[requested].nbytes
         self._overshoot += max(0, asked - allowed)
-        share = self._budget * step_params / plan.n_params
+        best_after = plan.best_damage(self._step + 1, self._budget - self._spent - choices[granted].nbytes)
         reward = config.cliff(asked, allowed, self._budget) + config.shaping(
-            plan.damage[self._step][granted], self._price, choices[granted].nbytes, share)
+            plan.damage[self._step][granted], best_after, self._best_left)
+        self._best_left = best_after
 
         self._picks.append(granted)
         self._spent += choices[granted].nbytes
@@ -371,7 +386,7 @@ class BitAllocationEnv(gym.Env):
                 budget_bytes=self._budget,
                 bits_per_weight=8.0 * self._spent / plan.n_params,
                 overshoot_bytes=self._overshoot,
-                price=self._price,
+                best_damage=self._best_at_start,
                 model=context.name,
             )
         return self._observation(), float(reward), terminated, False, info
