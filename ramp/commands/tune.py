@@ -46,7 +46,7 @@ def suggest(trial) -> tuple[dict, dict]:
         "over_weight": trial.suggest_float("over_weight", 2.0, 100.0, log=True),
         "under_weight": trial.suggest_float("under_weight", 0.05, 5.0, log=True),
         "shaping_weight": trial.suggest_float("shaping_weight", 0.1, 10.0, log=True),
-        "price_weight": trial.suggest_float("price_weight", 0.0, 2.0),
+        "lookahead_weight": trial.suggest_float("lookahead_weight", 0.0, 1.0),
     }
     return sac, reward
 
