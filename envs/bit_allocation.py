@@ -55,9 +55,10 @@ class RewardConfig:
     `damage_t` the step's summed single-tensor KLD increase from the sensitivity table, and `best(t, b)`
     the least summed damage the table allows steps t.. within b bytes:
 
-        each step:  r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
-                          - shaping_weight * (damage_t + lookahead_weight * (best(t+1, left after t)
-                                                                   - best(t, left before t))) / kld_scale
+        each step:  regret_t = damage_t + lookahead_weight * (best(t+1, left after t) - best(t, left before t))
+                    r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
+                          - shaping_weight * regret_t / kld_scale                   (regret_scale = 0)
+                          - shaping_weight * log(1 + max(regret_t, 0) / regret_scale)  (regret_scale > 0)
         last step:  r_T += - quality_weight * log(1 + kld / kld_scale)                         (quality)
                            - under_weight * (B - used) / B                                     (unused budget)
 
@@ -69,8 +70,11 @@ class RewardConfig:
     it. Without the lookahead that cost shows up only many steps later as damage to starved tensors, and
     SAC, which discounts the future, learned to give token_embd an extra bit paid for by every ffn_down at
     Q2_K. `best` is the Lagrangian relaxation of the knapsack (`_Plan.best_damage`), exact up to one item
-    near the budget. Shaping is zero without a table; the quality term is zero when no evaluator is
-    attached (deterministic allocation rollouts).
+    near the budget. The logarithmic form gives up the telescoping sum but keeps each step's ranking of
+    its choices, and it lets a critic resolve regrets of 1e-3 nats next to the -20 of starving the rest:
+    with gamma 0 (each step judged by its own regret, which already prices the future) it is what trains
+    best (docs/BENCHMARKS.md, Agent). Shaping is zero without a table; the quality term is zero when no
+    evaluator is attached (deterministic allocation rollouts).
     """
 
     quality_weight: float = 1.0
@@ -79,6 +83,7 @@ class RewardConfig:
     under_weight: float = 1.0
     shaping_weight: float = 0.5
     lookahead_weight: float = 1.0
+    regret_scale: float = 0.0  # nats; 0 = linear shaping
 
     def quality(self, kld: float) -> float:
         return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
@@ -90,7 +95,10 @@ class RewardConfig:
         return -self.under_weight * max(0, budget - used) / budget
 
     def shaping(self, damage: float, best_after: float, best_before: float) -> float:
-        return -self.shaping_weight * (damage + self.lookahead_weight * (best_after - best_before)) / self.kld_scale
+        regret = damage + self.lookahead_weight * (best_after - best_before)
+        if self.regret_scale > 0:
+            return -self.shaping_weight * float(np.log1p(max(regret, 0.0) / self.regret_scale))
+        return -self.shaping_weight * regret / self.kld_scale
 
 
 def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
@@ -386,7 +394,8 @@ class BitAllocationEnv(gym.Env):
                 budget_bytes=self._budget,
                 bits_per_weight=8.0 * self._spent / plan.n_params,
                 overshoot_bytes=self._overshoot,
-                best_damage=self._best_at_start,
+                best_damage=self._best_at_start,  # the least table damage within this budget
+                table_damage=float(sum(plan.damage[i][pick] for i, pick in enumerate(self._picks))),
                 model=context.name,
             )
         return self._observation(), float(reward), terminated, False, info

@@ -11,7 +11,7 @@ import sys
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ramp.errors import RampError
 from ramp.files import atomic_path
@@ -187,6 +187,58 @@ def _callback(directory: Path, every: int, record: PolicyRecord):
     return RampCallback()
 
 
+def table_regret(env: "BitAllocationEnv", points: int = 4) -> "Callable[[SAC], float] | None":
+    """Scorer for checkpoint selection: the deterministic policy's mean relative excess damage over the
+    sensitivity table's best (damage / best - 1), at `points` budgets spread over the training range, on
+    every training model that has a table. Costs a few table-only rollouts, no forward pass. None when no
+    model has a table."""
+    import numpy as np
+
+    from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, rollout
+
+    with_table = [context for context in env.contexts if context.damage is not None]
+    if not with_table:
+        return None
+    quiet = BitAllocationEnv([ModelContext(c.name, c.model, c.embedding, damage=c.damage, items=c.items) for c in with_table],
+                             env.budget_bpw, env.ladder, env.grouping, env.reward_config)
+    budgets = np.linspace(*env.budget_bpw, points)
+
+    def score(sac: "SAC") -> float:
+        act = lambda observation: sac.predict(observation, deterministic=True)[0]  # noqa: E731
+        ratios = []
+        for index in range(len(with_table)):
+            for bpw in budgets:
+                info = rollout(quiet, act, context=index, budget_bpw=float(bpw))
+                ratios.append(info["table_damage"] / max(info["best_damage"], 1e-12) - 1.0)
+        return float(np.mean(ratios))
+
+    return score
+
+
+def _selection_callback(score: "Callable[[SAC], float]", every: int, out: Path, record: PolicyRecord):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class SelectBest(BaseCallback):
+        """Every `every` steps, score the deterministic policy; write it to `out` when it is the best yet."""
+
+        best = float("inf")
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % every == 0:
+                self.consider()
+            return True
+
+        def consider(self) -> None:
+            value = score(self.model)
+            self.logger.record("ramp/selection_regret", value)
+            if value < self.best:
+                self.best = value
+                record.extra.update(selected_at_step=int(self.model.num_timesteps), selection_regret=value)
+                save_policy(self.model, out, record)
+
+    return SelectBest()
+
+
 def train(
     env: "BitAllocationEnv",
     record: PolicyRecord,
@@ -200,9 +252,15 @@ def train(
     resume: str | Path | None = None,
     progress_bar: bool = True,
     extra_callbacks: list | None = None,
+    select_every: int = 0,
 ) -> "SAC":
     """Train (or continue training) SAC on `env` until `timesteps` environment steps in total, then save
-    the policy to `out`. Ctrl-C writes a checkpoint and raises `TrainingInterrupted`."""
+    the policy to `out`. Ctrl-C writes a checkpoint and raises `TrainingInterrupted`.
+
+    With `select_every` > 0 and a sensitivity table in some context, the policy is scored every that many
+    steps and at the end (`table_regret`), and `out` holds the best-scoring one rather than the last: SAC's
+    deterministic policy does not improve monotonically, and this is the training model's own table, not
+    any evaluation data."""
     from stable_baselines3 import SAC
 
     directory = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out)
@@ -222,7 +280,9 @@ def train(
         # SB3's default logger makes a /tmp/SB3-<timestamp> folder per run even when it writes nothing.
         sac.set_logger(Logger(folder=None, output_formats=[]))
     remaining = timesteps - sac.num_timesteps
-    callbacks = [_callback(directory, checkpoint_every, record), *(extra_callbacks or [])]
+    score = table_regret(env) if select_every > 0 else None
+    selection = _selection_callback(score, select_every, Path(out), record) if score else None
+    callbacks = [_callback(directory, checkpoint_every, record), *([selection] if selection else []), *(extra_callbacks or [])]
     if remaining > 0:
         import torch
 
@@ -239,7 +299,10 @@ def train(
             raise TrainingInterrupted(checkpoint, sac.num_timesteps) from None
         finally:
             torch.set_num_threads(threads)
-    save_policy(sac, out, record)
+    if selection is None or remaining <= 0:
+        save_policy(sac, out, record)
+    else:
+        selection.consider()  # the final policy competes too; `out` now holds the best
     return sac
 
 

@@ -145,3 +145,27 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     code = main(common + ["--sensitivity", str(tmp_path / "table.json")] * 2)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "one --sensitivity per --model" in err and not out.exists()
+
+
+def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
+    from test_env import damage_table
+
+    table_env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=damage_table(model))], (4.0, 6.0))
+    path = tmp_path / "policy.zip"
+    scores = []
+    score = agent.table_regret(table_env)
+
+    class Watch(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % 20 == 0:
+                scores.append(score(self.model))
+            return True
+
+    agent.train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
+                select_every=20, extra_callbacks=[Watch()])
+    stored = agent.read_policy_record(path)
+    loaded, _ = agent.load_policy(path, table_env, FEATURE_VERSION)
+    # the file holds the policy with the lowest score seen (the final one included), and says when it was
+    assert stored.extra["selection_regret"] == pytest.approx(min(scores + [stored.extra["selection_regret"]]))
+    assert score(loaded) == pytest.approx(stored.extra["selection_regret"])
+    assert stored.timesteps == stored.extra["selected_at_step"]

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
                         help="write a resumable checkpoint every STEPS steps (default 500; 0 = only on Ctrl-C)")
+    parser.add_argument("--select-every", type=int, default=2000, metavar="STEPS",
+                        help="with --sensitivity: score the policy on the table every STEPS steps and write the best "
+                             "one, not the last (default 2000; 0 = the last)")
     parser.add_argument("--checkpoint-dir", help="where checkpoints go (default: <out>_checkpoints/)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue from a checkpoint (default: the latest in the checkpoint directory)")
@@ -75,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         sac = agent.train(env, record, out, args.timesteps, config, checkpoint_dir=checkpoint_dir,
                           checkpoint_every=args.checkpoint_every, tensorboard_log=args.tensorboard,
-                          resume=resume, progress_bar=not args.no_progress)
+                          resume=resume, progress_bar=not args.no_progress, select_every=args.select_every)
     except agent.TrainingInterrupted as stop:
         print(f"ramp: interrupted at step {stop.timesteps}; continue with the same command plus --resume", file=sys.stderr)
         return 130
+    chosen = agent.read_policy_record(out).extra
+    if "selected_at_step" in chosen:
+        print(f"kept the policy of step {chosen['selected_at_step']} (table regret {chosen['selection_regret']:.3f})")
     print(f"wrote {out} after {sac.num_timesteps} steps ({time.monotonic() - started:.0f}s in all); "
           f"TensorBoard logs in {args.tensorboard}/")
     return 0
