@@ -282,6 +282,9 @@ def train(
     remaining = timesteps - sac.num_timesteps
     score = table_regret(env) if select_every > 0 else None
     selection = _selection_callback(score, select_every, Path(out), record) if score else None
+    if selection is not None and resume is not None and Path(out).is_file():
+        # A resumed run competes with the best policy the interrupted part already wrote.
+        selection.best = read_policy_record(out).extra.get("selection_regret", selection.best)
     callbacks = [_callback(directory, checkpoint_every, record), *([selection] if selection else []), *(extra_callbacks or [])]
     if remaining > 0:
         import torch
