@@ -169,3 +169,20 @@ def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
     assert stored.extra["selection_regret"] == pytest.approx(min(scores + [stored.extra["selection_regret"]]))
     assert score(loaded) == pytest.approx(stored.extra["selection_regret"])
     assert stored.timesteps == stored.extra["selected_at_step"]
+
+
+def test_resumed_selection_competes_with_the_earlier_best(model, tmp_path) -> None:
+    from test_env import damage_table
+
+    table_env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=damage_table(model))], (4.0, 6.0))
+    path = tmp_path / "policy.zip"
+    agent.train(table_env, record(table_env, model), path, 60, CONFIG, checkpoint_every=60, progress_bar=False, select_every=20)
+    # Pretend the first part found an unbeatable policy: the resumed part must leave it in place.
+    sac, stored = agent.load_policy(path, table_env, FEATURE_VERSION)
+    stored.extra["selection_regret"] = -1.0
+    agent.save_policy(sac, path, stored)
+    checkpoint = agent.latest_checkpoint(agent.default_checkpoint_dir(path))
+    agent.train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
+                select_every=20, resume=checkpoint)
+    kept = agent.read_policy_record(path)
+    assert kept.extra["selection_regret"] == -1.0 and kept.timesteps == 60
