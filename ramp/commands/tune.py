@@ -35,7 +35,8 @@ def suggest(trial) -> tuple[dict, dict]:
     width = trial.suggest_categorical("net_width", [32, 64, 128])
     sac = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
-        "gamma": trial.suggest_float("gamma", 0.9, 0.999),
+        # 0 is right with a table (the lookahead regret already prices the future), near 1 without one
+        "gamma": trial.suggest_categorical("gamma", [0.0, 0.9, 0.99, 0.999]),
         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
         "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
         "learning_starts": trial.suggest_int("learning_starts", 50, 400, log=True),
@@ -47,6 +48,7 @@ def suggest(trial) -> tuple[dict, dict]:
         "under_weight": trial.suggest_float("under_weight", 0.05, 5.0, log=True),
         "shaping_weight": trial.suggest_float("shaping_weight", 0.1, 10.0, log=True),
         "lookahead_weight": trial.suggest_float("lookahead_weight", 0.0, 1.0),
+        "regret_scale": trial.suggest_categorical("regret_scale", [0.0, 1e-4, 1e-3, 1e-2]),
     }
     return sac, reward
 
