@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from ramp.sensitivity_table import SensitivityTable
 
 POLICY_RECORD = "ramp_policy.json"
+# nats: a table's best damage can be ~0 at generous budgets (Gemma's is flat above 5.8 bpw), where a bare
+# ratio would let one budget outweigh all others by 1000x; 1e-3 is about a 256-token KLD's noise.
+SELECTION_FLOOR = 1e-3
 REPLAY_SUFFIX = ".replay.pkl"
 
 
@@ -189,9 +192,9 @@ def _callback(directory: Path, every: int, record: PolicyRecord):
 
 def table_regret(env: "BitAllocationEnv", points: int = 4) -> "Callable[[SAC], float] | None":
     """Scorer for checkpoint selection: the deterministic policy's mean relative excess damage over the
-    sensitivity table's best (damage / best - 1), at `points` budgets spread over the training range, on
-    every training model that has a table. Costs a few table-only rollouts, no forward pass. None when no
-    model has a table."""
+    sensitivity table's best, (damage - best) / (best + SELECTION_FLOOR), at `points` budgets spread over
+    the training range, on every training model that has a table. Costs a few table-only rollouts, no
+    forward pass. None when no model has a table."""
     import numpy as np
 
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, rollout
@@ -209,7 +212,7 @@ def table_regret(env: "BitAllocationEnv", points: int = 4) -> "Callable[[SAC], f
         for index in range(len(with_table)):
             for bpw in budgets:
                 info = rollout(quiet, act, context=index, budget_bpw=float(bpw))
-                ratios.append(info["table_damage"] / max(info["best_damage"], 1e-12) - 1.0)
+                ratios.append((info["table_damage"] - info["best_damage"]) / (info["best_damage"] + SELECTION_FLOOR))
         return float(np.mean(ratios))
 
     return score
