@@ -231,15 +231,23 @@ def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) ->
     -1 is the lowest option and +1 the highest; 0 is the largest option not above `pace_bpw`, the bits per
     weight the remaining weights may average (rounding down, so pacing never overdraws; what it leaves
     raises the pace of later steps). The mapping is monotone and piecewise linear in the fractional
-    option index. Centring on the pace means an untrained policy already spends the budget evenly, and
-    learning only has to find which tensors deserve more or less than their share: with a few dozen
-    episodes, an absolute mapping spends them learning to pace itself instead.
+    option index, option k owning positions [k, k + 1); positive actions run up to top + 1, so the
+    highest option owns an interval of actions like every other (ending at top would grant it only at
+    exactly +1, which a tanh-squashed actor reaches only by saturating). Centring on the pace means an
+    untrained policy already spends the budget evenly, and learning only has to find which tensors
+    deserve more or less than their share: with a few dozen episodes, an absolute mapping spends them
+    learning to pace itself instead.
     """
     action = float(np.clip(action, -1.0, 1.0))
     top = len(option_bpw) - 1
     pace = float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
-    position = pace + action * (pace if action < 0 else top - pace)
+    position = pace + action * (pace if action < 0 else top + 1 - pace)
     return int(np.clip(np.floor(position + 1e-9), 0, top))
+
+
+# Bumped whenever `action_index` changes what an action means: a policy trained under another mapping
+# would allocate differently from what it learned, so loading refuses it.
+ACTION_MAPPING_VERSION = 2
 
 
 class BitAllocationEnv(gym.Env):

@@ -66,8 +66,16 @@ class PolicyRecord:
     seed: int
     timesteps: int = 0  # environment steps trained so far
     extra: dict[str, Any] = field(default_factory=dict)
+    action_mapping: int = 1  # ramp.envs.bit_allocation.ACTION_MAPPING_VERSION it was trained under; files before it had 1
 
     def check_compatible(self, embedding_size: int, formats: list[str], feature_version: int, path: str | Path) -> None:
+        from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
+
+        if self.action_mapping != ACTION_MAPPING_VERSION:
+            raise RampError(
+                f"policy {path} was trained under action mapping {self.action_mapping}, this ramp uses "
+                f"{ACTION_MAPPING_VERSION} (see ramp.envs.bit_allocation.action_index); retrain it with `ramp train`"
+            )
         if self.embedding_size != embedding_size or self.feature_version != feature_version:
             raise RampError(
                 f"policy {path} was trained on {self.embedding_size}-number embeddings (feature version "
@@ -398,6 +406,7 @@ def build_contexts(
 
 
 def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig, seed: int) -> PolicyRecord:
+    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
     from ramp.profile import FEATURE_NAMES, FEATURE_VERSION
 
     return PolicyRecord(
@@ -412,6 +421,7 @@ def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig
         reward=asdict(env.reward_config),
         sac=asdict(config),
         seed=seed,
+        action_mapping=ACTION_MAPPING_VERSION,
     )
 
 

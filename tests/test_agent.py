@@ -13,6 +13,7 @@ from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  #
 from ramp import agent
 from ramp.allocate.budget import Budget
 from ramp.envs import BitAllocationEnv, ModelContext
+from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
 from ramp.errors import RampError
 from ramp.sensitivity_table import SensitivityTable
 
@@ -36,7 +37,7 @@ def record(env: BitAllocationEnv, model) -> agent.PolicyRecord:
         feature_version=FEATURE_VERSION, feature_names=[f"f{i}" for i in range(EMBEDDING_SIZE)],
         embedding_size=env.embedding_size, observation_size=int(env.observation_space.shape[0]),
         formats=list(env.ladder), grouping=env.grouping, models=[{"name": "tiny", "sha256": model.sha256}],
-        budget_bpw=list(env.budget_bpw), reward={}, sac={}, seed=0,
+        budget_bpw=list(env.budget_bpw), reward={}, sac={}, seed=0, action_mapping=ACTION_MAPPING_VERSION,
     )
 
 
@@ -97,6 +98,11 @@ def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_p
                                      ladder=("Q4_K", "Q8_0"))
     with pytest.raises(RampError, match="trained for formats"):
         agent.load_policy(path, other_formats, FEATURE_VERSION)
+    sac, stored = agent.load_policy(path, env, FEATURE_VERSION)
+    stored.action_mapping = ACTION_MAPPING_VERSION - 1  # as written before action_index last changed
+    agent.save_policy(sac, tmp_path / "old.zip", stored)
+    with pytest.raises(RampError, match="action mapping"):
+        agent.load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
     (tmp_path / "notes.txt").write_text("not a zip")
     with pytest.raises(RampError, match="not a ramp policy file"):
         agent.read_policy_record(tmp_path / "notes.txt")
@@ -185,4 +191,4 @@ def test_resumed_selection_competes_with_the_earlier_best(model, tmp_path) -> No
     agent.train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
                 select_every=20, resume=checkpoint)
     kept = agent.read_policy_record(path)
-    assert kept.extra["selection_regret"] == -1.0 and kept.timesteps == 60
+    assert kept.extra["selection_regret"] == -1.0 and kept.timesteps == stored.timesteps

@@ -173,3 +173,16 @@ def test_shaped_rewards_sum_to_the_regret_against_the_tables_best(model: Model) 
     # The relaxation's best is a real allocation within budget: never better than the exact optimum.
     exact = allocate(model, "ilp", f"{info['budget_bytes']}B", table, ladder=env.ladder)
     assert info["best_damage"] >= predicted_damage(model, exact.formats, table) - 1e-12
+
+
+def test_every_option_owns_an_interval_of_actions() -> None:
+    from ramp.envs.bit_allocation import action_index
+
+    options = [4.5, 5.5, 6.0, 8.5]  # Q4_0, Q5_0, Q5_1, Q8_0 on a 576-wide row
+    for pace in (4.5, 5.2, 6.0, 7.0):
+        grid = np.linspace(-1, 1, 2001)
+        picks = [action_index(a, options, pace) for a in grid]
+        assert picks == sorted(picks) and picks[0] == 0 and picks[-1] == 3
+        assert action_index(0.0, options, pace) == int(np.searchsorted(options, pace, side="right")) - 1
+        # the highest option is not a single point at +1: a tanh-squashed actor must be able to land on it
+        assert sum(pick == 3 for pick in picks) > 100
