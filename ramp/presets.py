@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir, file_sha256
 from ramp.llama_eval import quiet_llama
+
+if TYPE_CHECKING:
+    from ramp.model import Model
 
 DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")
 
@@ -41,6 +45,14 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
         if status != 0:
             raise RampError(f"llama.cpp could not quantize {reference} to {name} (status {status}); is the reference a complete GGUF?")
     return Path(output)
+
+
+def quantizable_bytes(path: str | os.PathLike, model: "Model") -> int:
+    """Bytes a GGUF spends on `model`'s quantizable tensors: a preset's size on the scale budgets bound."""
+    from ramp.model import read_gguf
+
+    names = {spec.name for spec in model.quantizable}
+    return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)
 
 
 def preset_path(reference: str | os.PathLike, name: str) -> Path:

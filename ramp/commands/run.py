@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
     from ramp.model import load_model
-    from ramp.presets import ftype_of, preset_path
+    from ramp.presets import ftype_of, preset_path, quantizable_bytes
     from ramp.sensitivity_table import SensitivityTable
     from ramp.text import evaluation_text
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     reference = cached_reference(source)
     preset_files = {name: preset_path(reference, name) for name in needed_presets}
     if budget_preset:
-        budget = Budget.parse(f"{_quantizable_bytes(preset_files[budget_preset], source)}B")
+        budget = Budget.parse(f"{quantizable_bytes(preset_files[budget_preset], source)}B")
         print(f"budget: the {budget.text} {budget_preset} spends on the quantizable tensors")
     model = fold_as_asked(source, args.fold)
 
@@ -112,14 +112,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_preset_name(text: str) -> bool:
     return text.strip()[:1].isalpha()  # budgets start with a number
-
-
-def _quantizable_bytes(path, model) -> int:
-    """Bytes a GGUF spends on the model's quantizable tensors, the quantity a budget bounds."""
-    from ramp.model import read_gguf
-
-    names = {spec.name for spec in model.quantizable}
-    return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)
 
 
 def weight_error_table(model, ladder: tuple[str, ...]):
