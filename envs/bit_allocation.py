@@ -175,23 +175,18 @@ class _Plan:
                 for group in specs
             ]
         ).astype(np.float32)
-        # damage[step][choice]: summed single-tensor damage of the members (zero where unmeasured).
-        self.damage = [
-            [
+        # damage[step, choice]: summed single-tensor damage of the members (zero where unmeasured or without
+        # a table); padded to the widest step, where a missing choice costs infinite damage and no bytes.
+        width = max(len(item.choices) for item in self.items)
+        self.damage = np.full((len(self.items), width), np.inf)
+        self.nbytes = np.zeros((len(self.items), width))
+        for i, (item, group) in enumerate(zip(self.items, specs)):
+            self.damage[i, : len(item.choices)] = [
                 sum(tensor_damage(context.damage, s.name, fmt, s.row_length) or 0.0 for s, fmt in zip(group, choice.formats))
                 if context.damage is not None else 0.0
                 for choice in item.choices
             ]
-            for item, group in zip(self.items, specs)
-        ]
-        self.has_damage = context.damage is not None
-        # Padded [step, choice] matrices for best_damage; a missing choice costs infinite damage.
-        width = max(len(item.choices) for item in self.items)
-        self._damage_matrix = np.full((len(self.items), width), np.inf)
-        self._bytes_matrix = np.zeros((len(self.items), width))
-        for i, item in enumerate(self.items):
-            self._damage_matrix[i, : len(item.choices)] = self.damage[i]
-            self._bytes_matrix[i, : len(item.choices)] = [choice.nbytes for choice in item.choices]
+            self.nbytes[i, : len(item.choices)] = [choice.nbytes for choice in item.choices]
         lows = np.array([item.choices[0].nbytes for item in self.items], dtype=np.int64)
         # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
         self.min_after = np.concatenate([np.cumsum(lows[::-1])[::-1], [0]])
@@ -203,10 +198,9 @@ class _Plan:
     def best_damage(self, start: int, budget: int) -> float:
         """Least summed damage steps start.. can have within `budget` bytes, by the Lagrangian relaxation:
         the smallest price per byte at which every step choosing argmin(damage + price * bytes) on its
-        own fits, bisected in log space (damages span many decades). 0 without a table or steps."""
-        if not self.has_damage or start >= len(self.items):
-            return 0.0
-        damage, nbytes = self._damage_matrix[start:], self._bytes_matrix[start:]
+        own fits, bisected in log space (damages span many decades). 0 without a table or steps: every
+        step then takes its smallest choice, which reset() checked fits."""
+        damage, nbytes = self.damage[start:], self.nbytes[start:]
         rows = np.arange(len(damage))
 
         def pick(price: float) -> tuple[float, float]:
@@ -379,7 +373,7 @@ class BitAllocationEnv(gym.Env):
         self._overshoot += max(0, asked - allowed)
         best_after = plan.best_damage(self._step + 1, self._budget - self._spent - choices[granted].nbytes)
         reward = config.cliff(asked, allowed, self._budget) + config.shaping(
-            plan.damage[self._step][granted], best_after, self._best_left)
+            plan.damage[self._step, granted], best_after, self._best_left)
         self._best_left = best_after
 
         self._picks.append(granted)
@@ -403,7 +397,7 @@ class BitAllocationEnv(gym.Env):
                 bits_per_weight=8.0 * self._spent / plan.n_params,
                 overshoot_bytes=self._overshoot,
                 best_damage=self._best_at_start,  # the least table damage within this budget
-                table_damage=float(sum(plan.damage[i][pick] for i, pick in enumerate(self._picks))),
+                table_damage=float(plan.damage[np.arange(len(self._picks)), self._picks].sum()),
                 model=context.name,
             )
         return self._observation(), float(reward), terminated, False, info
