@@ -21,6 +21,17 @@ def cache_dir() -> Path:
     return root
 
 
+def data_dir() -> Path:
+    """Root of what ramp installs once and never recomputes: real texts, llama.cpp's own tools.
+
+    Unlike the cache, nothing here is derived from a model, so clearing the cache keeps it.
+    `RAMP_DATA` overrides the default.
+    """
+    root = Path(os.environ.get("RAMP_DATA", Path.home() / ".local" / "share" / "ramp"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -34,13 +45,17 @@ def text_sha256(text: str) -> str:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early, before any expensive work, when the output cannot be written."""
+    """Fail early, before any expensive work, when the output cannot be written; create its missing folders
+    (`--out-dir new/` is a request, not a mistake)."""
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise RampError(f"output directory {parent} does not exist; create it first or choose another --out path")
     if target.is_dir():
         raise RampError(f"output path {target} is a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, read-only file system
+        raise RampError(f"cannot create output directory {target.parent} ({exc.strerror}); choose another --out path") from None
+    if not os.access(target.parent, os.W_OK):
+        raise RampError(f"cannot write into {target.parent}: permission denied; choose another --out path")
     return target
 
 

@@ -316,15 +316,15 @@ def kld_against_reference(forward: Forward, overrides: Overrides | None, tokens:
     return reference.kld(overrides)
 
 
-def calibration_tokens(model: Model, n_tokens: int = 1024, window: int = 256) -> torch.Tensor:
-    """Calibration windows [n_tokens // window, window] of `ramp.text.calibration_text()`, tokenized and
-    BOS-patched by llama.cpp exactly as `ramp.llama_eval` cuts evaluation windows."""
+def calibration_tokens(model: Model, n_tokens: int = 1024, window: int = 256, text: str | None = None) -> torch.Tensor:
+    """Calibration windows [n_tokens // window, window] of `ramp.text.calibration_text(text)` (default: the
+    default text), tokenized and BOS-patched by llama.cpp exactly as `ramp.llama_eval` cuts evaluation windows."""
     from ramp.llama_eval import make_windows
-    from ramp.text import calibration_text
+    from ramp.text import DEFAULT_TEXT, calibration_text
 
     if model.source_path is None or model.source_path.is_dir():
         raise RampError("calibration tokens need the model's GGUF file for its tokenizer; load the model from a .gguf path")
     if n_tokens < window:
         raise RampError(f"need at least one window: {n_tokens} calibration tokens < window of {window}; raise the token count")
-    windows = make_windows(model.source_path, calibration_text(), n_ctx=window, max_windows=n_tokens // window)
+    windows = make_windows(model.source_path, calibration_text(text or DEFAULT_TEXT), n_ctx=window, max_windows=n_tokens // window)
     return torch.from_numpy(windows.tokens.astype(np.int64))
