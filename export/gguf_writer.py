@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import gguf
 import numpy as np
@@ -23,6 +23,9 @@ from ramp.allocation import Allocation
 from ramp.files import atomic_path, cache_dir
 from ramp.kernels.formats import Format, get_format, resolve_format
 from ramp.model import MetadataValue, Model
+
+if TYPE_CHECKING:
+    from ramp.imatrix import ImportanceMatrix
 
 REFERENCE_TYPES = ("F32", "F16")
 
@@ -137,8 +140,9 @@ def predict_file_size(model: Model, formats: Mapping[str, str]) -> int:
     return size + sum(_pad(plan.n_bytes, alignment) for plan in plans)
 
 
-def encode_tensor(weights: np.ndarray, fmt: Format) -> np.ndarray:
-    """A tensor's bytes as llama.cpp stores them in `fmt` (already resolved for its row length)."""
+def encode_tensor(weights: np.ndarray, fmt: Format, importance: np.ndarray | None = None) -> np.ndarray:
+    """A tensor's bytes as llama.cpp stores them in `fmt` (already resolved for its row length), quantized
+    with the per-column `importance` when given, as llama-quantize --imatrix does."""
     if fmt.name == "F32":
         return np.ascontiguousarray(weights, dtype=np.float32)
     if fmt.name == "F16":
@@ -146,11 +150,13 @@ def encode_tensor(weights: np.ndarray, fmt: Format) -> np.ndarray:
         return np.ascontiguousarray(weights, dtype=np.float16)
     from ramp.kernels import quantize
 
-    return np.asarray(quantize(weights, fmt.name, backend="ggml"), dtype=np.uint8)
+    return np.asarray(quantize(weights, fmt.name, importance, backend="ggml"), dtype=np.uint8)
 
 
-def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike, progress: bool = True) -> int:
-    """Write the model with each quantizable tensor in `formats[name]`; return the file's byte count."""
+def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike, progress: bool = True,
+               importance: Mapping[str, np.ndarray] | None = None) -> int:
+    """Write the model with each quantizable tensor in `formats[name]` (quantized with `importance[name]`
+    where given); return the file's byte count."""
     from tqdm import tqdm
 
     plans = plan_tensors(model, formats)
@@ -169,7 +175,8 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
         writer.write_ti_data_to_file()
         bar = tqdm(plans, desc=f"writing {Path(path).name}", unit="tensor", disable=not progress, leave=False)
         for plan in bar:
-            writer.write_tensor_data(encode_tensor(model.tensors[plan.name], plan.fmt))
+            weights = (importance or {}).get(plan.name) if plan.fmt.name not in REFERENCE_TYPES else None
+            writer.write_tensor_data(encode_tensor(model.tensors[plan.name], plan.fmt, weights))
         writer.close()
         return os.path.getsize(tmp)
 
@@ -179,9 +186,13 @@ def write_reference(model: Model, path: str | os.PathLike, dtype: str = "F32", p
     return write_gguf(model, reference_formats(model, dtype), path, progress)
 
 
-def write_allocation(model: Model, allocation: Allocation, path: str | os.PathLike, progress: bool = True) -> int:
+def write_allocation(model: Model, allocation: Allocation, path: str | os.PathLike, progress: bool = True,
+                     imatrix: "ImportanceMatrix | None" = None) -> int:
+    """The allocation's GGUF, quantized with the importance matrix it was made with (checked)."""
     allocation.check_matches(model)
-    return write_gguf(model, allocation.formats, path, progress)
+    allocation.check_imatrix(imatrix)
+    importance = imatrix.importances(model) if imatrix is not None else None
+    return write_gguf(model, allocation.formats, path, progress, importance)
 
 
 def cached_reference(model: Model, dtype: str = "F32", progress: bool = True) -> Path:

@@ -6,11 +6,15 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ramp.errors import RampError
 from ramp.files import atomic_output
 from ramp.kernels.formats import get_format, tensor_bytes
 from ramp.model import Model
+
+if TYPE_CHECKING:
+    from ramp.imatrix import ImportanceMatrix
 
 
 @dataclass
@@ -42,6 +46,22 @@ class Allocation:
         asked = "the unfolded model" if fold_alpha is None else f"alpha {fold_alpha}"
         raise RampError(f"allocation was made for the model Scale-Folded with alpha {self.fold_alpha}, not {asked}; "
                         f"pass --fold {self.fold_alpha} or re-run `ramp allocate` with the --fold you want")
+
+    def check_imatrix(self, imatrix: "ImportanceMatrix | None") -> None:
+        """Refuse to quantize with another importance matrix than the one the allocation's damage was measured
+        with: its estimates hold for those quantized weights only. An allocation made without damage
+        estimates (uniform, no table) takes any."""
+        if "imatrix" not in self.extra:
+            return
+        recorded = self.extra["imatrix"]
+        given = imatrix.content_sha256() if imatrix is not None else None
+        if recorded == given:
+            return
+        if recorded is None:
+            raise RampError("allocation was made without an importance matrix; drop --imatrix or re-run `ramp allocate --imatrix FILE`")
+        if given is None:
+            raise RampError("allocation was made with an importance matrix; pass the same file with --imatrix")
+        raise RampError("allocation was made with another importance matrix than --imatrix; pass that one or re-allocate with this one")
 
     def check_matches(self, model: Model) -> None:
         self.check_fold(model.fold_alpha)

@@ -13,12 +13,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ramp.commands.run", "the whole path on one model: profile, allocate, export, evaluate next to presets"),
     "profile": ("ramp.commands.profile", "per-tensor embeddings and per-format sensitivity table"),
     "fold": ("ramp.commands.fold", "Scale Folding: migrate activation outliers into weights"),
+    "imatrix": ("ramp.commands.imatrix", "llama.cpp's importance matrix of a model on calibration text"),
     "allocate": ("ramp.commands.allocate", "choose a format per tensor under a budget"),
     "export": ("ramp.commands.export", "write a mixed-precision GGUF from an allocation"),
     "eval": ("ramp.commands.eval", "perplexity / KLD / top-1 of GGUF files through llama.cpp"),
     "presets": ("ramp.commands.presets", "build llama.cpp's own preset quantizations from the reference"),
     "train": ("ramp.commands.train", "train a SAC allocation policy"),
     "tune": ("ramp.commands.tune", "Optuna search over SAC and reward settings"),
+    "texts": ("ramp.commands.texts", "the calibration/evaluation texts: list them, install one"),
 }
 
 

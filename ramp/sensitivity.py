@@ -13,6 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -22,6 +24,9 @@ from ramp.kernels.formats import get_format, resolve_format
 from ramp.model import Model
 from ramp.sensitivity_table import SensitivityTable
 
+if TYPE_CHECKING:
+    from ramp.imatrix import ImportanceMatrix
+
 DEFAULT_FORMATS = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 # Cost is linear in tokens: SmolLM2's default sweep (934 forwards of 512 tokens) took 2650 s wall, about
 # 35 CPU-minutes, on a 2-core VM shared with other jobs.
@@ -30,10 +35,12 @@ DEFAULT_WINDOW = 256
 _SAVE_EVERY = 16
 
 
-def _cache_path(model: Model, calibration_sha: str, formats: list[str], backend: str) -> Path | None:
+def _cache_path(model: Model, calibration_sha: str, formats: list[str], backend: str, imatrix_sha: str | None) -> Path | None:
     if not model.sha256:
         return None  # a model built in memory has no identity to key a cache by
-    key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{backend}".encode()).hexdigest()[:32]
+    # tables measured before importance matrices existed keep their keys
+    importance = f"|imatrix {imatrix_sha}" if imatrix_sha else ""
+    key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{backend}{importance}".encode()).hexdigest()[:32]
     return cache_dir() / "sensitivity" / f"{key}.json"
 
 
@@ -45,9 +52,11 @@ def measure_sensitivity(
     device: str = "cpu",
     progress: bool = True,
     use_cache: bool = True,
+    imatrix: "ImportanceMatrix | None" = None,
 ) -> SensitivityTable:
     """The sensitivity table of `model` on calibration windows `tokens` [windows, window] (default:
-    DEFAULT_TOKENS calibration tokens in windows of DEFAULT_WINDOW)."""
+    DEFAULT_TOKENS calibration tokens in windows of DEFAULT_WINDOW). With `imatrix`, every tensor that has
+    an entry is quantized with its importance, as `llama-quantize --imatrix` will quantize it."""
     from tqdm import tqdm
 
     from ramp.forward import calibration_tokens
@@ -57,7 +66,8 @@ def measure_sensitivity(
         tokens = calibration_tokens(model, DEFAULT_TOKENS, DEFAULT_WINDOW)
     formats = [get_format(name).name for name in formats]
     calibration_sha = tokens_sha256(tokens)
-    path = _cache_path(model, calibration_sha, formats, backend) if use_cache else None
+    imatrix_sha = imatrix.content_sha256() if imatrix is not None else None
+    path = _cache_path(model, calibration_sha, formats, backend, imatrix_sha) if use_cache else None
     if path is not None and path.is_file():
         return SensitivityTable.load(path)
     partial_path = path.with_suffix(".partial.json") if path is not None else None
@@ -72,7 +82,8 @@ def measure_sensitivity(
         forward = Forward(model, device=device)
         reference = KLDReference(forward, tokens)
         # each (tensor, format) is used once: keep none in memory, the disk cache keeps the packed bytes
-        weights = DequantCache(model, backend=backend, device=device, max_memory_bytes=0)
+        importance = imatrix.importances(model) if imatrix is not None else None
+        weights = DequantCache(model, backend=backend, importance=importance, device=device, max_memory_bytes=0)
         bar = tqdm(todo, desc="sensitivity", unit="forward", disable=not progress)
         for count, (name, real) in enumerate(bar, 1):
             bar.set_postfix_str(f"{name} {real}", refresh=False)
@@ -88,7 +99,7 @@ def measure_sensitivity(
     table = SensitivityTable(
         [spec.name for spec in model.quantizable], formats, damage, "kld", model.sha256, calibration_sha,
         {"n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]), "backend": backend,
-         "n_measured": len(jobs)},
+         "n_measured": len(jobs), "imatrix": imatrix_sha},
     )
     if path is not None:
         table.save(path)

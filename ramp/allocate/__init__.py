@@ -95,6 +95,8 @@ def allocate(
         ladder=list(ladder), pins=[f"{pin.pattern.pattern}={pin.format}" for pin in pins], groups=list(groups),
         predicted_damage=None if sensitivity is None else predicted_damage(model, formats, sensitivity),
     )
+    if sensitivity is not None:  # the damage holds for weights quantized with this importance matrix only
+        allocation.extra["imatrix"] = sensitivity.extra.get("imatrix")
     return allocation
 
 

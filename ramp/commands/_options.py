@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ramp.imatrix import ImportanceMatrix
     from ramp.model import Model
 
 
@@ -43,3 +44,29 @@ def load_model_for(args: argparse.Namespace) -> "Model":
 
     check_fold_argument(args)
     return fold_as_asked(load_model(args.model), args.fold)
+
+
+def add_text_argument(parser: argparse.ArgumentParser, use: str) -> None:
+    """--text NAME: which real text (its calibration or held-out half) a command reads."""
+    from ramp.text import DEFAULT_TEXT, TEXTS
+
+    parser.add_argument("--text", default=DEFAULT_TEXT, choices=TEXTS,
+                        help=f"text to {use} (default {DEFAULT_TEXT}: Jane Austen's novels, split by novel; "
+                             "python-docs: the Python Language Reference)")
+
+
+def add_imatrix_argument(parser: argparse.ArgumentParser, use: str) -> None:
+    parser.add_argument("--imatrix", metavar="FILE",
+                        help=f"importance matrix (`ramp imatrix` or llama-imatrix, GGUF format) to {use} with, "
+                             "as llama-quantize --imatrix does (default: none)")
+
+
+def load_importance(path: str | None, model: "Model") -> "ImportanceMatrix | None":
+    """The --imatrix file checked against `model` (None without --imatrix)."""
+    if path is None:
+        return None
+    from ramp.imatrix import ImportanceMatrix
+
+    matrix = ImportanceMatrix.load(path)
+    matrix.importances(model)  # a matrix made for another model fails here, before any work
+    return matrix

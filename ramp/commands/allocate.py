@@ -6,9 +6,10 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ramp.commands._options import add_fold_argument, load_model_for
+from ramp.commands._options import add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for
 
 if TYPE_CHECKING:
+    from ramp.imatrix import ImportanceMatrix
     from ramp.model import Model
     from ramp.sensitivity_table import SensitivityTable
 
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
     parser.add_argument("--tensor-type-file", metavar="FILE", help="also write llama-quantize's --tensor-type-file")
     add_fold_argument(parser, "allocating for it")
+    add_imatrix_argument(parser, "quantize the tensors whose sensitivity is measured here (without --sensitivity)")
+    add_text_argument(parser, "measure sensitivity on (without --sensitivity)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
 
     model = load_model_for(args)
+    imatrix = load_importance(args.imatrix, model)
     if table is None and args.method in NEEDS_SENSITIVITY:
-        table = _measure_sensitivity(model, ladder)
+        table = _measure_sensitivity(model, ladder, imatrix, args.text)
     allocation = allocate(
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
@@ -93,10 +97,12 @@ def _bits(fmt: str) -> float:
     return get_format(fmt).bits_per_weight
 
 
-def _measure_sensitivity(model: "Model", ladder: tuple[str, ...] | None) -> "SensitivityTable":
+def _measure_sensitivity(model: "Model", ladder: tuple[str, ...] | None, imatrix: "ImportanceMatrix | None",
+                         text: str) -> "SensitivityTable":
     """The sensitivity table by the profiling module, for runs without --sensitivity."""
     from ramp.allocate.problem import DEFAULT_LADDER
     from ramp.forward import calibration_tokens
     from ramp.sensitivity import DEFAULT_TOKENS, measure_sensitivity
 
-    return measure_sensitivity(model, calibration_tokens(model, DEFAULT_TOKENS), formats=ladder or DEFAULT_LADDER)
+    tokens = calibration_tokens(model, DEFAULT_TOKENS, text=text)
+    return measure_sensitivity(model, tokens, formats=ladder or DEFAULT_LADDER, imatrix=imatrix)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, load_model_for
+from ramp.commands._options import add_fold_argument, add_imatrix_argument, load_importance, load_model_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-type-file", metavar="FILE",
                         help="also write the allocation as llama-quantize's --tensor-type-file")
     add_fold_argument(parser, "exporting it")
+    add_imatrix_argument(parser, "quantize")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,12 +33,14 @@ def run(args: argparse.Namespace) -> int:
     if allocation is not None:
         allocation.check_fold(args.fold)  # before folding, which costs a forward pass
     model = load_model_for(args)
+    imatrix = load_importance(args.imatrix, model)
     if allocation is not None:
         allocation.check_matches(model)
+        allocation.check_imatrix(imatrix)
         formats = allocation.formats
     else:
         formats = reference_formats(model, args.reference)
-    n_bytes = write_gguf(model, formats, args.out)
+    n_bytes = write_gguf(model, formats, args.out, importance=imatrix.importances(model) if imatrix else None)
     if allocation is not None and args.tensor_type_file:
         allocation.save_tensor_type_file(args.tensor_type_file)
     predicted = predict_file_size(model, formats)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, load_model_for
+from ramp.commands._options import add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated formats to measure (default Q2_K,Q3_K,Q4_0,Q4_K,Q5_K,Q6_K,Q8_0)")
     parser.add_argument("--no-sensitivity", action="store_true", help="only the embeddings (seconds, not minutes)")
     add_fold_argument(parser, "profiling it")
+    add_imatrix_argument(parser, "quantize every tensor in the sensitivity sweep")
+    add_text_argument(parser, "calibrate on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the row sampling of very large tensors (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device for the forward passes (default cpu)")
 
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.kernels.formats import get_format
     from ramp.profile import profile_model
     from ramp.sensitivity import DEFAULT_FORMATS, DEFAULT_TOKENS, measure_sensitivity, plot_heatmap, summary
+    from ramp.text import check_text
 
     formats = [get_format(name.strip()).name for name in args.formats.split(",")] if args.formats else list(DEFAULT_FORMATS)
     sensitivity_tokens = args.sensitivity_tokens or DEFAULT_TOKENS
@@ -40,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise RampError(f"--out {out} is a file; give a folder name")
 
+    check_text(args.text)
     model = load_model_for(args)
+    imatrix = load_importance(args.imatrix, model)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a bad model or --fold leaves no empty folder
     started = time.perf_counter()
-    profile = profile_model(model, calibration_tokens(model, args.tokens, args.window), args.seed, Forward(model, args.device), progress=True)
+    profile = profile_model(model, calibration_tokens(model, args.tokens, args.window, args.text), args.seed, Forward(model, args.device), progress=True)
     profile.save(out / "embeddings.json", out / "embeddings.csv")
     print(f"embeddings: {len(profile.tensors)} tensors x {profile.features.shape[1]} features "
           f"({profile.n_tokens} tokens, {time.perf_counter() - started:.1f} s) -> {out / 'embeddings.json'}, .csv")
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    table = measure_sensitivity(model, calibration_tokens(model, sensitivity_tokens, args.window), formats, device=args.device)
+    tokens = calibration_tokens(model, sensitivity_tokens, args.window, args.text)
+    table = measure_sensitivity(model, tokens, formats, device=args.device, imatrix=imatrix)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     table.save(out / "sensitivity.json")
     plot_heatmap(table, model, out / "sensitivity.png")

@@ -1,0 +1,42 @@
+"""`ramp imatrix [MODEL] --out imatrix.gguf`: llama.cpp's importance matrix of a model on calibration text,
+computed by ramp's forward and written in llama-imatrix's GGUF format, so `llama-quantize --imatrix` and
+ramp's own quantization read the same file."""
+from __future__ import annotations
+
+import argparse
+
+from ramp.commands._options import add_fold_argument, add_text_argument, load_model_for
+from ramp.imatrix import DEFAULT_IMATRIX_TOKENS, DEFAULT_IMATRIX_WINDOW  # torch-free at import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--out", required=True, help="imatrix GGUF to write")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_IMATRIX_TOKENS,
+                        help=f"calibration tokens (default {DEFAULT_IMATRIX_TOKENS}; whole windows only)")
+    parser.add_argument("--window", type=int, default=DEFAULT_IMATRIX_WINDOW,
+                        help=f"tokens per chunk, llama-imatrix's -c (default {DEFAULT_IMATRIX_WINDOW})")
+    add_text_argument(parser, "calibrate on")
+    add_fold_argument(parser, "measuring it")
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+    import time
+
+    from ramp.files import atomic_path, check_output_path
+    from ramp.forward import calibration_tokens
+    from ramp.imatrix import cached_imatrix
+    from ramp.text import check_text
+
+    check_output_path(args.out)
+    check_text(args.text)
+    model = load_model_for(args)
+    started = time.perf_counter()
+    tokens = calibration_tokens(model, args.tokens, args.window, args.text)
+    matrix, cached = cached_imatrix(model, tokens, f"{args.text} calibration half")
+    with atomic_path(args.out) as tmp:
+        shutil.copyfile(cached, tmp)
+    print(f"wrote {args.out}: {len(matrix.sums)} tensors, {matrix.chunk_count} chunks of {matrix.chunk_size} tokens "
+          f"({args.text}), {time.perf_counter() - started:.1f} s")
+    return 0
