@@ -1,5 +1,9 @@
-"""llama.cpp's own preset quantizations (Q4_K_M and friends), made by llama.cpp's `llama_model_quantize`
-from ramp's reference GGUF, so the comparison is against exactly what `llama-quantize` would produce."""
+"""llama.cpp's own preset quantizations (Q4_K_M and friends) of ramp's reference GGUF: with an importance
+matrix by the `llama-quantize` tool itself (`--imatrix`), without one by the same library function it calls
+(`llama_model_quantize`), so the comparison is against exactly what users download.
+
+The full ladder of k-quant presets users choose between is `PRESET_LADDER`; `DEFAULT_PRESETS` are the three
+`ramp run` prints."""
 from __future__ import annotations
 
 import os
@@ -14,6 +18,7 @@ if TYPE_CHECKING:
     from ramp.model import Model
 
 DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")
+PRESET_LADDER = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 
 
 def ftype_of(name: str) -> int:
@@ -28,18 +33,26 @@ def ftype_of(name: str) -> int:
     raise RampError(f"unknown llama.cpp preset {name!r}; known presets: {', '.join(known)}")
 
 
-def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.PathLike) -> Path:
-    """Run llama.cpp's quantizer on the reference GGUF with its default parameters for preset `name`."""
+def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.PathLike,
+                    imatrix: str | os.PathLike | None = None) -> Path:
+    """Quantize the reference GGUF to preset `name` with llama.cpp's defaults, with `imatrix` (an imatrix
+    GGUF) as `llama-quantize --imatrix` when given."""
     import llama_cpp
 
     ftype = ftype_of(name)
     reference = Path(reference)
     if not reference.is_file():
         raise RampError(f"reference GGUF {reference} does not exist; write it with `ramp export --reference`")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = os.cpu_count() or 1
+    threads = str(os.cpu_count() or 1)
     with atomic_path(output) as tmp:
+        if imatrix is not None:
+            from ramp.llama_tools import run_tool
+
+            run_tool("llama-quantize", ["--imatrix", str(imatrix), str(reference), str(tmp), name.upper(), threads])
+            return Path(output)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = int(threads)
         with quiet_llama():
             status = llama_cpp.llama_model_quantize(str(reference).encode(), str(tmp).encode(), params)
         if status != 0:
@@ -55,12 +68,14 @@ def quantizable_bytes(path: str | os.PathLike, model: "Model") -> int:
     return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)
 
 
-def preset_path(reference: str | os.PathLike, name: str) -> Path:
-    """The cached preset made from this reference, built on first use. Keyed by the reference's content."""
+def preset_path(reference: str | os.PathLike, name: str, imatrix: str | os.PathLike | None = None) -> Path:
+    """The cached preset made from this reference (and importance matrix), built on first use. Keyed by
+    the files' contents."""
     ftype_of(name)
     folder = cache_dir() / "presets"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{file_sha256(reference)[:16]}-{name.upper()}.gguf"
+    tag = f"-imatrix{file_sha256(imatrix)[:16]}" if imatrix is not None else ""
+    path = folder / f"{file_sha256(reference)[:16]}{tag}-{name.upper()}.gguf"
     if not path.is_file():
-        quantize_preset(reference, name, path)
+        quantize_preset(reference, name, path, imatrix)
     return path

@@ -1,5 +1,5 @@
 """`ramp presets`: llama.cpp's own preset quantizations (Q4_K_M, ...) of a reference GGUF, made by
-llama.cpp's quantizer, for comparing ramp's files against."""
+llama.cpp's quantizer (`llama-quantize --imatrix` with an importance matrix), for comparing ramp's files against."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "(default: embedded SmolLM2-135M)")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp ftype name, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
-    parser.add_argument("--out-dir", default=".", help="folder for <reference stem>-<PRESET>.gguf (default: .)")
+    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix, passed to llama-quantize --imatrix (default: none)")
+    parser.add_argument("--out-dir", default=".", help="folder for <reference stem>-<PRESET>.gguf (default: .; created if missing)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,9 +28,13 @@ def run(args: argparse.Namespace) -> int:
         ftype_of(name)
     out_dir = Path(args.out_dir)
     check_output_path(out_dir / "preset.gguf")
+    if args.imatrix:
+        from ramp.imatrix import ImportanceMatrix
+
+        ImportanceMatrix.load(args.imatrix)  # a wrong file fails here, not inside llama-quantize
     reference = Path(args.reference) if args.reference else _reference_of(args.model)
     for name in names:
-        path = quantize_preset(reference, name, out_dir / f"{reference.stem}-{name}.gguf")
+        path = quantize_preset(reference, name, out_dir / f"{reference.stem}-{name}.gguf", args.imatrix)
         print(f"wrote {path}: {path.stat().st_size:,d} bytes")
     return 0
 

@@ -1,0 +1,91 @@
+"""`ramp imatrix` against llama.cpp's own `llama-imatrix` on the embedded model and the same tokens, and
+`llama-quantize --imatrix` reading ramp's file and writing exactly the bytes ramp's export writes with it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ramp.cli import main
+from ramp.errors import RampError
+from ramp.export.gguf_writer import cached_reference
+from ramp.forward import calibration_tokens
+from ramp.imatrix import ImportanceMatrix, compute_imatrix
+from ramp.kernels import quantize
+from ramp.llama_tools import run_tool
+from ramp.model import load_model, read_gguf
+from ramp.text import calibration_text
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama  # noqa: F401  (fixtures)
+
+N_CTX, N_CHUNKS = 256, 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    return cached_reference(model, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ramp_matrix(model):
+    return compute_imatrix(model, calibration_tokens(model, N_CTX * N_CHUNKS, N_CTX, "austen"), "austen", progress=False)
+
+
+@pytest.fixture(scope="module")
+def llama_matrix(reference, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama-imatrix")
+    # a prefix of the calibration text tokenizes to the same first chunks as the whole text
+    (folder / "calibration.txt").write_text(calibration_text("austen")[:60_000], encoding="utf-8")
+    run_tool("llama-imatrix", ["-m", str(reference), "-f", str(folder / "calibration.txt"), "-c", str(N_CTX),
+                               "--chunks", str(N_CHUNKS), "--no-ppl", "-t", "2", "-o", str(folder / "imatrix.gguf")])
+    return ImportanceMatrix.load(folder / "imatrix.gguf")
+
+
+def test_ramp_imatrix_matches_llama_imatrix(ramp_matrix, llama_matrix, model):
+    assert sorted(ramp_matrix.sums) == sorted(llama_matrix.sums)  # blk.* only: no token_embd, no output
+    assert len(ramp_matrix.sums) == 7 * model.n_blocks
+    assert ramp_matrix.counts == llama_matrix.counts == {name: N_CTX * N_CHUNKS for name in ramp_matrix.sums}
+    worst = max(
+        float(np.abs(ramp_matrix.importance(name) - llama_matrix.importance(name)).max() / llama_matrix.importance(name).max())
+        for name in ramp_matrix.sums
+    )
+    print(f"largest per-tensor difference of in_sum2/counts, relative to the tensor's largest value: {worst:.2e}")
+    # float32 forwards on different kernels (torch vs ggml, ggml rounds some intermediates) drift ~1e-4
+    assert worst < 2e-3
+
+
+def test_llama_quantize_reads_ramps_imatrix_and_agrees_with_ramps_quantizer(ramp_matrix, reference, model, tmp_path):
+    path = ramp_matrix.save(tmp_path / "ramp-imatrix.gguf")
+    run_tool("llama-quantize", ["--imatrix", str(path), str(reference), str(tmp_path / "q.gguf"), "Q3_K_M", "2"])
+    importance = ramp_matrix.importances(model)
+    checked = 0
+    for tensor in read_gguf(tmp_path / "q.gguf").tensors:
+        if tensor.name not in importance or tensor.name.split(".")[1] not in ("0", "7", "29"):
+            continue
+        ours = quantize(model.tensors[tensor.name], tensor.tensor_type.name, importance[tensor.name], backend="ggml")
+        assert np.array_equal(np.asarray(ours).reshape(-1), np.asarray(tensor.data).reshape(-1).view(np.uint8)), tensor.name
+        checked += 1
+    assert checked == 21
+    # and the importance really changed the result: without it the same tensor quantizes differently
+    name = "blk.0.ffn_down.weight"
+    plain = quantize(model.tensors[name], "Q4_0", None, backend="ggml")
+    weighted = quantize(model.tensors[name], "Q4_0", importance[name], backend="ggml")
+    assert not np.array_equal(plain, weighted)
+
+
+def test_imatrix_round_trips_and_command_writes_it(ramp_matrix, tmp_path, capsys):
+    path = ramp_matrix.save(tmp_path / "m.gguf")
+    again = ImportanceMatrix.load(path)
+    assert again.counts == ramp_matrix.counts and again.chunk_count == N_CHUNKS and again.chunk_size == N_CTX
+    assert all(np.array_equal(again.importance(n), ramp_matrix.importance(n)) for n in ramp_matrix.sums)
+    assert main(["imatrix", "--out", str(tmp_path / "cli.gguf"), "--tokens", "512", "--window", "256"]) == 0
+    assert "210 tensors, 2 chunks of 256 tokens (austen)" in capsys.readouterr().out
+    assert ImportanceMatrix.load(tmp_path / "cli.gguf").chunk_count == 2
+
+
+def test_imatrix_of_another_model_is_refused(ramp_matrix):
+    with pytest.raises(RampError, match="it was made for another model"):
+        ramp_matrix.importances(tiny_llama())
