@@ -70,9 +70,20 @@ class EvalResult:
     kld_median: float
     kld_p99: float
     top1_agreement: float
+    # What the row was made and measured with, filled in by the command that knows (`annotate`)
+    text: str = ""
+    imatrix: bool | None = None  # quantized with an importance matrix
+    source_match: float | None = None  # share of quantizable weights equal to the source checkpoint's
+    at_or_above_source: bool | None = None  # file at least as large as the source checkpoint
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def annotate(self, text: str, imatrix: bool | None, source_match: float | None, source_bytes: int | None) -> "EvalResult":
+        from dataclasses import replace
+
+        return replace(self, text=text, imatrix=imatrix, source_match=source_match,
+                       at_or_above_source=None if source_bytes is None else self.file_bytes >= source_bytes)
 
 
 def _check_gguf(path: str | os.PathLike) -> Path:
@@ -256,11 +267,19 @@ def _result(name: str, path: Path, file_bytes: int, bpw: float, nll: np.ndarray,
 
 
 def format_table(results: list[EvalResult]) -> str:
-    header = f"{'model':<18} {'file bytes':>12} {'bpw':>6} {'PPL':>9} {'KLD mean':>9} {'KLD med':>9} {'KLD p99':>9} {'top-1':>7}"
+    """One line per file; with annotations, whether it used an importance matrix, the share of weights equal
+    to the source checkpoint's, and a `*` on files at or above the source's size (no claim is made there)."""
+    annotated = any(r.source_match is not None or r.imatrix is not None for r in results)
+    header = f"{'model':<24} {'file bytes':>12} {'bpw':>6} {'PPL':>9} {'KLD mean':>9} {'KLD med':>9} {'KLD p99':>9} {'top-1':>7}"
+    header += f" {'imatrix':>7} {'=source':>7}" if annotated else ""
     lines = [header, "-" * len(header)]
     for r in results:
-        lines.append(
-            f"{r.name:<18} {r.file_bytes:>12,d} {r.bits_per_weight:>6.3f} {r.perplexity:>9.4f} {r.kld_mean:>9.5f} "
-            f"{r.kld_median:>9.5f} {r.kld_p99:>9.4f} {r.top1_agreement:>7.2%}"
-        )
+        line = (f"{r.name + ('*' if r.at_or_above_source else ''):<24} {r.file_bytes:>12,d} {r.bits_per_weight:>6.3f} "
+                f"{r.perplexity:>9.4f} {r.kld_mean:>9.5f} {r.kld_median:>9.5f} {r.kld_p99:>9.4f} {r.top1_agreement:>7.2%}")
+        if annotated:
+            used = "-" if r.imatrix is None else ("yes" if r.imatrix else "no")
+            line += f" {used:>7} {'-' if r.source_match is None else f'{r.source_match:.1%}':>7}"
+        lines.append(line)
+    if any(r.at_or_above_source for r in results):
+        lines.append("* at or above the source checkpoint's size: its format can reproduce the source's grid, no claim is made there")
     return "\n".join(lines)

@@ -17,41 +17,49 @@ from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_
 
 def test_run_on_embedded_model(tmp_path, capsys):
     # the weight-error stand-in keeps this under CI's budget; the measured-KLD path is tested on the tiny model
+    out_dir = tmp_path / "new" / "run"  # created when missing
     code = main(["run", "--damage", "weight-error", "--formats", "Q4_0,Q6_K,Q8_0", "--preset", "Q4_K_M",
-                 "--ctx", "128", "--max-windows", "2", "--out-dir", str(tmp_path)])
+                 "--ctx", "128", "--max-windows", "2", "--out-dir", str(out_dir)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "weight-error stand-in" in printed and "126 scored tokens" in printed
+    assert "weight-error stand-in" in printed and "126 scored tokens" in printed and "austen text" in printed
+    assert "imatrix: " in printed and (out_dir / "imatrix.gguf").is_file()
 
-    results = {row["name"]: row for row in json.loads((tmp_path / "results.json").read_text())}
-    assert set(results) == {"F32 reference", "Q4_K_M", "ramp ilp (stand-in)"}
-    ours, preset, reference = results["ramp ilp (stand-in)"], results["Q4_K_M"], results["F32 reference"]
+    results = {row["name"]: row for row in json.loads((out_dir / "results.json").read_text())}
+    assert set(results) == {"F32 reference", "Q4_K_M imatrix", "ramp ilp (stand-in) imatrix"}
+    ours, preset, reference = results["ramp ilp (stand-in) imatrix"], results["Q4_K_M imatrix"], results["F32 reference"]
     assert ours["file_bytes"] <= preset["file_bytes"] < reference["file_bytes"]  # the budget is Q4_K_M's bytes
     for row in (ours, preset):
         assert 0 < row["kld_mean"] < 1 and 0.5 < row["top1_agreement"] < 1
         assert 1 < reference["perplexity"] < row["perplexity"] < 2 * reference["perplexity"]
+        assert row["imatrix"] is True and row["text"] == "austen" and row["kld_p99"] > row["kld_mean"]
+        # SmolLM2's source is Q4_1 (98,362,432 bytes): Q4_K_M's size is above it
+        assert row["at_or_above_source"] is True and 0 <= row["source_match"] < 1
+    assert reference["source_match"] == 1.0 and reference["imatrix"] is None
 
     # the file holds exactly the allocated types, at exactly the predicted size
     model = load_model()
-    allocation = Allocation.load(tmp_path / "allocation.json")
-    written = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(tmp_path / "ramp.gguf").tensors}
+    allocation = Allocation.load(out_dir / "allocation.json")
+    written = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(out_dir / "ramp.gguf").tensors}
     for spec in model.quantizable:
         assert written[spec.name] == resolve_format(allocation.formats[spec.name], spec.row_length).name
     assert "output.weight" not in written  # tied embeddings stay tied
-    assert os.path.getsize(tmp_path / "ramp.gguf") == predict_file_size(model, allocation.formats) == ours["file_bytes"]
+    assert os.path.getsize(out_dir / "ramp.gguf") == predict_file_size(model, allocation.formats) == ours["file_bytes"]
 
 
 def test_run_with_measured_sensitivity(tiny_reference, tmp_path, capsys):
     code = main(["run", "--model", str(tiny_reference), "--budget", "5.5bpw", "--formats", "Q4_0,Q8_0", "--calibration-tokens", "64",
-                 "--preset", "Q8_0", "--ctx", "64", "--max-windows", "1", "--out-dir", str(tmp_path)])
+                 "--preset", "Q8_0", "--ctx", "64", "--max-windows", "1", "--out-dir", str(tmp_path), "--no-imatrix"])
     assert code == 0
     assert "KLD sensitivity measured on 64 calibration tokens" in capsys.readouterr().out
     allocation = Allocation.load(tmp_path / "allocation.json")
     assert allocation.method == "ilp" and allocation.extra["damage"] == "kld"
     assert allocation.extra["data_bytes"] <= allocation.extra["budget_bytes"]
     assert len(set(allocation.formats.values())) > 1  # a mixed allocation, not one format
-    names = [row["name"] for row in json.loads((tmp_path / "results.json").read_text())]
-    assert sorted(names) == ["F32 reference", "Q8_0", "ramp ilp"]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(row["name"] for row in rows) == ["F32 reference", "Q8_0", "ramp ilp"]
+    assert [row["imatrix"] for row in rows if row["name"] != "F32 reference"] == [False, False]
+    assert allocation.extra["imatrix"] is None and not (tmp_path / "imatrix.gguf").exists()
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +82,11 @@ def bad_models(tmp_path_factory, tiny_reference):
         ("tiny", ["--budget", "1bpw"], "outside the feasible range"),
         ("tiny", ["--budget", "17bpw"], "outside the feasible range"),
         ("tiny", ["--budget", "Q9_K_Z"], "unknown llama.cpp preset"),
-        ("tiny", ["--out-dir", "{tmp}/missing"], "does not exist"),
+        ("tiny", ["--out-dir", "{a_file}/sub"], "cannot create output directory"),  # a missing one is created
     ],
 )
 def test_run_errors_are_one_line_and_leave_no_file(bad_models, tmp_path, capsys, model, extra, message):
-    extra = [arg.format(tmp=tmp_path) for arg in extra]
+    extra = [arg.format(a_file=bad_models["truncated"]) for arg in extra]
     args = ["run", "--model", str(bad_models[model]), "--max-windows", "1", *extra]
     if "--out-dir" not in extra:
         args += ["--out-dir", str(tmp_path)]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import add_text_argument
+
 DEFAULT_N_CTX = 512  # mirrors ramp.llama_eval.DEFAULT_N_CTX, kept light
 
 
@@ -19,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", required=True, metavar="GGUF",
                         help="unquantized reference GGUF (`ramp export --reference F32`) the KLD is measured against")
     add_window_arguments(parser, None)
+    add_text_argument(parser, "evaluate on (its held-out half)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -31,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.json)
     for path in [args.reference, *args.files]:
         gguf_size_stats(path)  # every file readable before the long passes start
-    windows = make_windows(args.reference, evaluation_text(), args.ctx, args.max_windows)
+    windows = make_windows(args.reference, evaluation_text(args.text), args.ctx, args.max_windows)
     reference = reference_logprobs(args.reference, windows)
     results = [reference_result(args.reference, reference, windows)]
     results += [evaluate(path, reference, windows) for path in args.files]
+    results = [result.annotate(args.text, None, None, None) for result in results]
     report_results(results, windows, args.json)
     return 0
 
@@ -46,7 +50,8 @@ def report_results(results, windows, json_path: str | None) -> None:
     from ramp.files import atomic_output
     from ramp.llama_eval import format_table
 
-    print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} (held-out text)")
+    text = results[0].text if results and results[0].text else "held-out"
+    print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} ({text} text, held-out half)")
     print(format_table(results))
     if json_path:
         with atomic_output(json_path, "w") as handle:

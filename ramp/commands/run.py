@@ -1,6 +1,13 @@
-"""`ramp run`: the whole path on one model. Load it, write its F32 reference, build llama.cpp's presets from
-that reference, allocate formats under the budget, export ramp's GGUF, and evaluate everything on the same
-held-out windows through llama.cpp, printing one table.
+"""`ramp run`: the whole path on one model. Load it, write its F32 reference, compute its importance matrix
+on calibration text, build llama.cpp's presets from that reference with that importance matrix (by
+`llama-quantize --imatrix` itself), allocate formats under the budget with damage measured on weights
+quantized with the same importance matrix, export ramp's GGUF with it, and evaluate everything on the same
+held-out windows through llama.cpp, printing one table. `--no-imatrix` leaves the importance matrix out on
+both sides.
+
+The text is one named text (`--text`, default Jane Austen's novels): calibration from some novels,
+evaluation from others. Every row records whether it used the importance matrix, the share of its
+quantizable weights equal to the source checkpoint's, and whether the file is at or above the source's size.
 
 Damage per (tensor, format) is `ramp profile`'s measured sensitivity (mean KLD with only that tensor
 quantized), taken from `--sensitivity FILE` or measured here on calibration text (disk-cached, so a second
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, check_fold_argument, fold_as_asked
+from ramp.commands._options import add_fold_argument, add_text_argument, check_fold_argument, fold_as_asked
 from ramp.commands.eval import add_window_arguments
 
 from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
@@ -39,7 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS})")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp presets to compare against, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
-    parser.add_argument("--out-dir", default=".", help="folder for ramp.gguf, allocation.json, results.json (default: .)")
+    parser.add_argument("--imatrix", metavar="FILE",
+                        help="importance matrix for both sides (default: `ramp imatrix` of the model on the calibration text)")
+    parser.add_argument("--no-imatrix", action="store_true",
+                        help="quantize ramp's file and the presets without an importance matrix")
+    add_text_argument(parser, "calibrate on (its calibration half) and evaluate on (its held-out half)")
+    parser.add_argument("--out-dir", default=".",
+                        help="folder for ramp.gguf, allocation.json, imatrix.gguf, results.json (default: .; created if missing)")
     add_fold_argument(parser, "profiling, allocating and exporting it; the reference and presets stay unfolded")
     add_window_arguments(parser, DEFAULT_MAX_WINDOWS)
 
@@ -51,18 +64,24 @@ def run(args: argparse.Namespace) -> int:
     from ramp.allocate.budget import Budget, feasible_range, require_within
     from ramp.allocate.problem import parse_ladder
     from ramp.commands.eval import report_results
+    from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
     from ramp.files import check_output_path
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
     from ramp.model import load_model
     from ramp.presets import ftype_of, preset_path, quantizable_bytes
     from ramp.sensitivity_table import SensitivityTable
-    from ramp.text import evaluation_text
+    from ramp.source_grid import source_file_bytes, source_match_share
+    from ramp.text import check_text, evaluation_text
 
     # Everything the command line can get wrong fails before the first expensive step.
     out_dir = Path(args.out_dir)
     out_gguf, out_allocation, out_results = out_dir / "ramp.gguf", out_dir / "allocation.json", out_dir / "results.json"
+    out_imatrix = out_dir / "imatrix.gguf"
     check_output_path(out_gguf)
+    check_text(args.text)
+    if args.imatrix and args.no_imatrix:
+        raise RampError("--imatrix and --no-imatrix contradict each other; pass one")
     presets = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
     budget_preset = args.budget.upper() if _is_preset_name(args.budget) else None
     needed_presets = list(dict.fromkeys(presets + ([budget_preset] if budget_preset else [])))
@@ -77,52 +96,85 @@ def run(args: argparse.Namespace) -> int:
     if budget is not None:
         require_within(budget, source, feasible_range(source, ladder))
     reference = cached_reference(source)
-    preset_files = {name: preset_path(reference, name) for name in needed_presets}
+    source_imatrix, imatrix_file = _importance_matrix(args, source)
+    if imatrix_file is not None:
+        print(f"imatrix: {imatrix_file} ({source_imatrix.chunk_count} chunks of {source_imatrix.chunk_size} tokens) for ramp and the presets")
+    preset_files = {name: preset_path(reference, name, imatrix_file) for name in needed_presets}
     if budget_preset:
         budget = Budget.parse(f"{quantizable_bytes(preset_files[budget_preset], source)}B")
         print(f"budget: the {budget.text} {budget_preset} spends on the quantizable tensors")
     model = fold_as_asked(source, args.fold)
+    # a folded model's activations differ, so its importance matrix is its own, on the same tokens
+    imatrix = _importance_matrix(args, model)[0] if model is not source and source_imatrix is not None else source_imatrix
 
     if table is None and args.damage == "weight-error":
         print(f"damage: {STAND_IN} (squared weight error after llama.cpp's quantization, not measured sensitivity)")
-        table = weight_error_table(model, ladder)
+        table = weight_error_table(model, ladder, imatrix)
     elif table is None:
         from ramp.forward import calibration_tokens
         from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
 
         print(f"damage: KLD sensitivity measured on {args.calibration_tokens} calibration tokens (cached for later runs)")
-        tokens = calibration_tokens(model, args.calibration_tokens, min(DEFAULT_WINDOW, args.calibration_tokens))
-        table = measure_sensitivity(model, tokens, formats=ladder)
+        tokens = calibration_tokens(model, args.calibration_tokens, min(DEFAULT_WINDOW, args.calibration_tokens), args.text)
+        table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
     allocation = allocate(model, args.method, budget, table, ladder=ladder)
     allocation.extra["damage"] = table.measure
     allocation.save(out_allocation)
-    write_allocation(model, allocation, out_gguf)
+    write_allocation(model, allocation, out_gguf, imatrix=imatrix)
 
-    windows = make_windows(reference, evaluation_text(), args.ctx, args.max_windows)
+    windows = make_windows(reference, evaluation_text(args.text), args.ctx, args.max_windows)
     reference_logits = reference_logprobs(reference, windows)
     label = (f"ramp {args.method}" + (" (stand-in)" if table.measure == STAND_IN else "")
              + (f" fold {args.fold}" if args.fold is not None else ""))
+    used = imatrix_file is not None
+    suffix = " imatrix" if used else ""
     results = [reference_result(reference, reference_logits, windows, "F32 reference")]
-    results += [evaluate(path, reference_logits, windows, name) for name, path in preset_files.items() if name in presets]
-    results.append(evaluate(out_gguf, reference_logits, windows, label))
+    results += [evaluate(path, reference_logits, windows, name + suffix) for name, path in preset_files.items() if name in presets]
+    results.append(evaluate(out_gguf, reference_logits, windows, label + suffix))
+    source_bytes = source_file_bytes(source)
+    results = [result.annotate(args.text, None if result is results[0] else used,
+                               source_match_share(result.path, source), source_bytes) for result in results]
     report_results(sorted(results, key=lambda r: r.file_bytes), windows, str(out_results))
-    print(f"wrote {out_gguf}, {out_allocation}, {out_results}")
+    print(f"wrote {out_gguf}, {out_allocation}, {out_results}" + (f", {out_imatrix}" if used else ""))
     return 0
+
+
+def _importance_matrix(args: argparse.Namespace, model):
+    """(matrix, file) for both sides of the comparison: --imatrix as given, or `ramp imatrix` of `model` on
+    the calibration text (cached, copied into --out-dir); (None, None) with --no-imatrix."""
+    import shutil
+    from pathlib import Path
+
+    from ramp.commands._options import load_importance
+    from ramp.files import atomic_path
+    from ramp.imatrix import default_imatrix
+
+    if args.no_imatrix:
+        return None, None
+    if args.imatrix:
+        return load_importance(args.imatrix, model), Path(args.imatrix)
+    matrix, cached = default_imatrix(model, args.text)
+    out = Path(args.out_dir) / ("imatrix.gguf" if model.fold_alpha is None else f"imatrix-fold{model.fold_alpha}.gguf")
+    with atomic_path(out) as tmp:
+        shutil.copyfile(cached, tmp)
+    return matrix, out
 
 
 def _is_preset_name(text: str) -> bool:
     return text.strip()[:1].isalpha()  # budgets start with a number
 
 
-def weight_error_table(model, ladder: tuple[str, ...]):
+def weight_error_table(model, ladder: tuple[str, ...], imatrix=None):
     """The stand-in sensitivity table: per tensor and ladder format, the summed squared difference between
-    the weights and llama.cpp's dequantized weights in that format (ggml backend, no importance matrix)."""
+    the weights and llama.cpp's dequantized weights in that format (ggml backend, quantized with `imatrix`'s
+    importance where it has an entry; the error itself stays unweighted)."""
     import numpy as np
     from tqdm import tqdm
 
     from ramp.kernels import quantize_dequantize, resolve_format
     from ramp.sensitivity_table import SensitivityTable
 
+    importance = imatrix.importances(model) if imatrix is not None else {}
     damage = np.zeros((len(model.quantizable), len(ladder)))
     for row, spec in enumerate(tqdm(model.quantizable, desc=STAND_IN, unit="tensor", leave=False)):
         weights = model.tensors[spec.name]
@@ -130,8 +182,8 @@ def weight_error_table(model, ladder: tuple[str, ...]):
         for column, fmt in enumerate(ladder):
             resolved = resolve_format(fmt, spec.row_length).name
             if resolved not in written:
-                error = quantize_dequantize(weights, resolved, backend="ggml", name=spec.name) - weights
+                error = quantize_dequantize(weights, resolved, importance.get(spec.name), backend="ggml", name=spec.name) - weights
                 written[resolved] = float(np.square(error, dtype=np.float64).sum())
             damage[row, column] = written[resolved]
     return SensitivityTable([spec.name for spec in model.quantizable], list(ladder), damage, measure=STAND_IN,
-                            model_sha256=model.sha256)
+                            model_sha256=model.sha256, extra={"imatrix": imatrix.content_sha256() if imatrix else None})
