@@ -104,12 +104,22 @@ def test_export_command_writes_gguf_and_tensor_type_file(tiny_reference, mixed_a
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_export_into_missing_directory_fails_before_work(tiny_reference, tmp_path, capsys):
-    out = tmp_path / "missing" / "out.gguf"
+def test_export_creates_missing_directories(tiny_reference, tmp_path, capsys):
+    out = tmp_path / "new" / "nested" / "out.gguf"
     code = main(["export", "--model", str(tiny_reference), "--reference", "F16", "--out", str(out)])
+    assert code == 0
+    assert {t.tensor_type.name for t in gguf.GGUFReader(out).tensors if len(t.shape) == 2} == {"F16"}
+    assert sorted(path.name for path in out.parent.iterdir()) == ["out.gguf"]  # no temporary file left beside it
+
+
+def test_export_under_a_file_fails_before_work(tiny_reference, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    code = main(["export", "--model", str(tiny_reference), "--reference", "F16", "--out", str(a_file / "out.gguf")])
     assert code != 0
-    assert "does not exist" in capsys.readouterr().err
-    assert not out.parent.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ramp: error: cannot create output directory") and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == [a_file]
 
 
 def test_export_rejects_allocation_of_another_model(tiny_reference, tmp_path, capsys):
