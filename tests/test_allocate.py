@@ -197,6 +197,9 @@ def test_greedy_skips_choices_off_the_convex_hull():
     assert greedy.lower_hull([336, 576, 1088], np.array([10.0, 9.5, 0.0])) == [0, 2]
     # A larger format that damages more (measurement noise) is never bought.
     assert greedy.lower_hull([336, 576, 1088], np.array([10.0, 2.0, 3.0])) == [0, 1]
+    # Equal bytes (Q4_0 and Q4_K, Q5_0 and Q5_K): the less damaging one, first or not, stays on the hull.
+    assert greedy.lower_hull([288, 576, 576, 704], np.array([10.0, 6.0, 3.0, 2.5])) == [0, 2, 3]
+    assert greedy.lower_hull([576, 576, 704], np.array([6.0, 4.0, 1.0])) == [1, 2]
 
 
 @pytest.mark.parametrize("seed", range(6))

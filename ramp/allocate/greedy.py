@@ -17,11 +17,14 @@ from ramp.allocate.problem import Problem
 
 def lower_hull(n_bytes: list[int], damage: np.ndarray) -> list[int]:
     """Choice indices (ascending bytes) on the lower convex hull from the smallest choice to the least
-    damaging one: choices above the hull or more damaging than a cheaper one are never worth buying."""
+    damaging one: choices above the hull or more damaging than a cheaper one are never worth buying. Of
+    two choices of equal bytes (Q4_0 and Q4_K are both 4.5 bits per weight) the less damaging stays."""
     hull: list[int] = [0]
     for c in range(1, len(n_bytes)):
-        if damage[c] >= damage[hull[-1]] or n_bytes[c] == n_bytes[hull[-1]]:
+        if damage[c] >= damage[hull[-1]]:
             continue
+        if n_bytes[c] == n_bytes[hull[-1]]:
+            hull.pop()  # the same bytes for less damage: c takes its place
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # b lies on or above the segment a-c when c's slope from a is at least as steep as b's
