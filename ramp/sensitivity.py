@@ -35,12 +35,16 @@ DEFAULT_WINDOW = 256
 _SAVE_EVERY = 16
 
 
-def _cache_path(model: Model, calibration_sha: str, formats: list[str], backend: str, imatrix_sha: str | None) -> Path | None:
+def table_cache_path(model: Model, calibration_sha: str, formats: list[str], backend: str, imatrix_sha: str | None,
+                     estimate: str | None = None) -> Path | None:
+    """Where a table for these inputs is cached; `estimate` names a `ramp.sensitivity_estimates` table (None:
+    the measured sweep's)."""
     if not model.sha256:
         return None  # a model built in memory has no identity to key a cache by
-    # tables measured before importance matrices existed keep their keys
+    # tables measured before importance matrices (or estimates) existed keep their keys
     importance = f"|imatrix {imatrix_sha}" if imatrix_sha else ""
-    key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{backend}{importance}".encode()).hexdigest()[:32]
+    kind = f"|estimate {estimate}" if estimate else ""
+    key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{backend}{importance}{kind}".encode()).hexdigest()[:32]
     return cache_dir() / "sensitivity" / f"{key}.json"
 
 
@@ -67,7 +71,7 @@ def measure_sensitivity(
     formats = [get_format(name).name for name in formats]
     calibration_sha = tokens_sha256(tokens)
     imatrix_sha = imatrix.content_sha256() if imatrix is not None else None
-    path = _cache_path(model, calibration_sha, formats, backend, imatrix_sha) if use_cache else None
+    path = table_cache_path(model, calibration_sha, formats, backend, imatrix_sha) if use_cache else None
     if path is not None and path.is_file():
         return SensitivityTable.load(path)
     partial_path = path.with_suffix(".partial.json") if path is not None else None

@@ -1,5 +1,6 @@
 """`ramp profile MODEL`: per-tensor embeddings (11 features) and the per-(tensor, format) sensitivity table,
-written to an output folder with a heatmap and a short printed summary."""
+written to an output folder with a heatmap and a short printed summary. `--damage imatrix-error|fisher`
+estimates the table from a pass or two over the calibration text instead of measuring it."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="profile", help="output folder (default ./profile, created if missing)")
     parser.add_argument("--tokens", type=int, default=2048, help="calibration tokens for the activation features (default 2048)")
     parser.add_argument("--sensitivity-tokens", type=int, default=None,
-                        help="calibration tokens for the sensitivity sweep (default 512; cost is linear in it)")
+                        help="calibration tokens for the sensitivity sweep (default 512; cost is linear in it) or "
+                             "estimate (default 1024)")
+    parser.add_argument("--damage", choices=("kld", "imatrix-error", "fisher"), default="kld",
+                        help="measure KLD sensitivity (default: one forward per tensor and format), or estimate it: "
+                             "imatrix-error (importance-weighted squared weight error; relative units) or fisher "
+                             "(diagonal Fisher from backward passes; about KLD nats)")
     parser.add_argument("--window", type=int, default=256, help="tokens per calibration window (default 256)")
     parser.add_argument("--formats", default=None,
                         help="comma-separated formats to measure (default Q2_K,Q3_K,Q4_0,Q4_K,Q5_K,Q6_K,Q8_0)")
@@ -33,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from ramp.kernels.formats import get_format
     from ramp.profile import profile_model
     from ramp.sensitivity import DEFAULT_FORMATS, DEFAULT_TOKENS, measure_sensitivity, plot_heatmap, summary
+    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, estimate_sensitivity
     from ramp.text import check_text
 
     formats = [get_format(name.strip()).name for name in args.formats.split(",")] if args.formats else list(DEFAULT_FORMATS)
-    sensitivity_tokens = args.sensitivity_tokens or DEFAULT_TOKENS
+    estimate = args.damage in ESTIMATES
+    sensitivity_tokens = args.sensitivity_tokens or (DEFAULT_ESTIMATE_TOKENS if estimate else DEFAULT_TOKENS)
     if min(args.tokens, sensitivity_tokens) < args.window:
         raise RampError(f"token counts must be at least one window ({args.window}); raise --tokens or lower --window")
     out = Path(args.out)
@@ -57,12 +65,16 @@ def run(args: argparse.Namespace) -> int:
 
     started, cpu_started = time.perf_counter(), time.process_time()
     tokens = calibration_tokens(model, sensitivity_tokens, args.window, args.text)
-    table = measure_sensitivity(model, tokens, formats, device=args.device, imatrix=imatrix)
+    if estimate:
+        table = estimate_sensitivity(args.damage, model, tokens, imatrix, formats, device=args.device)
+    else:
+        table = measure_sensitivity(model, tokens, formats, device=args.device, imatrix=imatrix)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     table.save(out / "sensitivity.json")
     plot_heatmap(table, model, out / "sensitivity.png")
     print(summary(table, model))
     # CPU seconds next to wall seconds: on a shared machine the wall time says more about the neighbours
-    print(f"sensitivity: {table.extra['n_measured']} forwards on {table.extra['n_tokens']} tokens in {elapsed:.0f} s wall, "
+    work = f"{args.damage} estimate" if estimate else f"{table.extra['n_measured']} forwards"
+    print(f"sensitivity: {work} on {table.extra['n_tokens']} tokens in {elapsed:.0f} s wall, "
           f"{cpu:.0f} s CPU (near 0 when cached) -> {out / 'sensitivity.json'}, {out / 'sensitivity.png'}")
     return 0

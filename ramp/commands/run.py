@@ -12,9 +12,11 @@ quantizable weights equal to the source checkpoint's, and whether the file is at
 Damage per (tensor, format) is `ramp profile`'s measured sensitivity (mean KLD with only that tensor
 quantized), taken from `--sensitivity FILE` or measured here on calibration text (disk-cached, so a second
 run skips it). Run measures on 256 calibration tokens, half of `ramp profile`'s default, to keep the whole
-command near 15 minutes on two cores. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN instead: the
-squared error of each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but
-blind to how much each tensor matters to the output; it is named as such in the table and the allocation.
+command near 15 minutes on two cores. `--damage imatrix-error` or `--damage fisher` estimate the damage
+instead from a pass or two over the calibration text (`ramp.sensitivity_estimates`), for models where the
+sweep would not finish. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN: the squared error of
+each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but blind to how
+much each tensor matters to the output; it is named as such in the table and the allocation.
 
 With `--fold ALPHA` ramp's own GGUF is made from the Scale-Folded model while the F32 reference and the
 presets stay those of the model as given, so the table shows what folding buys against llama.cpp's presets.
@@ -27,9 +29,9 @@ from ramp.commands._options import add_fold_argument, add_text_argument, check_f
 from ramp.commands.eval import add_window_arguments
 
 from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
+from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, STAND_IN  # numpy-only too
 DEFAULT_MAX_WINDOWS = 32
 DEFAULT_CALIBRATION_TOKENS = 256
-STAND_IN = "weight-error stand-in"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="ilp", choices=("ilp", "greedy"), help="allocation method (default ilp)")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp allocate's ladder)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
-    parser.add_argument("--damage", choices=("kld", "weight-error"), default="kld",
-                        help=f"without --sensitivity: measure KLD sensitivity (default) or use the {STAND_IN}")
-    parser.add_argument("--calibration-tokens", type=int, default=DEFAULT_CALIBRATION_TOKENS,
-                        help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS})")
+    parser.add_argument("--damage", choices=("kld", *ESTIMATES, "weight-error"), default="kld",
+                        help="without --sensitivity: measure KLD sensitivity (default), estimate it from the importance "
+                             f"matrix (imatrix-error) or backward passes (fisher), or use the {STAND_IN}")
+    parser.add_argument("--calibration-tokens", type=int,
+                        help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS}) or "
+                             f"estimating it (default {DEFAULT_ESTIMATE_TOKENS})")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp presets to compare against, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--imatrix", metavar="FILE",
@@ -108,15 +112,23 @@ def run(args: argparse.Namespace) -> int:
     imatrix = _importance_matrix(args, model)[0] if model is not source and source_imatrix is not None else source_imatrix
 
     if table is None and args.damage == "weight-error":
+        from ramp.sensitivity_estimates import weight_error_table
+
         print(f"damage: {STAND_IN} (squared weight error after llama.cpp's quantization, not measured sensitivity)")
         table = weight_error_table(model, ladder, imatrix)
     elif table is None:
         from ramp.forward import calibration_tokens
         from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
+        from ramp.sensitivity_estimates import estimate_sensitivity
 
-        print(f"damage: KLD sensitivity measured on {args.calibration_tokens} calibration tokens (cached for later runs)")
-        tokens = calibration_tokens(model, args.calibration_tokens, min(DEFAULT_WINDOW, args.calibration_tokens), args.text)
-        table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
+        n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
+        tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+        if args.damage in ESTIMATES:
+            print(f"damage: {args.damage} estimate on {n_tokens} calibration tokens (cached for later runs)")
+            table = estimate_sensitivity(args.damage, model, tokens, imatrix, ladder)
+        else:
+            print(f"damage: KLD sensitivity measured on {n_tokens} calibration tokens (cached for later runs)")
+            table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
     allocation = allocate(model, args.method, budget, table, ladder=ladder)
     allocation.extra["damage"] = table.measure
     allocation.save(out_allocation)
@@ -163,27 +175,3 @@ def _importance_matrix(args: argparse.Namespace, model):
 def _is_preset_name(text: str) -> bool:
     return text.strip()[:1].isalpha()  # budgets start with a number
 
-
-def weight_error_table(model, ladder: tuple[str, ...], imatrix=None):
-    """The stand-in sensitivity table: per tensor and ladder format, the summed squared difference between
-    the weights and llama.cpp's dequantized weights in that format (ggml backend, quantized with `imatrix`'s
-    importance where it has an entry; the error itself stays unweighted)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from ramp.kernels import quantize_dequantize, resolve_format
-    from ramp.sensitivity_table import SensitivityTable
-
-    importance = imatrix.importances(model) if imatrix is not None else {}
-    damage = np.zeros((len(model.quantizable), len(ladder)))
-    for row, spec in enumerate(tqdm(model.quantizable, desc=STAND_IN, unit="tensor", leave=False)):
-        weights = model.tensors[spec.name]
-        written: dict[str, float] = {}  # ladder formats llama.cpp writes alike share one measurement
-        for column, fmt in enumerate(ladder):
-            resolved = resolve_format(fmt, spec.row_length).name
-            if resolved not in written:
-                error = quantize_dequantize(weights, resolved, importance.get(spec.name), backend="ggml", name=spec.name) - weights
-                written[resolved] = float(np.square(error, dtype=np.float64).sum())
-            damage[row, column] = written[resolved]
-    return SensitivityTable([spec.name for spec in model.quantizable], list(ladder), damage, measure=STAND_IN,
-                            model_sha256=model.sha256, extra={"imatrix": imatrix.content_sha256() if imatrix else None})

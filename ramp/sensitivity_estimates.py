@@ -1,0 +1,298 @@
+"""Damage per (tensor, format) estimated from a few passes over calibration text, instead of the measured
+sweep's one forward per (tensor, format) (`ramp.sensitivity`): cheap enough for models where the sweep would
+take hours. Every estimate is  sum over the weights of  weight x (Q(w) - w)^2, where Q(w) is llama.cpp's own
+quantization of the tensor with its importance-matrix entry (the weights `llama-quantize --imatrix` writes,
+the same `DequantCache` bytes the sweep and the export use); the estimates differ in the weight:
+
+- `imatrix-error`: the squared error llama.cpp PR #15550 (`--target-bpw`) weighs by the importance matrix,
+  importance[col] = mean over calibration tokens of the column's squared input activation, summed over rows
+  and columns (not normalised per row as the PR's allocator does, see `ramp.allocate.target_bpw`). Under a
+  diagonal model of the input covariance this is the mean squared change of the layer's output per token.
+  Tensors without an imatrix entry get the same quantity from one extra forward: the output projection's
+  importance is its input's mean square (llama-imatrix leaves it out without --process-output); token_embd
+  is a row lookup, so row r weighs by token r's share of the calibration tokens (times Gemma's embedding
+  scale squared: the change of the hidden state entering block 0); a tied embedding is both and gets the
+  sum. Units: squared activations, different per tensor role; only the ranking within one model means
+  anything, not KLD.
+- `fisher`: 1/2 sum F (Q(w) - w)^2 with F the diagonal Fisher information per token: the mean squared
+  gradient of log q(y) w.r.t. each weight, y drawn from the model's own prediction at every position. Its
+  expectation is the Hessian of KL(model || perturbed) at the model, so the estimate is the second-order
+  Taylor expansion of the mean KLD the sweep measures, diagonal part only: approximately KLD in nats. One
+  backward per window: with labels drawn independently per position and the inputs fixed, the cross terms
+  of the window gradient's square vanish in expectation, so sum over windows of g^2 / tokens is unbiased.
+  `labels="text"` takes the text's next tokens instead (the empirical Fisher of the loss; its cross terms do
+  not vanish).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from ramp.model import Model, TensorSpec
+from ramp.sensitivity_table import SensitivityTable
+
+if TYPE_CHECKING:
+    import torch
+
+    from ramp.imatrix import ImportanceMatrix
+
+IMATRIX_ERROR = "imatrix-error"
+FISHER = "fisher"
+ESTIMATES = (IMATRIX_ERROR, FISHER)
+MEASURES = {
+    IMATRIX_ERROR: "imatrix-error: sum of importance x (Q(w) - w)^2 (squared activations; relative within one model, not KLD)",
+    FISHER: "fisher: 1/2 sum F (Q(w) - w)^2, diagonal Fisher of the model's own predictions (second-order KLD, approx. nats)",
+}
+STAND_IN = "weight-error stand-in"
+FISHER_LABELS = ("model", "text")
+# Calibration tokens of the estimates' passes. The Fisher costs one forward and one backward per window
+# (about 3 forwards): 1024 tokens on SmolLM2-135M took about a minute on 2 busy cores.
+DEFAULT_ESTIMATE_TOKENS = 1024
+_CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of reductions stay at 32 MiB
+
+
+def row_weighted_squares(error: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """Per row r of a [rows, cols] error: sum_j weight[r, j] * error[r, j]^2, accumulated in float64.
+
+    `weight` broadcasts against the error: [cols] (per column), [rows, 1] (per row), [rows, cols], or None
+    (all ones). Rows are reduced in chunks, so a large embedding never gets a float64 copy.
+    """
+    rows = error.shape[0]
+    step = max(1, _CHUNK_ELEMENTS // max(1, error.shape[1]))
+    weight = None if weight is None else np.asarray(weight)
+    per_row = weight is not None and weight.ndim == 2 and weight.shape[0] == rows
+    result = np.empty(rows, dtype=np.float64)
+    for start in range(0, rows, step):
+        chunk = np.square(error[start:start + step], dtype=np.float64)
+        if weight is not None:
+            chunk *= weight[start:start + step] if per_row else weight
+        result[start:start + step] = chunk.sum(axis=1)
+    return result
+
+
+def quantization_errors(
+    model: Model, formats: list[str], imatrix: "ImportanceMatrix | None", backend: str = "ggml", progress: bool = True,
+) -> Iterator[tuple[int, TensorSpec, str, np.ndarray]]:
+    """(row, spec, written format, Q(w) - w) for every quantizable tensor and every format llama.cpp writes for
+    one of `formats` (ladder formats that fall back alike come once), quantized with the tensor's
+    importance-matrix entry as llama-quantize --imatrix does. One error array lives at a time."""
+    from tqdm import tqdm
+
+    from ramp.kernels import DequantCache, resolve_format
+
+    importance = imatrix.importances(model) if imatrix is not None else None
+    # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them
+    weights = DequantCache(model, backend=backend, importance=importance, max_memory_bytes=0)
+    for row, spec in enumerate(tqdm(model.quantizable, desc="quantization error", unit="tensor", disable=not progress, leave=False)):
+        original = model.tensors[spec.name]
+        for real in dict.fromkeys(resolve_format(fmt, spec.row_length).name for fmt in formats):
+            yield row, spec, real, weights.get(spec.name, real).cpu().numpy() - original
+
+
+def error_table(
+    model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None",
+    damage_of: Callable[[TensorSpec, np.ndarray], float], measure: str, calibration_sha256: str = "",
+    extra: dict | None = None, progress: bool = True,
+) -> SensitivityTable:
+    """The table with damage[tensor, format] = damage_of(spec, Q(w) - w) for the format llama.cpp writes."""
+    from ramp.kernels import get_format, resolve_format  # ramp.kernels loads torch: not at CLI start
+
+    formats = [get_format(name).name for name in formats]
+    damage = np.zeros((len(model.quantizable), len(formats)))
+    for row, spec, real, error in quantization_errors(model, formats, imatrix, progress=progress):
+        value = damage_of(spec, error)
+        for column, fmt in enumerate(formats):
+            if resolve_format(fmt, spec.row_length).name == real:
+                damage[row, column] = value
+    return SensitivityTable([spec.name for spec in model.quantizable], formats, damage, measure, model.sha256,
+                            calibration_sha256, {"imatrix": imatrix.content_sha256() if imatrix else None, **(extra or {})})
+
+
+def weight_error_table(model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None" = None,
+                       progress: bool = True) -> SensitivityTable:
+    """The stand-in: the plain summed squared weight error, blind to how much each tensor matters."""
+    return error_table(model, formats, imatrix, lambda spec, error: float(row_weighted_squares(error).sum()),
+                       STAND_IN, progress=progress)
+
+
+@dataclass
+class OutputStatistics:
+    """What the importance matrix lacks, from one forward over calibration tokens."""
+
+    head_importance: np.ndarray  # [n_embd]: mean squared input of the output projection per column
+    token_share: np.ndarray  # [n_vocab]: share of the calibration tokens that look up each embedding row
+    embed_scale: float  # the forward multiplies looked-up rows by it (Gemma: sqrt(n_embd))
+    n_tokens: int
+
+
+def output_statistics(model: Model, tokens: "torch.Tensor", device: str = "cpu", progress: bool = True) -> OutputStatistics:
+    """Mean squared input of the output projection (tied or not) and token frequencies over `tokens`."""
+    import torch
+    from tqdm import tqdm
+
+    from ramp.forward import Forward
+
+    forward = Forward(model, device)
+    total = torch.zeros(forward.weights[forward.output_name].shape[1], dtype=torch.float64)
+
+    def capture(name: str, x: "torch.Tensor") -> None:
+        if name == "output.weight":
+            total.add_(x.reshape(-1, x.shape[-1]).double().square().sum(0).cpu())
+
+    for window in tqdm(tokens, desc="output statistics", unit="window", disable=not progress, leave=False):
+        forward.logits(window[None].to(forward.device), capture=capture)
+    n_vocab = forward.weights["token_embd.weight"].shape[0]
+    counts = np.bincount(tokens.reshape(-1).numpy(), minlength=n_vocab)[:n_vocab]
+    n_tokens = int(tokens.numel())
+    return OutputStatistics((total / n_tokens).numpy(), counts / n_tokens, float(forward.embed_scale), n_tokens)
+
+
+def imatrix_error_table(
+    model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] | None = None, device: str = "cpu", progress: bool = True, use_cache: bool = True,
+) -> SensitivityTable:
+    """The `imatrix-error` estimate (module docstring). `tokens` [windows, window] give the output projection's
+    and the embedding's weights, and every blk tensor's importance where `imatrix` is None or lacks it."""
+    from ramp.forward import tokens_sha256
+    from ramp.imatrix import compute_imatrix
+
+    formats = _formats(formats)
+    path = _cache_path(model, tokens, formats, imatrix, IMATRIX_ERROR) if use_cache else None
+    if path is not None and path.is_file():
+        return SensitivityTable.load(path)
+    stats = output_statistics(model, tokens, device, progress)
+    measured = imatrix
+    if imatrix is None or any(imatrix.importance(spec.name) is None for spec in model.quantizable
+                              if spec.name.startswith("blk.")):
+        measured = compute_imatrix(model, tokens, device=device, progress=progress)
+    tied = "output.weight" not in model.tensors
+
+    def damage_of(spec: TensorSpec, error: np.ndarray) -> float:
+        if spec.name == "token_embd.weight":
+            lookup = stats.token_share * stats.embed_scale**2
+            total = float(lookup @ row_weighted_squares(error))
+            return total + (float(row_weighted_squares(error, stats.head_importance).sum()) if tied else 0.0)
+        if spec.name == "output.weight":
+            return float(row_weighted_squares(error, stats.head_importance).sum())
+        importance = (imatrix.importance(spec.name) if imatrix is not None else None)
+        if importance is None:
+            importance = measured.importance(spec.name)
+        return float(row_weighted_squares(error, importance).sum())
+
+    table = error_table(model, formats, imatrix, damage_of, MEASURES[IMATRIX_ERROR], tokens_sha256(tokens),
+                        {"estimate": IMATRIX_ERROR, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]),
+                         "tied_embedding": tied}, progress)
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def diagonal_fisher(
+    model: Model, tokens: "torch.Tensor", labels: str = "model", samples: int = 1, seed: int = 0,
+    device: str = "cpu", progress: bool = True,
+) -> dict[str, "torch.Tensor"]:
+    """Per quantizable tensor, the mean per-token squared gradient of log q(label) (module docstring):
+    one backward per window and label draw; labels drawn from the model's own prediction (`model`) or the
+    text's next token (`text`). A tied embedding's entry covers both its uses."""
+    import torch
+    from tqdm import tqdm
+
+    from ramp.errors import RampError
+    from ramp.forward import Forward
+
+    if labels not in FISHER_LABELS:
+        raise RampError(f"Fisher labels {labels!r} are not one of {', '.join(FISHER_LABELS)}")
+    if samples < 1 or (labels == "text" and samples != 1):
+        raise RampError("the Fisher needs one label draw per window with the text's labels, at least one with the model's")
+    forward = Forward(model, device)
+    # leaves sharing the model's storage: gradients flow to them, the weights themselves are never copied
+    params = {spec.name: forward.weights[spec.name].detach().requires_grad_() for spec in model.quantizable}
+    fisher = {name: torch.zeros_like(param) for name, param in params.items()}
+
+    def accumulate(name: str) -> Callable[["torch.Tensor"], None]:
+        def hook(param: "torch.Tensor") -> None:
+            fisher[name].addcmul_(param.grad, param.grad)
+            param.grad = None  # one gradient alive at a time: peak memory is the model plus its Fisher
+        return hook
+
+    handles = [param.register_post_accumulate_grad_hook(accumulate(name)) for name, param in params.items()]
+    generator = torch.Generator().manual_seed(seed)
+    n_scored = 0
+    try:
+        for window in tqdm(tokens, desc="fisher", unit="window", disable=not progress, leave=False):
+            with torch.enable_grad():
+                h = forward.embed(window[None].to(forward.device), params)
+                for index in range(forward.n_blocks):
+                    h = forward.block(index, h, params)
+                log_q = torch.log_softmax(forward.head(h, params)[0].float(), dim=-1)
+                if labels == "text":  # position t predicts token t + 1; the last position has no label
+                    log_q, targets = log_q[:-1], window[1:, None].to(forward.device)
+                else:
+                    targets = torch.multinomial(log_q.detach().exp().cpu(), samples, replacement=True,
+                                                generator=generator).to(forward.device)
+                n_scored += targets.shape[0] * samples
+                for draw in range(samples):
+                    (-log_q.gather(1, targets[:, draw:draw + 1]).sum()).backward(retain_graph=draw + 1 < samples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for value in fisher.values():
+        value /= n_scored
+    return fisher
+
+
+def fisher_table(
+    model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] | None = None, labels: str = "model", samples: int = 1, seed: int = 0,
+    device: str = "cpu", progress: bool = True, use_cache: bool = True,
+) -> SensitivityTable:
+    """The `fisher` estimate (module docstring) on calibration windows `tokens`; `seed` draws the labels."""
+    from ramp.forward import tokens_sha256
+
+    formats = _formats(formats)
+    path = _cache_path(model, tokens, formats, imatrix, f"{FISHER}|{labels}|{samples}|{seed}") if use_cache else None
+    if path is not None and path.is_file():
+        return SensitivityTable.load(path)
+    fisher = diagonal_fisher(model, tokens, labels, samples, seed, device, progress)
+    table = error_table(
+        model, formats, imatrix,
+        lambda spec, error: 0.5 * float(row_weighted_squares(error, fisher[spec.name].cpu().numpy()).sum()),
+        MEASURES[FISHER], tokens_sha256(tokens),
+        {"estimate": FISHER, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]), "labels": labels,
+         "samples": samples, "seed": seed}, progress)
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def estimate_sensitivity(
+    estimate: str, model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] | None = None, device: str = "cpu", progress: bool = True,
+) -> SensitivityTable:
+    """`imatrix_error_table` or `fisher_table` by name (`--damage`), both disk-cached."""
+    from ramp.errors import RampError
+
+    if estimate == IMATRIX_ERROR:
+        return imatrix_error_table(model, tokens, imatrix, formats, device, progress)
+    if estimate == FISHER:
+        return fisher_table(model, tokens, imatrix, formats, device=device, progress=progress)
+    raise RampError(f"unknown damage estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
+
+
+def _formats(formats: list[str] | tuple[str, ...] | None) -> list[str]:
+    from ramp.kernels import get_format
+    from ramp.sensitivity import DEFAULT_FORMATS
+
+    return [get_format(name).name for name in (formats or DEFAULT_FORMATS)]
+
+
+def _cache_path(model: Model, tokens: "torch.Tensor", formats: list[str], imatrix: "ImportanceMatrix | None",
+                estimate: str) -> Path | None:
+    from ramp.forward import tokens_sha256
+    from ramp.sensitivity import table_cache_path
+
+    return table_cache_path(model, tokens_sha256(tokens), formats, "ggml",
+                            imatrix.content_sha256() if imatrix is not None else None, estimate)

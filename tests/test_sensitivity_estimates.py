@@ -1,0 +1,154 @@
+"""Sensitivity without a sweep (`ramp.sensitivity_estimates`: imatrix-weighted error, diagonal Fisher), on
+the tiny llama of tiny_gguf (256-wide rows, so K-quants apply; the embedding is tied to the output)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import ramp.sensitivity_estimates as estimates
+from ramp.forward import Forward, KLDReference
+from ramp.imatrix import compute_imatrix
+from ramp.kernels import quantize_dequantize
+from ramp.model import Model, TensorSpec
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model  # noqa: F401  (fixtures)
+
+FORMATS = ["Q3_K", "Q4_0", "Q4_K", "Q6_K"]
+BLK = ("blk.0.attn_q.weight", "blk.1.ffn_down.weight")  # ffn_down's 320-wide rows fall back to 32-wide formats
+
+
+def random_tokens(model: Model, seed: int, windows: int = 2, length: int = 32) -> torch.Tensor:
+    print(f"token seed {seed}")
+    n_vocab = model.tensors["token_embd.weight"].shape[0]
+    return torch.randint(0, n_vocab, (windows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def untied(model: Model) -> Model:
+    """The tiny llama with its own output projection (a copy of the embedding, scaled)."""
+    output = (model.tensors["token_embd.weight"] * 0.5).astype(np.float32)
+    spec = TensorSpec("output.weight", output.shape, "output", None)
+    return dataclasses.replace(model, tensors={**model.tensors, "output.weight": output},
+                               quantizable=[*model.quantizable, spec], sha256=model.sha256 + "-untied")
+
+
+def head_input_mean_square(model: Model, tokens: torch.Tensor) -> np.ndarray:
+    seen = []
+    Forward(model).logits(tokens, capture=lambda name, x: seen.append(x.clone()) if name == "output.weight" else None)
+    return torch.cat(seen).reshape(-1, seen[0].shape[-1]).double().square().mean(0).numpy()
+
+
+def squared(error: np.ndarray) -> np.ndarray:
+    return np.square(error.astype(np.float64))
+
+
+@pytest.mark.parametrize("weight_shape", ["columns", "rows", "full", "none"])
+def test_row_weighted_squares_matches_numpy_across_chunks(monkeypatch, weight_shape):
+    seed = 11
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    error = rng.standard_normal((37, 24)).astype(np.float32)
+    weight = {"columns": rng.random(24), "rows": rng.random((37, 1)), "full": rng.random((37, 24)), "none": None}[weight_shape]
+    monkeypatch.setattr(estimates, "_CHUNK_ELEMENTS", 100)  # 4 rows per chunk: the last chunk is partial
+    expected = (squared(error) * (1.0 if weight is None else weight)).sum(axis=1)
+    np.testing.assert_allclose(estimates.row_weighted_squares(error, weight), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("with_imatrix", [True, False])
+def test_imatrix_error_is_importance_weighted_squared_error(tiny_model, tied, with_imatrix):
+    model = tiny_model if tied else untied(tiny_model)
+    tokens = random_tokens(model, seed=3)
+    # without a file, the estimate measures the same statistics on its own tokens
+    imatrix = compute_imatrix(model, tokens, progress=False)
+    table = estimates.imatrix_error_table(model, tokens, imatrix if with_imatrix else None, FORMATS,
+                                          progress=False, use_cache=False)
+    assert table.measure.startswith("imatrix-error") and "not KLD" in table.measure
+    assert table.extra["n_tokens"] == tokens.numel() and table.extra["tied_embedding"] == tied
+    for name in BLK:
+        weights, importance = model.tensors[name], imatrix.importance(name)
+        for fmt in FORMATS:
+            # Q is llama.cpp's quantization with the importance llama-quantize --imatrix would pass, if any
+            error = quantize_dequantize(weights, fmt, importance if with_imatrix else None, backend="ggml") - weights
+            assert table.of(name, fmt) == pytest.approx(float((importance * squared(error)).sum()), rel=1e-6)
+
+    share = np.bincount(tokens.reshape(-1).numpy(), minlength=model.tensors["token_embd.weight"].shape[0]) / tokens.numel()
+    head = head_input_mean_square(model, tokens)
+    embedding = model.tensors["token_embd.weight"]
+    for fmt in FORMATS:  # llama-imatrix records neither: both quantize without importance
+        error = squared(quantize_dequantize(embedding, fmt, None, backend="ggml") - embedding)
+        lookup = float(share @ error.sum(axis=1))  # the tiny llama's embedding scale is 1
+        head_term = float((error * head).sum())
+        assert table.of("token_embd.weight", fmt) == pytest.approx(lookup + (head_term if tied else 0.0), rel=1e-5)
+        if not tied:
+            output = model.tensors["output.weight"]
+            out_error = squared(quantize_dequantize(output, fmt, None, backend="ggml") - output)
+            assert table.of("output.weight", fmt) == pytest.approx(float((out_error * head).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("labels, samples", [("text", 1), ("model", 2)])
+def test_fisher_is_the_mean_squared_gradient_per_token(tiny_model, labels, samples):
+    seed = 5
+    tokens = random_tokens(tiny_model, seed=seed, windows=2, length=16)
+    fisher = estimates.diagonal_fisher(tiny_model, tokens, labels, samples, seed=seed, progress=False)
+    assert set(fisher) == {spec.name for spec in tiny_model.quantizable}
+
+    # the same quantity by torch.autograd.grad, one gradient per window and label draw, summed by hand
+    names = ["token_embd.weight", *BLK]  # the tied embedding collects the lookup's and the head's gradient
+    forward = Forward(tiny_model)
+    generator = torch.Generator().manual_seed(seed)
+    total = {name: torch.zeros_like(forward.weights[name]) for name in names}
+    n_scored = 0
+    for window in tokens:
+        leaves = {spec.name: forward.weights[spec.name].clone().requires_grad_() for spec in tiny_model.quantizable}
+        h = forward.embed(window[None], leaves)
+        for index in range(forward.n_blocks):
+            h = forward.block(index, h, leaves)
+        log_q = torch.log_softmax(forward.head(h, leaves)[0], dim=-1)
+        if labels == "text":
+            log_q, targets = log_q[:-1], window[1:, None]
+        else:
+            targets = torch.multinomial(log_q.detach().exp(), samples, replacement=True, generator=generator)
+        for draw in range(targets.shape[1]):
+            loss = -log_q.gather(1, targets[:, draw:draw + 1]).sum()
+            for name, grad in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names], retain_graph=True)):
+                total[name] += grad.square()
+            n_scored += targets.shape[0]
+    for name in names:
+        assert float(total[name].abs().max()) > 0
+        torch.testing.assert_close(fisher[name], total[name] / n_scored, rtol=1e-4, atol=1e-12)
+
+
+def test_fisher_predicts_the_kld_of_a_small_random_perturbation(tiny_model):
+    """1/2 sum F d^2 is the second-order KLD for iid perturbations d; drawn labels make F an estimate."""
+    seed = 1
+    tokens = random_tokens(tiny_model, seed=seed, windows=4, length=64)
+    fisher = estimates.diagonal_fisher(tiny_model, tokens, "model", samples=4, seed=seed, progress=False)
+    reference = KLDReference(Forward(tiny_model), tokens)
+    rng = np.random.default_rng(seed)
+    for name in ("token_embd.weight", "blk.0.ffn_down.weight", "blk.1.attn_v.weight"):
+        weights = tiny_model.tensors[name]
+        delta = (rng.standard_normal(weights.shape) * 0.03 * weights.std()).astype(np.float32)
+        kld = reference.kld({name: torch.from_numpy(weights + delta)})
+        predicted = 0.5 * float((fisher[name].numpy() * squared(delta)).sum())
+        print(name, kld, predicted)
+        assert 0.75 < predicted / kld < 1.33
+
+
+def test_fisher_table_is_half_the_fisher_weighted_squared_error_and_cached(tiny_model):
+    seed = 2
+    tokens = random_tokens(tiny_model, seed=seed)
+    imatrix = compute_imatrix(tiny_model, tokens, progress=False)
+    table = estimates.fisher_table(tiny_model, tokens, imatrix, FORMATS, seed=seed, progress=False)
+    fisher = estimates.diagonal_fisher(tiny_model, tokens, "model", seed=seed, progress=False)
+    assert "fisher" in table.measure and table.extra["labels"] == "model" and table.extra["imatrix"] == imatrix.content_sha256()
+    for name in BLK:
+        weights = tiny_model.tensors[name]
+        error = quantize_dequantize(weights, "Q4_K", imatrix.importance(name), backend="ggml") - weights
+        assert table.of(name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].numpy() * squared(error)).sum()), rel=1e-5)
+    # cached under a key of its own: the same call reads the file back, another estimate does not
+    path = estimates._cache_path(tiny_model, tokens, FORMATS, imatrix, f"fisher|model|1|{seed}")
+    assert path.is_file()
+    np.testing.assert_array_equal(estimates.fisher_table(tiny_model, tokens, imatrix, FORMATS, seed=seed).damage, table.damage)
+    assert not estimates._cache_path(tiny_model, tokens, FORMATS, imatrix, "imatrix-error").is_file()
