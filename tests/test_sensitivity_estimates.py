@@ -1,5 +1,6 @@
-"""Sensitivity without a sweep (`ramp.sensitivity_estimates`: imatrix-weighted error, diagonal Fisher), on
-the tiny llama of tiny_gguf (256-wide rows, so K-quants apply; the embedding is tied to the output)."""
+"""Sensitivity without a sweep (`ramp.sensitivity_estimates`: imatrix-weighted error, diagonal Fisher) and
+llama.cpp PR 15550's allocator (`ramp.allocate.target_bpw`), on the tiny llama of tiny_gguf (256-wide rows,
+so K-quants apply; the embedding is tied to the output)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +10,14 @@ import pytest
 import torch
 
 import ramp.sensitivity_estimates as estimates
+from ramp.allocate import allocate, greedy, predicted_damage, target_bpw
+from ramp.allocate.problem import Choice, Item, Problem, build_items, item_damage
+from ramp.cli import main
 from ramp.forward import Forward, KLDReference
 from ramp.imatrix import compute_imatrix
 from ramp.kernels import quantize_dequantize
 from ramp.model import Model, TensorSpec
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model  # noqa: F401  (fixtures)
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 FORMATS = ["Q3_K", "Q4_0", "Q4_K", "Q6_K"]
 BLK = ("blk.0.attn_q.weight", "blk.1.ffn_down.weight")  # ffn_down's 320-wide rows fall back to 32-wide formats
@@ -152,3 +156,93 @@ def test_fisher_table_is_half_the_fisher_weighted_squared_error_and_cached(tiny_
     assert path.is_file()
     np.testing.assert_array_equal(estimates.fisher_table(tiny_model, tokens, imatrix, FORMATS, seed=seed).damage, table.damage)
     assert not estimates._cache_path(tiny_model, tokens, FORMATS, imatrix, "imatrix-error").is_file()
+
+
+# --- llama.cpp PR 15550's allocator ----------------------------------------------------------------------
+
+
+def test_target_bpw_error_is_the_prs_row_relative_trimmed_mean():
+    seed = 7
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    weights, error = rng.standard_normal((120, 32)), rng.standard_normal((120, 32)) * 0.1
+    error[3] *= 40  # an outlier row the trimmed mean drops
+    importance = rng.random(32)
+    importance[0] = -1.0  # the PR clamps negative importance to 0
+    v = np.maximum(importance, 0)
+    relative = np.sort((v * error**2).sum(1) / ((v * weights**2).sum(1) + 1e-12))
+    expected = relative[3:117].mean() * 120  # floor(2.5% of 120) = 3 rows off each end
+    assert target_bpw.row_relative_error(weights, error, importance) == pytest.approx(expected, rel=1e-12)
+    few = slice(0, 40)  # under 50 rows: a plain mean
+    plain = ((error[few] ** 2).sum(1) / ((weights[few] ** 2).sum(1) + 1e-12)).mean() * 40
+    assert target_bpw.row_relative_error(weights[few], error[few], None) == pytest.approx(plain, rel=1e-12)
+
+
+def items(names: list[str], n_bytes: list[list[int]]) -> list[Item]:
+    return [Item((name,), tuple(Choice((f"F{c}",), b) for c, b in enumerate(sizes))) for name, sizes in zip(names, n_bytes)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_target_bpw_without_important_tensors_is_the_greedy_lagrangian_sweep(seed):
+    """Bisection on the price then filling greedily picks exactly what the greedy hull climb picks."""
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    n_items = 12
+    sizes = [sorted(rng.choice(np.arange(100, 1000), 5, replace=False).tolist()) for _ in range(n_items)]
+    damage = [np.sort(rng.lognormal(0, 2, 5))[::-1] * rng.choice([1.0, 1.5], 5) for _ in range(n_items)]  # some off the hull
+    problem_items = items([f"blk.{i}.attn_q.weight" for i in range(n_items)], sizes)
+    smallest, largest = sum(s[0] for s in sizes), sum(s[-1] for s in sizes)
+    for budget in np.linspace(smallest, largest, 9).astype(int):
+        problem = Problem(problem_items, int(budget), ())
+        picks, facts = target_bpw.solve(problem, damage)
+        assert problem.picks_bytes(picks) <= budget
+        expected, _ = greedy.solve(problem, damage)
+        assert sum(d[p] for d, p in zip(damage, picks)) == pytest.approx(sum(d[p] for d, p in zip(damage, expected)), rel=1e-12)
+        for d, item, pick in zip(damage, problem_items, picks):  # Pareto-pruned: nothing cheaper is as good
+            assert not any(d[c] <= d[pick] and item.choices[c].nbytes < item.choices[pick].nbytes for c in range(5))
+
+
+def test_target_bpw_prefers_the_tensors_the_pr_calls_important():
+    damage = [np.array([10.0, 1.0]), np.array([10.0, 1.0])]
+    problem = Problem(items(["blk.0.attn_q.weight", "blk.0.ffn_down.weight"], [[100, 200], [100, 200]]), 300, ())
+    picks, _ = target_bpw.solve(problem, damage)
+    assert picks == [0, 1]
+    # a lower price for important tensors lets them win even when their error drop is smaller
+    picks, facts = target_bpw.solve(problem, [np.array([10.0, 1.0]), np.array([10.0, 5.0])])
+    assert picks == [0, 1] and facts["important_items"] == 1
+
+
+def test_target_bpw_beats_uniform_on_its_own_error(tiny_model):
+    tokens = random_tokens(tiny_model, seed=4)
+    imatrix = compute_imatrix(tiny_model, tokens, progress=False)
+    ladder = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+    table = target_bpw.error_table(tiny_model, ladder, imatrix, progress=False)
+    assert table.measure == target_bpw.MEASURE and table.extra["imatrix"] == imatrix.content_sha256()
+    problem_items = build_items(tiny_model, ladder)
+    damage = item_damage(tiny_model, problem_items, table)
+    for budget in ("3.5bpw", "4.5bpw", "5.0bpw", "5.5bpw"):
+        chosen = allocate(tiny_model, "target-bpw", budget, table, ladder=ladder)
+        assert chosen.extra["data_bytes"] <= chosen.extra["budget_bytes"]
+        # llama.cpp's Q6_K floor for the output (here the tied embedding) would price uniform out of low budgets
+        uniform = predicted_damage(tiny_model, allocate(tiny_model, "uniform", budget, table, ladder=ladder,
+                                                        output_format="same").formats, table)
+        assert predicted_damage(tiny_model, chosen.formats, table) < uniform
+        # without the PR's preference for attn_v/ffn_down/attn_output too: that is the search itself
+        plain, _ = target_bpw.solve(Problem(problem_items, chosen.extra["budget_bytes"], ladder), damage,
+                                    important_tensor=lambda name: False)
+        assert sum(d[p] for d, p in zip(damage, plain)) < uniform
+
+
+def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, tiny_reference, tmp_path, capsys):
+    imatrix_path = tmp_path / "imatrix.gguf"
+    compute_imatrix(tiny_model, random_tokens(tiny_model, seed=6), progress=False).save(imatrix_path)
+    out = tmp_path / "alloc.json"
+    common = ["allocate", "--model", str(tiny_reference), "--method", "target-bpw", "--budget", "4.5bpw", "--out", str(out)]
+    assert main(common) != 0
+    assert "--imatrix" in capsys.readouterr().err
+    assert main([*common, "--imatrix", str(imatrix_path)]) == 0
+    assert "target-bpw error" in capsys.readouterr().out
+    from ramp.allocation import Allocation
+
+    allocation = Allocation.load(out)
+    assert allocation.method == "target-bpw" and allocation.extra["reference"].startswith("llama.cpp PR 15550")

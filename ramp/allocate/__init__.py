@@ -2,8 +2,10 @@
 
 `allocate(model, method, budget, sensitivity, ...)` is the one entry point (`ramp allocate` and `ramp run`
 call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
-quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), and policy (a trained agent,
-`ramp.allocate.policy.allocate_with_policy`, another engineer's, imported only when asked for).
+quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR
+15550's Lagrangian allocator, the closest competitor, on its own imatrix-weighted error table from
+`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.allocate.policy.allocate_with_policy`,
+another engineer's, imported only when asked for).
 
 Submodules are imported when a method runs, so importing this package stays cheap.
 """
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
     from ramp.model import Model
     from ramp.sensitivity_table import SensitivityTable
 
-METHODS = ("uniform", "ilp", "quadratic", "greedy", "policy")
-NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy")
+METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")
+NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy", "target-bpw")
 
 
 def allocate(
@@ -81,7 +83,7 @@ def allocate(
                 raise RampError("--method quadratic needs a pair measurement (KLD of the model with two tensors quantized)")
             picks, facts = quadratic.solve(model, problem, damage, measure_pair, pairs_per_role)
         else:
-            solver = importlib.import_module(f"ramp.allocate.{method}")
+            solver = importlib.import_module(f"ramp.allocate.{method.replace('-', '_')}")
             picks, facts = solver.solve(problem, [d.sum(axis=1) for d in damage])
         formats = problem.formats(picks)
 

@@ -1,5 +1,5 @@
 """`ramp allocate`: choose a format per quantizable tensor under a budget, with one of the baselines
-(uniform, ilp, quadratic, greedy) or a trained policy, and write the allocation JSON."""
+(uniform, ilp, quadratic, greedy, target-bpw) or a trained policy, and write the allocation JSON."""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +13,14 @@ if TYPE_CHECKING:
     from ramp.model import Model
     from ramp.sensitivity_table import SensitivityTable
 
-METHODS = ("uniform", "ilp", "quadratic", "greedy", "policy")  # mirrors ramp.allocate.METHODS, kept light
+METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
-    parser.add_argument("--method", choices=METHODS, default="ilp", help="allocation method (default: ilp)")
+    parser.add_argument("--method", choices=METHODS, default="ilp",
+                        help="allocation method (default: ilp); target-bpw is llama.cpp PR 15550's allocator on its own "
+                             "error from --imatrix (with --sensitivity, its solver on that table)")
     parser.add_argument("--budget", required=True,
                         help="bits per quantizable weight (3.65bpw) or bytes of their data (60MB, 57.2MiB, 123456789B)")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: Q2_K,Q3_K,Q4_0,Q4_K,Q5_0,Q5_K,Q6_K,Q8_0)")
@@ -38,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
     parser.add_argument("--tensor-type-file", metavar="FILE", help="also write llama-quantize's --tensor-type-file")
     add_fold_argument(parser, "allocating for it")
-    add_imatrix_argument(parser, "quantize the tensors whose sensitivity is measured here (without --sensitivity)")
+    add_imatrix_argument(parser, "quantize the tensors whose sensitivity is measured here (without --sensitivity), "
+                                 "and to weigh target-bpw's error")
     add_text_argument(parser, "measure sensitivity on (without --sensitivity)")
 
 
@@ -62,11 +65,18 @@ def run(args: argparse.Namespace) -> int:
         raise RampError("--pairs-per-role must be at least 1")
     if args.method == "policy" and not args.policy:
         raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+    if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):
+        raise RampError("--method target-bpw weighs its error by an importance matrix; pass --imatrix FILE (`ramp imatrix`)")
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
 
     model = load_model_for(args)
     imatrix = load_importance(args.imatrix, model)
-    if table is None and args.method in NEEDS_SENSITIVITY:
+    if table is None and args.method == "target-bpw":
+        from ramp.allocate import target_bpw
+        from ramp.allocate.problem import DEFAULT_LADDER
+
+        table = target_bpw.error_table(model, ladder or DEFAULT_LADDER, imatrix)
+    elif table is None and args.method in NEEDS_SENSITIVITY:
         table = _measure_sensitivity(model, ladder, imatrix, args.text)
     allocation = allocate(
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
