@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
-from ramp.errors import RampError
+from ramp.errors import RampError, Terminated, describe_os_error
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,8 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with ramp's one-line errors: a bad option value reads like any other error, not a usage dump."""
+
+    def error(self, message: str):
+        print(f"ramp: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ramp", description="learned mixed-precision quantization for llama.cpp")
+    parser = _Parser(prog="ramp", description="learned mixed-precision quantization for llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -35,17 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        if hasattr(module, "paths"):  # every command's files, against each other, before any work
+            from ramp.command_paths import check_command_paths
+
+            check_command_paths(*module.paths(args))
+        return int(module.run(args) or 0)
     except RampError as exc:
         print(f"ramp: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ramp: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # the file system failed under us (full disk, read-only folder, I/O error)
+        print(f"ramp: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"ramp: {'terminated' if terminated else 'interrupted'}; earlier outputs are unchanged", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,26 @@ def _gemma3_sliding_layers(model: Model) -> list[bool]:
     return [period == 0 or index % period < period - 1 for index in range(model.n_blocks)]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """A torch device this machine has: `--device cuda:7` on a machine without it is one error line, not an
+    assertion deep inside torch."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RampError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            have = f"cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+            raise RampError(f"--device {device} is not on this machine ({have}); use one it has, or cpu")
+    elif resolved.type != "cpu":
+        try:  # other backends (mps, xpu, ...) say whether they work by trying
+            torch.empty(1, device=resolved)
+        except (RuntimeError, AssertionError, ValueError):
+            raise RampError(f"--device {device} is not available on this machine; use cpu") from None
+    return resolved
+
+
 class Forward:
     """The model's forward pass; holds torch views of the model's numpy tensors (no copy)."""
 
@@ -81,7 +101,7 @@ class Forward:
                 "profile a model of a supported architecture"
             )
         self.model = model
-        self.device = torch.device(device)
+        self.device = check_device(device)
         with warnings.catch_warnings():
             # GGUF-loaded arrays are read-only; the forward never writes to its weights.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

@@ -10,6 +10,18 @@ if TYPE_CHECKING:
     from ramp.model import Model
 
 
+def positive_int(text: str) -> int:
+    """argparse type of the counts that must be at least 1 (tokens, windows, steps, trials): 0 would divide
+    by zero deep inside, or silently do nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_fold_argument(parser: argparse.ArgumentParser, use: str) -> None:
     """--fold ALPHA; `use` completes "Scale-Fold the model before ...", e.g. "exporting it"."""
     parser.add_argument(

@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_imatrix_argument(parser, "quantize")
 
 
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    return ({"--model": args.model, "--allocation": args.allocation, "--imatrix": args.imatrix},
+            {"--out": args.out, "--tensor-type-file": args.tensor_type_file})
+
+
 def run(args: argparse.Namespace) -> int:
     from ramp.allocation import Allocation
     from ramp.errors import RampError
@@ -40,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
         formats = allocation.formats
     else:
         formats = reference_formats(model, args.reference)
+    predicted = predict_file_size(model, formats)
+    check_output_path(args.out, needed_bytes=predicted)  # a full disk fails now, not after quantizing
     n_bytes = write_gguf(model, formats, args.out, importance=imatrix.importances(model) if imatrix else None)
     if allocation is not None and args.tensor_type_file:
         allocation.save_tensor_type_file(args.tensor_type_file)
-    predicted = predict_file_size(model, formats)
     bpw = 8.0 * sum(_data_bytes(model, formats)) / model.n_quantizable_params
     print(f"wrote {args.out}: {n_bytes:,d} bytes (predicted {predicted:,d}), quantizable weights at {bpw:.3f} bpw")
     return 0

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="migration strength in [0, 1]: 0 flattens weight columns, 1 flattens activations (default 0.5)")
     parser.add_argument("--out", required=True, help="folded GGUF to write")
-    parser.add_argument("--tokens", type=int, default=2048, help="calibration tokens for activation maxima (default 2048)")
-    parser.add_argument("--window", type=int, default=256, help="tokens per calibration window (default 256)")
+    parser.add_argument("--tokens", type=positive_int, default=2048, help="calibration tokens for activation maxima (default 2048)")
+    parser.add_argument("--window", type=positive_int, default=256, help="tokens per calibration window (default 256)")
     parser.add_argument("--type", choices=("F32", "F16"), default="F32",
                         help="type of the folded weights in the file (default F32: folding is exact only before rounding)")
+
+
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    return {"MODEL": args.model}, {"--out": args.out}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, add_text_argument, load_model_for
+from ramp.commands._options import add_fold_argument, add_text_argument, load_model_for, positive_int
 from ramp.imatrix import DEFAULT_IMATRIX_TOKENS, DEFAULT_IMATRIX_WINDOW  # torch-free at import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--out", required=True, help="imatrix GGUF to write")
-    parser.add_argument("--tokens", type=int, default=DEFAULT_IMATRIX_TOKENS,
+    parser.add_argument("--tokens", type=positive_int, default=DEFAULT_IMATRIX_TOKENS,
                         help=f"calibration tokens (default {DEFAULT_IMATRIX_TOKENS}; whole windows only)")
-    parser.add_argument("--window", type=int, default=DEFAULT_IMATRIX_WINDOW,
+    parser.add_argument("--window", type=positive_int, default=DEFAULT_IMATRIX_WINDOW,
                         help=f"tokens per chunk, llama-imatrix's -c (default {DEFAULT_IMATRIX_WINDOW})")
     add_text_argument(parser, "calibrate on")
     add_fold_argument(parser, "measuring it")
+
+
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    return {"MODEL": args.model}, {"--out": args.out}
 
 
 def run(args: argparse.Namespace) -> int:

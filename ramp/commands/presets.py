@@ -17,6 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=".", help="folder for <reference stem>-<PRESET>.gguf (default: .; created if missing)")
 
 
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    from pathlib import Path
+
+    names = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
+    stem = Path(args.reference).stem if args.reference else None
+    outputs = {f"--out-dir ({stem}-{name}.gguf)": Path(args.out_dir) / f"{stem}-{name}.gguf" for name in names} if stem else {}
+    return {"--reference": args.reference, "--model": args.model, "--imatrix": args.imatrix}, outputs
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for
+from ramp.commands._options import (
+    add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for, positive_int,
+)
+
+OUTPUT_FILES = ("embeddings.json", "embeddings.csv", "sensitivity.json", "sensitivity.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="profile", help="output folder (default ./profile, created if missing)")
-    parser.add_argument("--tokens", type=int, default=2048, help="calibration tokens for the activation features (default 2048)")
-    parser.add_argument("--sensitivity-tokens", type=int, default=None,
+    parser.add_argument("--tokens", type=positive_int, default=2048, help="calibration tokens for the activation features (default 2048)")
+    parser.add_argument("--sensitivity-tokens", type=positive_int, default=None,
                         help="calibration tokens for the sensitivity sweep (default 512; cost is linear in it) or "
                              "estimate (default 1024)")
     parser.add_argument("--damage", choices=("kld", "imatrix-error", "fisher"), default="kld",
                         help="measure KLD sensitivity (default: one forward per tensor and format), or estimate it: "
                              "imatrix-error (importance-weighted squared weight error; relative units) or fisher "
                              "(diagonal Fisher from backward passes; about KLD nats)")
-    parser.add_argument("--window", type=int, default=256, help="tokens per calibration window (default 256)")
+    parser.add_argument("--window", type=positive_int, default=256, help="tokens per calibration window (default 256)")
     parser.add_argument("--formats", default=None,
                         help="comma-separated formats to measure (default Q2_K,Q3_K,Q4_0,Q4_K,Q5_K,Q6_K,Q8_0)")
     parser.add_argument("--no-sensitivity", action="store_true", help="only the embeddings (seconds, not minutes)")
@@ -30,12 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the forward passes (default cpu)")
 
 
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    from pathlib import Path
+
+    return ({"MODEL": args.model, "--imatrix": args.imatrix},
+            {f"--out ({name})": Path(args.out) / name for name in OUTPUT_FILES})
+
+
 def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
     from ramp.errors import RampError
-    from ramp.forward import Forward, calibration_tokens
+    from ramp.forward import Forward, calibration_tokens, check_device
     from ramp.kernels.formats import get_format
     from ramp.profile import profile_model
     from ramp.sensitivity import DEFAULT_FORMATS, DEFAULT_TOKENS, measure_sensitivity, plot_heatmap, summary
@@ -52,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise RampError(f"--out {out} is a file; give a folder name")
 
     check_text(args.text)
+    check_device(args.device)
     model = load_model_for(args)
     imatrix = load_importance(args.imatrix, model)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a bad model or --fold leaves no empty folder

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
@@ -11,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sensitivity table per --model, same order, for shaped step rewards (optional)")
     parser.add_argument("--budget", required=True,
                         help="budget range each episode draws from, LOW..HIGH (4.2bpw..5bpw) or one budget")
-    parser.add_argument("--timesteps", type=int, default=2000, help="environment steps in total (default 2000)")
+    parser.add_argument("--timesteps", type=positive_int, default=2000, help="environment steps in total (default 2000)")
     parser.add_argument("--out", default="policy.zip", help="policy file to write (default policy.zip)")
     parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's, limited to the formats the --sensitivity tables measured)")
     parser.add_argument("--grouping", choices=("tensor", "block"), default="tensor",
@@ -26,14 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue from a checkpoint (default: the latest in the checkpoint directory)")
     parser.add_argument("--tensorboard", default="runs", metavar="DIR", help="TensorBoard log directory (default runs/)")
-    parser.add_argument("--calibration-tokens", type=int, default=256,
+    parser.add_argument("--calibration-tokens", type=positive_int, default=256,
                         help="calibration tokens per episode-end evaluation (default 256)")
-    parser.add_argument("--window", type=int, default=128, help="tokens per calibration window (default 128)")
+    parser.add_argument("--window", type=positive_int, default=128, help="tokens per calibration window (default 128)")
     parser.add_argument("--reward", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RewardConfig constant, e.g. over_weight=30 (repeatable)")
     parser.add_argument("--sac", action="append", default=[], metavar="KEY=VALUE",
                         help="override a SAC setting, e.g. learning_rate=1e-3 or net_arch=128,128 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    resume = args.resume if args.resume not in (None, "latest") else None
+    return {"--model": args.model, "--sensitivity": args.sensitivity, "--resume": resume}, {"--out": args.out}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     # Command-line mistakes fail before any model loads.
     out = check_output_path(args.out)
-    if args.timesteps < 1:
-        raise RampError("--timesteps must be at least 1")
     asked_ladder = parse_ladder(args.formats) if args.formats else None
     reward = RewardConfig(**agent.parse_overrides(args.reward, RewardConfig, "reward"))
     config = agent.SACConfig(**agent.parse_overrides(args.sac, agent.SACConfig, "sac"))

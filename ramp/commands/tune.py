@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ramp.commands._options import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
@@ -15,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sensitivity", action="append", default=[], metavar="FILE",
                         help="sensitivity table per --model, same order, for shaped step rewards (optional)")
     parser.add_argument("--budget", required=True, help="budget range, LOW..HIGH (e.g. 4.2bpw..5bpw)")
-    parser.add_argument("--trials", type=int, default=20, help="trials to run in this invocation (default 20)")
-    parser.add_argument("--timesteps", type=int, default=1000, help="training steps per trial (default 1000)")
-    parser.add_argument("--eval-points", type=int, default=3, help="budgets per model a trial is scored at (default 3)")
+    parser.add_argument("--trials", type=positive_int, default=20, help="trials to run in this invocation (default 20)")
+    parser.add_argument("--timesteps", type=positive_int, default=1000, help="training steps per trial (default 1000)")
+    parser.add_argument("--eval-points", type=positive_int, default=3, help="budgets per model a trial is scored at (default 3)")
     parser.add_argument("--storage", default="sqlite:///ramp_tune.db",
                         help="Optuna RDB storage URL (default sqlite:///ramp_tune.db; any SQLAlchemy URL works)")
     parser.add_argument("--study", default="ramp", help="study name; re-running with the same name continues it")
@@ -26,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "formats the --sensitivity tables measured)")
     parser.add_argument("--grouping", choices=("tensor", "block"), default="tensor")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration-tokens", type=int, default=256)
-    parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--calibration-tokens", type=positive_int, default=256)
+    parser.add_argument("--window", type=positive_int, default=128)
 
 
 def suggest(trial) -> tuple[dict, dict]:
@@ -53,6 +55,11 @@ def suggest(trial) -> tuple[dict, dict]:
     return sac, reward
 
 
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    return {"--model": args.model, "--sensitivity": args.sensitivity}, {"--out": args.out}
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import tempfile
@@ -65,13 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from ramp import agent
     from ramp.allocate.problem import measured_ladder, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig, rollout
-    from ramp.errors import RampError
     from ramp.files import atomic_output, check_output_path
     from ramp.model import load_model
 
     check_output_path(args.out)
-    if args.trials < 1 or args.timesteps < 1 or args.eval_points < 1:
-        raise RampError("--trials, --timesteps and --eval-points must be at least 1")
     asked_ladder = parse_ladder(args.formats) if args.formats else None
     paths = args.model or [None]
     tables = agent.load_tables(args.sensitivity, len(paths))
