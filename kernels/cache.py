@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ramp.cache_entries import trusted_entry, write_cache_entry
 from ramp.errors import RampError
-from ramp.files import atomic_output, cache_dir
+from ramp.files import cache_dir
 from ramp.kernels import BACKENDS, dequantize, quantize, resolve_format
+from ramp.kernels.formats import tensor_bytes
 from ramp.model import Model
 
 
@@ -25,7 +27,8 @@ class DequantCache:
 
     Disk entries live under `ramp.files.cache_dir()/dequant/<model sha256>/` and are keyed by tensor, the
     format llama.cpp really writes (after its row-length fallback), backend and a hash of the tensor's
-    importance vector. Returned tensors are shared: callers must not modify them in place.
+    importance vector, and sealed (`ramp.cache_entries`): an entry whose bytes changed is quantized again,
+    never dequantized into NaN weights. Returned tensors are shared: callers must not modify them in place.
     """
 
     def __init__(
@@ -71,20 +74,14 @@ class DequantCache:
     def _dequantized(self, tensor_name: str, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
         importance = self.importance.get(tensor_name)
         path = self._disk_path(tensor_name, fmt, importance)
-        if path is not None and path.is_file():
-            packed = np.fromfile(path, dtype=np.uint8)
-            try:
-                result = dequantize(packed, fmt, shape, self.backend)
-                self.disk_hits += 1
-                return result
-            except RampError:
-                pass  # a truncated entry (crash while copying the cache, disk full) is rebuilt below
+        # unsealed entries (written before seals) are kept when their size is right
+        if path is not None and trusted_entry(path, lambda entry: entry.stat().st_size == tensor_bytes(shape, fmt)):
+            self.disk_hits += 1
+            return dequantize(np.fromfile(path, dtype=np.uint8), fmt, shape, self.backend)
         self.misses += 1
         packed = quantize(self.model.tensors[tensor_name], fmt, importance, self.backend, name=tensor_name)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(path) as handle:
-                handle.write(packed.tobytes())
+            write_cache_entry(path, lambda tmp: np.asarray(packed, dtype=np.uint8).tofile(tmp))
         return dequantize(packed, fmt, shape, self.backend)
 
     def _disk_path(self, tensor_name: str, fmt: str, importance: np.ndarray | None) -> Path | None:

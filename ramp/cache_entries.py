@@ -1,0 +1,109 @@
+"""Cache entries that are checked before they are trusted and rebuilt when they fail.
+
+Every entry ramp keeps under `cache_dir()` (dequantized weights, sensitivity tables and their partial
+sweeps, reference logits, reference and preset GGUFs) is written with a seal beside it: `<entry>.sha256`,
+the sha256 of the entry's bytes, written before the entry is renamed into place. Reading an entry checks
+its bytes against the seal; an entry that fails (overwritten, truncated, bit rot, a copy interrupted) is
+removed with a one-line notice and the caller computes it again. Nothing read from the cache is trusted
+on its name alone.
+
+Entries written before seals existed have none. The caller's `validate` (structure: size, shape, finite
+values) decides whether such an entry is kept; a kept one is sealed on the spot, so that expensive caches
+(a 40-minute sensitivity sweep) survive the upgrade. Damage that leaves an unsealed entry's structure
+intact cannot be seen: that is the one gap, and it closes as entries are rewritten.
+
+A cache is a convenience: a failure to write an entry (full disk, read-only cache folder) is reported in
+one line and the run goes on without it (`write_cache_entry`). Entries the run needs as files (the
+reference GGUF llama.cpp reads) use `cache_entry_path` and fail like any other output.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ramp.files import atomic_path, file_sha256
+
+SEAL_SUFFIX = ".sha256"
+
+Validate = Callable[[Path], bool]
+
+
+def seal_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
+def _write_seal(entry: Path, digest: str) -> None:
+    with atomic_path(seal_path(entry)) as tmp:
+        tmp.write_text(digest + "\n")
+
+
+def _passes(validate: Validate | None, path: Path) -> bool:
+    if validate is None:
+        return False
+    try:
+        return bool(validate(path))
+    except Exception:  # noqa: BLE001 - a validator that cannot parse the entry has rejected it
+        return False
+
+
+def remove_entry(path: str | os.PathLike) -> None:
+    """Remove an entry and its seal (missing ones are fine)."""
+    for stale in (Path(path), seal_path(path)):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
+def trusted_entry(path: str | os.PathLike, validate: Validate | None = None) -> bool:
+    """True when the cache entry at `path` exists and can be used: its bytes match its seal or, unsealed,
+    `validate` accepts it (and it is sealed now). An entry that fails is removed, with a notice on stderr,
+    and False is returned so that the caller rebuilds it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    seal = seal_path(path)
+    try:
+        recorded = seal.read_text().strip() if seal.is_file() else None
+        if recorded is not None:
+            good = recorded == file_sha256(path)
+        else:
+            good = _passes(validate, path)
+            if good:
+                with contextlib.suppress(OSError):  # a read-only cache is still usable, just not sealed
+                    _write_seal(path, file_sha256(path))
+    except OSError:
+        good = False
+    if not good:
+        print(f"ramp: cache entry {path} is damaged (it does not match its checksum or cannot be read); "
+              "computing it again", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            remove_entry(path)
+    return good
+
+
+@contextlib.contextmanager
+def cache_entry_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path to write a cache entry to; on success the entry is sealed and renamed into place
+    (the seal first, so that a reader never finds a new entry without its seal)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        yield tmp
+        _write_seal(path, file_sha256(tmp))
+
+
+def write_cache_entry(path: str | os.PathLike, write: Callable[[Path], object]) -> bool:
+    """Write a cache entry with `write(temporary path)`; True when it was cached. A failure of the file
+    system (full disk, read-only or misplaced cache folder) is reported in one line and leaves nothing
+    behind: the caller goes on with the value it already holds."""
+    try:
+        with cache_entry_path(path) as tmp:
+            write(tmp)
+        return True
+    except OSError as exc:
+        print(f"ramp: warning: not caching {path} ({exc.strerror or exc}); the run goes on without it",
+              file=sys.stderr)
+        return False
