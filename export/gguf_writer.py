@@ -22,7 +22,8 @@ import numpy as np
 from ramp.allocation import Allocation
 from ramp.files import atomic_path, cache_dir
 from ramp.kernels.formats import Format, get_format, resolve_format
-from ramp.model import MetadataValue, Model
+from ramp.errors import RampError
+from ramp.model import ORIGIN_KEY, MetadataValue, Model
 
 if TYPE_CHECKING:
     from ramp.imatrix import ImportanceMatrix
@@ -96,9 +97,12 @@ def file_type(plans: list[TensorPlan]) -> gguf.LlamaFileType:
 
 
 def file_metadata(model: Model, plans: list[TensorPlan]) -> dict[str, MetadataValue]:
-    """The source's key/values verbatim, with general.file_type describing the new tensor types."""
+    """The source's key/values verbatim, with general.file_type describing the new tensor types and the
+    checkpoint the weights come from (ORIGIN_KEY, kept when the source already records one)."""
     metadata = dict(model.metadata)
     metadata["general.file_type"] = MetadataValue(int(file_type(plans)), gguf.GGUFValueType.UINT32)
+    if model.origin_sha256 and ORIGIN_KEY not in metadata:
+        metadata[ORIGIN_KEY] = MetadataValue(model.origin_sha256, gguf.GGUFValueType.STRING)
     return metadata
 
 
@@ -140,9 +144,9 @@ def predict_file_size(model: Model, formats: Mapping[str, str]) -> int:
     return size + sum(_pad(plan.n_bytes, alignment) for plan in plans)
 
 
-def encode_tensor(weights: np.ndarray, fmt: Format, importance: np.ndarray | None = None) -> np.ndarray:
+def encode_tensor(weights: np.ndarray, fmt: Format, importance: np.ndarray | None = None, name: str | None = None) -> np.ndarray:
     """A tensor's bytes as llama.cpp stores them in `fmt` (already resolved for its row length), quantized
-    with the per-column `importance` when given, as llama-quantize --imatrix does."""
+    with the per-column `importance` when given, as llama-quantize --imatrix does. `name` labels errors."""
     if fmt.name == "F32":
         return np.ascontiguousarray(weights, dtype=np.float32)
     if fmt.name == "F16":
@@ -150,7 +154,18 @@ def encode_tensor(weights: np.ndarray, fmt: Format, importance: np.ndarray | Non
         return np.ascontiguousarray(weights, dtype=np.float16)
     from ramp.kernels import quantize
 
-    return np.asarray(quantize(weights, fmt.name, importance, backend="ggml"), dtype=np.uint8)
+    return np.asarray(quantize(weights, fmt.name, importance, backend="ggml", name=name), dtype=np.uint8)
+
+
+def _check_f16_range(model: Model, plans: list[TensorPlan]) -> None:
+    """Before anything is written: a weight beyond float16's range would be stored as Inf."""
+    limit = float(np.finfo(np.float16).max)
+    for plan in plans:
+        if plan.fmt.name == "F16" and model.tensors[plan.name].size:
+            largest = float(np.abs(model.tensors[plan.name]).max())
+            if not largest <= limit:
+                raise RampError(f"tensor {plan.name} holds {largest:g}, beyond float16's range ({limit:g}); export it "
+                                "as F32 (--reference F32) or in a quantized format")
 
 
 def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike, progress: bool = True,
@@ -160,6 +175,7 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
     from tqdm import tqdm
 
     plans = plan_tensors(model, formats)
+    _check_f16_range(model, plans)
     metadata = file_metadata(model, plans)
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, str(metadata["general.architecture"].value))
@@ -176,7 +192,7 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
         bar = tqdm(plans, desc=f"writing {Path(path).name}", unit="tensor", disable=not progress, leave=False)
         for plan in bar:
             weights = (importance or {}).get(plan.name) if plan.fmt.name not in REFERENCE_TYPES else None
-            writer.write_tensor_data(encode_tensor(model.tensors[plan.name], plan.fmt, weights))
+            writer.write_tensor_data(encode_tensor(model.tensors[plan.name], plan.fmt, weights, plan.name))
         writer.close()
         return os.path.getsize(tmp)
 
@@ -195,12 +211,22 @@ def write_allocation(model: Model, allocation: Allocation, path: str | os.PathLi
     return write_gguf(model, allocation.formats, path, progress, importance)
 
 
+def readable_gguf(path: Path) -> bool:
+    """Whether a (cached) GGUF parses and holds all its tensor data: a truncated copy does not."""
+    from ramp.model import read_gguf
+
+    size = path.stat().st_size
+    return all(t.data_offset + t.n_bytes <= size for t in read_gguf(path).tensors)
+
+
 def cached_reference(model: Model, dtype: str = "F32", progress: bool = True) -> Path:
-    """The model's reference GGUF under the cache, written on first use. The writer is deterministic, so
-    the source file's hash and the dtype identify it."""
-    folder = cache_dir() / "reference"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{model.sha256[:16]}-{dtype.upper()}.gguf"
-    if not path.is_file():
-        write_reference(model, path, dtype, progress)
+    """The model's reference GGUF under the cache, written on first use and checked against its seal on
+    every later one (`ramp.cache_entries`). The writer is deterministic, so the source file's hash and the
+    dtype identify it."""
+    from ramp.cache_entries import cache_entry_path, trusted_entry
+
+    path = cache_dir() / "reference" / f"{model.sha256[:16]}-{dtype.upper()}.gguf"
+    if not trusted_entry(path, readable_gguf):
+        with cache_entry_path(path) as tmp:
+            write_reference(model, tmp, dtype, progress)
     return path

@@ -28,6 +28,9 @@ class Allocation:
     # every tensor name, and the folded model's sha256 hashes scales from a float forward pass, which need
     # not repeat bit for bit on another machine, so comparing hashes would refuse good pairs there.
     fold_alpha: float | None = None
+    # `Model.origin_sha256` of the model it was made for: the checkpoint, the same for its references and
+    # folds; "" in files written before it was recorded.
+    origin_sha256: str = ""
 
     def data_bytes(self, model: Model) -> int:
         """Bytes of the quantizable tensors' data as written (llama.cpp's fallbacks included)."""
@@ -63,8 +66,18 @@ class Allocation:
             raise RampError("allocation was made with an importance matrix; pass the same file with --imatrix")
         raise RampError("allocation was made with another importance matrix than --imatrix; pass that one or re-allocate with this one")
 
+    def check_model(self, model: Model) -> None:
+        """Refuse another checkpoint with the same tensor names (a fine-tune, another seed): the formats were
+        chosen for the recorded one's damage. Its references and folds are the same checkpoint."""
+        recorded = self.origin_sha256 or (self.model_sha256 if self.fold_alpha is None else "")
+        if recorded and recorded not in (model.origin_sha256, model.sha256):
+            source = model.source_path or "the model"
+            raise RampError(f"allocation was made for another model (sha256 {recorded[:12]}), not {source} "
+                            f"(sha256 {model.origin_sha256[:12]}); re-run `ramp allocate` for this one")
+
     def check_matches(self, model: Model) -> None:
         self.check_fold(model.fold_alpha)
+        self.check_model(model)
         missing = [spec.name for spec in model.quantizable if spec.name not in self.formats]
         unknown = sorted(set(self.formats) - {spec.name for spec in model.quantizable})
         if missing or unknown:
@@ -88,8 +101,26 @@ class Allocation:
     def load(cls, path: str | Path) -> "Allocation":
         try:
             data = json.loads(Path(path).read_text())
-            return cls(**data)
+            if not isinstance(data, dict):
+                raise TypeError("it holds no allocation object")
+            allocation = cls(**data)
+            allocation._check_fields()
+            return allocation
         except FileNotFoundError:
             raise RampError(f"allocation file {path} does not exist; create it with `ramp allocate`") from None
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
             raise RampError(f"{path} is not a ramp allocation file ({exc}); create it with `ramp allocate`") from None
+        except RampError as exc:
+            raise RampError(f"allocation {path}: {exc}") from None
+
+    def _check_fields(self) -> None:
+        """A file read from disk holds what the fields say (TypeError otherwise): a mapping of tensor names to
+        format names ramp knows (RampError naming the first unknown one), text where text is due."""
+        if not isinstance(self.formats, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.formats.items()):
+            raise TypeError("`formats` must map tensor names to format names such as \"Q4_K\"")
+        if not all(isinstance(v, str) for v in (self.method, self.budget, self.model_sha256, self.origin_sha256)):
+            raise TypeError("`method`, `budget` and the model hashes must be text")
+        if not isinstance(self.extra, dict) or not (self.fold_alpha is None or isinstance(self.fold_alpha, (int, float))):
+            raise TypeError("`extra` must be an object and `fold_alpha` a number or null")
+        for fmt in self.formats.values():
+            get_format(fmt)

@@ -19,6 +19,7 @@ reference's top-k tokens instead was measured and rejected: this model's distrib
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from ramp.errors import RampError
-from ramp.files import atomic_output, atomic_path, cache_dir, file_sha256, text_sha256
+from ramp.files import cache_dir, file_sha256, text_sha256
 
 DEFAULT_N_CTX = 512
 
@@ -88,8 +89,10 @@ class EvalResult:
 
 def _check_gguf(path: str | os.PathLike) -> Path:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RampError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
+    if not path.is_file():
+        raise RampError(f"{path} is not a regular file; pass the path of a .gguf file")
     if not os.access(path, os.R_OK):
         raise RampError(f"cannot read {path}: permission denied; check the file's permissions")
     return path
@@ -181,6 +184,7 @@ def scored_logprobs(path: str | os.PathLike, windows: Windows, desc: str) -> Ite
 class ReferenceLogits:
     logprobs: np.ndarray  # [n_windows * n_scored, n_vocab] float16, memory-mapped
     top1: np.ndarray  # [n_windows * n_scored] int32: argmax before rounding, so near-ties are not flipped
+    path: str = ""  # the reference GGUF, which every evaluated file must be a model of (`check_same_model`)
 
 
 def _reference_cache_path(reference_sha: str, windows: Windows) -> Path:
@@ -191,27 +195,41 @@ def _reference_cache_path(reference_sha: str, windows: Windows) -> Path:
 
 def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLogits:
     """The reference's float16 log-probs at every scored position, memory-mapped from the cache, computed
-    through llama.cpp the first time. The log-probs file is written last, so its presence means complete."""
+    through llama.cpp the first time. Both cache files are sealed (`ramp.cache_entries`): a truncated or
+    altered one is computed again, never read."""
+    from ramp.cache_entries import cache_entry_path, trusted_entry
+    from ramp.files import check_output_path
+
     cache = _reference_cache_path(file_sha256(_check_gguf(path)), windows)
     top1_cache = cache.with_suffix(".top1.npy")
-    if not cache.is_file():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        n_scored = windows.n_ctx - 1 - windows.first_scored
-        top1 = np.zeros(len(windows.tokens) * n_scored, dtype=np.int32)
-        with atomic_path(cache) as tmp:
+    n_scored = windows.n_ctx - 1 - windows.first_scored
+    n_rows = len(windows.tokens) * n_scored
+
+    def logprobs_fit(entry: Path) -> bool:
+        stored = np.load(entry, mmap_mode="r")  # a truncated file fails to map
+        return stored.dtype == np.float16 and stored.ndim == 2 and stored.shape[0] == n_rows
+
+    def top1_fits(entry: Path) -> bool:
+        return np.load(entry, mmap_mode="r").shape == (n_rows,)
+
+    if not (trusted_entry(cache, logprobs_fit) and trusted_entry(top1_cache, top1_fits)):
+        top1 = np.zeros(n_rows, dtype=np.int32)
+        with cache_entry_path(cache) as tmp:
             out = None
             for index, logprobs in enumerate(scored_logprobs(path, windows, "reference logits")):
                 if out is None:
-                    shape = (len(top1), logprobs.shape[1])
+                    shape = (n_rows, logprobs.shape[1])
+                    # writes through a memory map do not fail, they kill the process: check the space first
+                    check_output_path(cache, needed_bytes=2 * shape[0] * shape[1])
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
                 rows = slice(index * n_scored, (index + 1) * n_scored)
                 out[rows] = logprobs
                 top1[rows] = logprobs.argmax(axis=-1)
             out.flush()
             del out
-            with atomic_output(top1_cache) as handle:
+            with cache_entry_path(top1_cache) as top1_tmp, open(top1_tmp, "wb") as handle:
                 np.save(handle, top1)
-    return ReferenceLogits(np.load(cache, mmap_mode="r"), np.load(top1_cache))
+    return ReferenceLogits(np.load(cache, mmap_mode="r"), np.load(top1_cache), str(path))
 
 
 def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
@@ -235,13 +253,59 @@ def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
     return size, 8.0 * data_bytes / n_params
 
 
+def gguf_signature(path: str | os.PathLike) -> dict[str, object]:
+    """What makes a GGUF the model it is, whatever its tensor types: architecture, tensor names and shapes,
+    vocabulary (count and a hash of the tokens), and the checkpoint ramp recorded it was made from."""
+    from ramp.model import ORIGIN_KEY, read_gguf
+
+    reader = read_gguf(path)
+    fields = reader.fields
+    tokens = fields.get("tokenizer.ggml.tokens")
+    vocabulary = hashlib.sha256()
+    for index in tokens.data if tokens is not None else ():
+        vocabulary.update(bytes(tokens.parts[index]) + b"\0")
+    text = lambda key: str(fields[key].contents()) if key in fields else None  # noqa: E731
+    return {
+        "architecture": text("general.architecture"),
+        "tensors": {tensor.name: tuple(int(d) for d in tensor.shape) for tensor in reader.tensors},
+        "vocabulary": (len(tokens.data) if tokens is not None else 0, vocabulary.hexdigest()),
+        "origin": text(ORIGIN_KEY),
+    }
+
+
+def check_same_model(reference: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuse to measure `path` against a reference of another model: its KLD and top-1 would look like a
+    (very bad) quantization, and another vocabulary would not even line up. Cheap: headers only."""
+    ours, theirs = gguf_signature(_check_gguf(reference)), gguf_signature(_check_gguf(path))
+    why = None
+    if ours["architecture"] != theirs["architecture"]:
+        why = f"it is a {theirs['architecture']} model, the reference a {ours['architecture']} one"
+    elif ours["tensors"] != theirs["tensors"]:
+        first = next(name for name in sorted(set(ours["tensors"]) | set(theirs["tensors"]))
+                     if ours["tensors"].get(name) != theirs["tensors"].get(name))
+        why = (f"its tensor {first} is {theirs['tensors'].get(first, 'missing')}, the reference's "
+               f"{ours['tensors'].get(first, 'missing')}")
+    elif ours["vocabulary"] != theirs["vocabulary"]:
+        why = f"its vocabulary ({theirs['vocabulary'][0]:,d} tokens) differs from the reference's ({ours['vocabulary'][0]:,d})"
+    elif ours["origin"] and theirs["origin"] and ours["origin"] != theirs["origin"]:
+        why = f"it was made from another checkpoint (sha256 {theirs['origin'][:12]}, the reference's {ours['origin'][:12]})"
+    if why:
+        raise RampError(f"{path} is not a model of the reference {reference}: {why}; evaluate files made from the "
+                        "reference's model, or pass that model's reference")
+
+
 def evaluate(path: str | os.PathLike, reference: ReferenceLogits, windows: Windows, name: str | None = None) -> EvalResult:
     """Perplexity of `path` on the windows and its divergence from the reference log-probs."""
     path = _check_gguf(path)
+    if reference.path:
+        check_same_model(reference.path, path)
     file_bytes, bpw = gguf_size_stats(path)
     n_scored = windows.n_ctx - 1 - windows.first_scored
     nll, kld, agree = [], [], []
     for index, (logprobs, targets) in enumerate(zip(scored_logprobs(path, windows, f"eval {path.name}"), windows.targets)):
+        if logprobs.shape[1] != reference.logprobs.shape[1]:
+            raise RampError(f"{path} scores {logprobs.shape[1]:,d} tokens, the reference {reference.logprobs.shape[1]:,d}: "
+                            "it is not a model of the reference; evaluate files made from the reference's model")
         rows = slice(index * n_scored, (index + 1) * n_scored)
         nll.append(-logprobs[np.arange(len(targets)), targets])
         kld.append(token_kld(reference.logprobs[rows], logprobs))

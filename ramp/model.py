@@ -27,6 +27,9 @@ _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)$")
 _GLOBAL_TENSOR = re.compile(r"^([a-z_0-9]+)\.(weight|bias)$")
 # Non-quantized companions that models legitimately carry (norms, biases, rope factors).
 _KNOWN_AUXILIARY = re.compile(r"(norm|rope_freqs|rope_factors)")
+# GGUF key naming the checkpoint a file's weights come from (`Model.origin_sha256`), written into every file
+# ramp writes and kept by llama-quantize, so that any two files can be told apart as models.
+ORIGIN_KEY = "ramp.origin_sha256"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,15 @@ class Model:
     sha256: str = ""
     # alpha of the Scale Folding applied in memory (`--fold`); None when the tensors are the file's own
     fold_alpha: float | None = None
+    # sha256 of the checkpoint the weights come from: the file's own hash, or the one a ramp-written file
+    # records (ORIGIN_KEY). Unlike `sha256` (this file, these exact weights: what caches are keyed by), it is
+    # the same for a model, its F32/F16 reference, its folds and its quantized files: what artifacts made
+    # for a model are checked against.
+    origin_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.origin_sha256:
+            self.origin_sha256 = self.sha256
 
     @property
     def n_quantizable_params(self) -> int:
@@ -113,7 +125,18 @@ def load_model(path: str | Path | None = None) -> Model:
         from ramp.safetensors_model import load_safetensors_dir
 
         return load_safetensors_dir(model_path)
+    if not model_path.is_file():  # a FIFO would block the reader forever, a device is no model
+        raise RampError(f"model path {model_path} is not a regular file (a pipe, socket or device); save the model to a file")
     return load_gguf(model_path)
+
+
+def check_finite(name: str, weights: np.ndarray, source: str | Path) -> None:
+    """Refuse a tensor holding NaN or Inf: every feature, damage and quantized block computed from it would
+    be NaN too, or silently wrong."""
+    bad = int(weights.size - np.count_nonzero(np.isfinite(weights)))
+    if bad:
+        raise RampError(f"tensor {name} in {source} holds {bad:,d} NaN/Inf values; the checkpoint is damaged: "
+                        "re-download or re-convert it")
 
 
 def read_gguf(path: str | Path) -> "gguf.GGUFReader":
@@ -162,6 +185,7 @@ def load_gguf(path: str | Path) -> Model:
                 f"tensor {tensor.name} in {path} has type {tensor.tensor_type.name}, which ramp cannot dequantize; "
                 "start from an F32/F16/BF16 or Q*_0/Q*_1/Q*_K GGUF"
             ) from exc
+        check_finite(tensor.name, weights, path)
         tensors[tensor.name] = weights
         role = role_of(tensor.name)
         if role is not None and weights.ndim == 2:
@@ -174,4 +198,6 @@ def load_gguf(path: str | Path) -> Model:
     if not quantizable:
         raise RampError(f"{path} has no quantizable weight tensors; is it a model GGUF?")
     n_blocks = int(metadata.get(f"{arch}.block_count", MetadataValue(0, None)).value)
-    return Model(arch, n_blocks, tensors, quantizable, metadata, path, file_sha256(path))
+    sha256 = file_sha256(path)
+    origin = str(metadata[ORIGIN_KEY].value) if ORIGIN_KEY in metadata else sha256
+    return Model(arch, n_blocks, tensors, quantizable, metadata, path, sha256, origin_sha256=origin)

@@ -69,13 +69,15 @@ def quantizable_bytes(path: str | os.PathLike, model: "Model") -> int:
 
 
 def preset_path(reference: str | os.PathLike, name: str, imatrix: str | os.PathLike | None = None) -> Path:
-    """The cached preset made from this reference (and importance matrix), built on first use. Keyed by
-    the files' contents."""
+    """The cached preset made from this reference (and importance matrix), built on first use and checked
+    against its seal on every later one (`ramp.cache_entries`). Keyed by the files' contents."""
+    from ramp.cache_entries import cache_entry_path, trusted_entry
+    from ramp.export.gguf_writer import readable_gguf
+
     ftype_of(name)
-    folder = cache_dir() / "presets"
-    folder.mkdir(parents=True, exist_ok=True)
     tag = f"-imatrix{file_sha256(imatrix)[:16]}" if imatrix is not None else ""
-    path = folder / f"{file_sha256(reference)[:16]}{tag}-{name.upper()}.gguf"
-    if not path.is_file():
-        quantize_preset(reference, name, path, imatrix)
+    path = cache_dir() / "presets" / f"{file_sha256(reference)[:16]}{tag}-{name.upper()}.gguf"
+    if not trusted_entry(path, readable_gguf):
+        with cache_entry_path(path) as tmp:
+            quantize_preset(reference, name, tmp, imatrix)
     return path

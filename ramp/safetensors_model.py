@@ -12,7 +12,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.files import file_sha256, text_sha256
-from ramp.model import MetadataValue, Model, TensorSpec, role_of
+from ramp.model import MetadataValue, Model, TensorSpec, check_finite, role_of
 
 # Hugging Face class -> GGUF architecture whose weights need only renaming (and the q/k permutation).
 _ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
@@ -172,6 +172,7 @@ def load_safetensors_dir(directory: str | Path) -> Model:
                     continue  # recomputed from rope_theta by every runtime
                 raise RampError(f"tensor {hf_name!r} in {file} has no llama.cpp name ramp knows; is this a {hf_arch}?")
             weights = np.asarray(weights, dtype=np.float32)
+            check_finite(hf_name, weights, file)
             if name.endswith("attn_q.weight"):
                 weights = permute_for_rope(weights, n_heads)
             elif name.endswith("attn_k.weight"):

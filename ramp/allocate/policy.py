@@ -63,4 +63,5 @@ def allocate_with_policy(
             "requested_over_budget_bytes": info["overshoot_bytes"],
         },
         fold_alpha=model.fold_alpha,
+        origin_sha256=model.origin_sha256,
     )
