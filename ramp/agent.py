@@ -134,13 +134,26 @@ def read_policy_record(path: str | Path) -> PolicyRecord:
         raise RampError(f"{path} was written by an incompatible ramp version; retrain it with `ramp train`") from None
 
 
-def load_policy(path: str | Path, env: "BitAllocationEnv", feature_version: int) -> tuple["SAC", PolicyRecord]:
-    """The SAC model in `path`, refused unless it was trained for `env`'s observations and formats."""
+def load_sac(path: str | Path, env: "BitAllocationEnv", **kwargs: Any) -> "SAC":
+    """Stable-Baselines3's SAC from a policy file or checkpoint; a damaged file (a corrupt network or
+    optimizer member in an intact zip) is one RampError, not an unpickling traceback."""
+    import pickle
+
     from stable_baselines3 import SAC
 
+    try:
+        return SAC.load(path, env=env, device="cpu", **kwargs)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        detail = (str(exc).splitlines() or [""])[0][:120]
+        raise RampError(f"{path} is damaged ({type(exc).__name__}: {detail}); restore it or retrain it with `ramp train`") from None
+
+
+def load_policy(path: str | Path, env: "BitAllocationEnv", feature_version: int) -> tuple["SAC", PolicyRecord]:
+    """The SAC model in `path`, refused unless it was trained for `env`'s observations and formats."""
     record = read_policy_record(path)
     record.check_compatible(env.embedding_size, list(env.ladder), feature_version, path)
-    return SAC.load(path, env=env, device="cpu"), record
+    return load_sac(path, env), record
 
 
 def replay_path(checkpoint: str | Path) -> Path:
@@ -272,13 +285,11 @@ def train(
     steps and at the end (`table_regret`), and `out` holds the best-scoring one rather than the last: SAC's
     deterministic policy does not improve monotonically, and this is the training model's own table, not
     any evaluation data."""
-    from stable_baselines3 import SAC
-
     directory = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out)
     if resume is not None:
         previous = read_policy_record(resume)
         previous.check_compatible(env.embedding_size, list(env.ladder), record.feature_version, resume)
-        sac = SAC.load(resume, env=env, device="cpu", tensorboard_log=tensorboard_log)
+        sac = load_sac(resume, env, tensorboard_log=tensorboard_log)
         if replay_path(resume).is_file():
             sac.load_replay_buffer(replay_path(resume))
         # Fresh episodes after a resume must not replay the budgets/models drawn at the start.

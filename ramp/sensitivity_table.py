@@ -11,6 +11,9 @@ import numpy as np
 from ramp.errors import RampError
 from ramp.files import atomic_output
 
+# A measured increase of KLD is never below zero; float rounding of a near-zero one can be, by this much.
+NEGATIVE_TOLERANCE = 1e-6
+
 
 @dataclass
 class SensitivityTable:
@@ -23,12 +26,33 @@ class SensitivityTable:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.damage = np.asarray(self.damage, dtype=np.float64)
+        """Every table, read or computed, is checked here: names are strings, formats are known, and every
+        damage is a finite number not below zero (a NaN would look free to a minimiser, a negative one
+        better than free)."""
+        from ramp.kernels.formats import get_format
+
+        if not all(isinstance(name, str) for name in [*self.tensors, *self.formats]):
+            raise RampError("sensitivity table names must be strings; re-run `ramp profile`")
+        for fmt in self.formats:
+            get_format(fmt)
+        if not isinstance(self.damage, np.ndarray):  # read from JSON: numbers only, not "0.1" or true
+            cells = np.asarray(self.damage, dtype=object).ravel()
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cells):
+                raise RampError("sensitivity table damage must be a list of rows of numbers; re-run `ramp profile`")
+        try:
+            self.damage = np.asarray(self.damage, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RampError("sensitivity table damage must be a list of rows of numbers; re-run `ramp profile`") from None
         if self.damage.shape != (len(self.tensors), len(self.formats)):
             raise RampError(
                 f"sensitivity table shape {self.damage.shape} does not match {len(self.tensors)} tensors x "
                 f"{len(self.formats)} formats; re-run `ramp profile`"
             )
+        bad = ~np.isfinite(self.damage) | (self.damage < -NEGATIVE_TOLERANCE)
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            raise RampError(f"sensitivity table damage of {self.tensors[row]} as {self.formats[column]} is "
+                            f"{self.damage[row, column]}, not a finite number >= 0; re-run `ramp profile`")
 
     def of(self, tensor: str, fmt: str) -> float:
         return float(self.damage[self.tensors.index(tensor), self.formats.index(fmt)])
@@ -49,8 +73,13 @@ class SensitivityTable:
     @classmethod
     def load(cls, path: str | Path) -> "SensitivityTable":
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
+            if not isinstance(data, dict):
+                raise TypeError("it holds no table object")
+            return cls(**data)
         except FileNotFoundError:
             raise RampError(f"sensitivity table {path} does not exist; create it with `ramp profile`") from None
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
             raise RampError(f"{path} is not a ramp sensitivity table ({exc}); re-run `ramp profile`") from None
+        except RampError as exc:
+            raise RampError(f"{path}: {exc}") from None
