@@ -23,23 +23,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_window_arguments(parser, None)
     add_text_argument(parser, "evaluate on (its held-out half)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--referee", action="store_true",
+                        help="also measure every file with llama.cpp's own llama-perplexity on the same windows "
+                             "and print its numbers next to ramp's, with their relative differences")
 
 
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
     from ramp.llama_eval import evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result
+    from ramp.referee import check_referee, format_agreement, referee
     from ramp.text import evaluation_text
 
     if args.json:
         check_output_path(args.json)
     for path in [args.reference, *args.files]:
         gguf_size_stats(path)  # every file readable before the long passes start
-    windows = make_windows(args.reference, evaluation_text(args.text), args.ctx, args.max_windows)
+    text = evaluation_text(args.text)
+    windows = make_windows(args.reference, text, args.ctx, args.max_windows)
+    if args.referee:
+        check_referee(windows)  # the tool is built and the windows are enough, before the long passes
     reference = reference_logprobs(args.reference, windows)
     results = [reference_result(args.reference, reference, windows)]
     results += [evaluate(path, reference, windows) for path in args.files]
     results = [result.annotate(args.text, None, None, None) for result in results]
     report_results(results, windows, args.json)
+    if args.referee:
+        print(format_agreement(results, referee(args.reference, args.files, text, windows)))
     return 0
 
 
