@@ -29,6 +29,8 @@ from ramp.files import atomic_path, file_sha256
 SEAL_SUFFIX = ".sha256"
 
 Validate = Callable[[Path], bool]
+# cache folders already reported unwritable in this process: one warning each, not one per entry
+_UNWRITABLE: set[Path] = set()
 
 
 def seal_path(path: str | os.PathLike) -> Path:
@@ -53,8 +55,16 @@ def _passes(validate: Validate | None, path: Path) -> bool:
 def remove_entry(path: str | os.PathLike) -> None:
     """Remove an entry and its seal (missing ones are fine)."""
     for stale in (Path(path), seal_path(path)):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             stale.unlink()
+
+
+def discard_entry(path: str | os.PathLike) -> None:
+    """Remove a damaged entry (and its seal) with a one-line notice, so that the caller computes it again."""
+    print(f"ramp: cache entry {path} is damaged (it does not match its checksum or cannot be read); "
+          "computing it again", file=sys.stderr)
+    with contextlib.suppress(OSError):
+        remove_entry(path)
 
 
 def trusted_entry(path: str | os.PathLike, validate: Validate | None = None) -> bool:
@@ -77,10 +87,7 @@ def trusted_entry(path: str | os.PathLike, validate: Validate | None = None) -> 
     except OSError:
         good = False
     if not good:
-        print(f"ramp: cache entry {path} is damaged (it does not match its checksum or cannot be read); "
-              "computing it again", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            remove_entry(path)
+        discard_entry(path)
     return good
 
 
@@ -104,6 +111,9 @@ def write_cache_entry(path: str | os.PathLike, write: Callable[[Path], object]) 
             write(tmp)
         return True
     except OSError as exc:
-        print(f"ramp: warning: not caching {path} ({exc.strerror or exc}); the run goes on without it",
-              file=sys.stderr)
+        folder = Path(path).parent
+        if folder not in _UNWRITABLE:
+            _UNWRITABLE.add(folder)
+            print(f"ramp: warning: not caching in {folder} ({exc.strerror or exc}); the run goes on without it",
+                  file=sys.stderr)
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -18,11 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ramp.cache_entries import discard_entry, remove_entry, trusted_entry, write_cache_entry
+from ramp.errors import RampError
 from ramp.files import atomic_output, cache_dir
 from ramp.forward import Forward, KLDReference, tokens_sha256
 from ramp.kernels.formats import get_format, resolve_format
 from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.sensitivity_table import NEGATIVE_TOLERANCE, SensitivityTable
 
 if TYPE_CHECKING:
     from ramp.imatrix import ImportanceMatrix
@@ -46,6 +49,55 @@ def table_cache_path(model: Model, calibration_sha: str, formats: list[str], bac
     kind = f"|estimate {estimate}" if estimate else ""
     key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{backend}{importance}{kind}".encode()).hexdigest()[:32]
     return cache_dir() / "sensitivity" / f"{key}.json"
+
+
+def _readable_table(path: Path, model: Model, formats: list[str]) -> SensitivityTable | None:
+    try:
+        table = SensitivityTable.load(path)
+    except RampError:
+        return None
+    return table if table.tensors == [spec.name for spec in model.quantizable] and table.formats == formats else None
+
+
+def cached_table(path: Path | None, model: Model, formats: list[str]) -> SensitivityTable | None:
+    """The table cached at `path` when its entry can be trusted (`ramp.cache_entries`) and it is a valid
+    table of this model's tensors in these formats; else None, with a damaged entry removed so that the
+    caller measures it again instead of failing on it forever."""
+    if path is None or not trusted_entry(path, lambda entry: _readable_table(entry, model, formats) is not None):
+        return None
+    table = _readable_table(path, model, formats)
+    if table is None:  # sealed but not valid: written by an older ramp that checked less
+        discard_entry(path)
+    return table
+
+
+def cache_table(path: Path | None, table: SensitivityTable) -> None:
+    """Cache a computed table (sealed); a cache that cannot be written only stops caching."""
+    if path is not None:
+        write_cache_entry(path, table.save)
+
+
+def _measured(value: object) -> bool:
+    """A damage as measured: a finite number, not below zero by more than rounding."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= -NEGATIVE_TOLERANCE)
+
+
+def _resumed(partial_path: Path | None) -> dict[str, float]:
+    """Measurements an interrupted sweep left behind; a damaged partial file is discarded (start over)."""
+    def readable(entry: Path) -> dict[str, float] | None:
+        data = json.loads(entry.read_text())
+        return data if isinstance(data, dict) and all(_measured(v) for v in data.values()) else None
+
+    if partial_path is None or not trusted_entry(partial_path, lambda entry: readable(entry) is not None):
+        return {}
+    try:
+        done = readable(partial_path)
+    except (OSError, ValueError):
+        done = None
+    if done is None:
+        discard_entry(partial_path)
+    return done or {}
 
 
 def measure_sensitivity(
@@ -72,10 +124,10 @@ def measure_sensitivity(
     calibration_sha = tokens_sha256(tokens)
     imatrix_sha = imatrix.content_sha256() if imatrix is not None else None
     path = table_cache_path(model, calibration_sha, formats, backend, imatrix_sha) if use_cache else None
-    if path is not None and path.is_file():
-        return SensitivityTable.load(path)
+    if (cached := cached_table(path, model, formats)) is not None:
+        return cached
     partial_path = path.with_suffix(".partial.json") if path is not None else None
-    done: dict[str, float] = json.loads(partial_path.read_text()) if partial_path is not None and partial_path.is_file() else {}
+    done = _resumed(partial_path)
 
     # (tensor, real format) pairs to measure: requested formats collapse to what llama.cpp writes
     jobs = list(dict.fromkeys(
@@ -91,11 +143,13 @@ def measure_sensitivity(
         bar = tqdm(todo, desc="sensitivity", unit="forward", disable=not progress)
         for count, (name, real) in enumerate(bar, 1):
             bar.set_postfix_str(f"{name} {real}", refresh=False)
-            done[f"{name}|{real}"] = reference.kld({name: weights.get(name, real)})
+            value = reference.kld({name: weights.get(name, real)})
+            if not _measured(value):  # never cached: it would poison every allocation made from the table
+                raise RampError(f"measuring {name} as {real} gave a KLD of {value}; the model's forward is not finite "
+                                "on this text: check the model file (re-download it)")
+            done[f"{name}|{real}"] = value
             if partial_path is not None and (count % _SAVE_EVERY == 0 or count == len(todo)):
-                partial_path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_output(partial_path, "w") as handle:
-                    json.dump(done, handle)
+                write_cache_entry(partial_path, lambda tmp: tmp.write_text(json.dumps(done)))
     damage = np.array([
         [done[f"{spec.name}|{resolve_format(fmt, spec.row_length).name}"] for fmt in formats]
         for spec in model.quantizable
@@ -106,8 +160,8 @@ def measure_sensitivity(
          "n_measured": len(jobs), "imatrix": imatrix_sha},
     )
     if path is not None:
-        table.save(path)
-        partial_path.unlink(missing_ok=True)
+        cache_table(path, table)
+        remove_entry(partial_path)
     return table
 
 
