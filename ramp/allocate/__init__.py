@@ -56,7 +56,12 @@ def allocate(
     if method not in METHODS:
         raise RampError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
-    if ladder is None:  # an explicit ladder is taken as asked
+    if ladder is None and method == "policy" and policy_path is not None:
+        from ramp.agent import read_policy_record
+
+        # a policy acts on the ladder it was trained on (its table's formats, say): that is the default here
+        ladder = tuple(read_policy_record(policy_path).formats)
+    elif ladder is None:  # an explicit ladder is taken as asked
         ladder = problems.measured_ladder([sensitivity])
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
     if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
@@ -87,7 +92,8 @@ def allocate(
             picks, facts = solver.solve(problem, [d.sum(axis=1) for d in damage])
         formats = problem.formats(picks)
 
-    allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha)
+    allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha,
+                            origin_sha256=model.origin_sha256)
     allocation.check_matches(model)
     n_bytes = allocation.data_bytes(model)
     if n_bytes > budget_bytes:

@@ -6,7 +6,9 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ramp.commands._options import add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for
+from ramp.commands._options import (
+    add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for, positive_int,
+)
 
 if TYPE_CHECKING:
     from ramp.imatrix import ImportanceMatrix
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-format", default="Q6_K",
                         help="uniform: format of the output projection (tied token_embd included) unless the uniform "
                              "format is larger; llama.cpp's default Q6_K, 'same' = the uniform format")
-    parser.add_argument("--pairs-per-role", type=int, default=2,
+    parser.add_argument("--pairs-per-role", type=positive_int, default=2,
                         help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
     parser.add_argument("--policy", metavar="FILE", help="policy: a policy file from `ramp train`")
     parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
@@ -43,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_imatrix_argument(parser, "quantize the tensors whose sensitivity is measured here (without --sensitivity), "
                                  "and to weigh target-bpw's error")
     add_text_argument(parser, "measure sensitivity on (without --sensitivity)")
+
+
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--policy": args.policy, "--imatrix": args.imatrix},
+            {"--out": args.out, "--tensor-type-file": args.tensor_type_file})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.out, args.tensor_type_file):
         if path:
             check_output_path(path)
-    if args.pairs_per_role < 1:
-        raise RampError("--pairs-per-role must be at least 1")
     if args.method == "policy" and not args.policy:
         raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
     if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, add_text_argument, check_fold_argument, fold_as_asked
+from ramp.commands._options import add_fold_argument, add_text_argument, check_fold_argument, fold_as_asked, positive_int
 from ramp.commands.eval import add_window_arguments
 
 from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--damage", choices=("kld", *ESTIMATES, "weight-error"), default="kld",
                         help="without --sensitivity: measure KLD sensitivity (default), estimate it from the importance "
                              f"matrix (imatrix-error) or backward passes (fisher), or use the {STAND_IN}")
-    parser.add_argument("--calibration-tokens", type=int,
+    parser.add_argument("--calibration-tokens", type=positive_int,
                         help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS}) or "
                              f"estimating it (default {DEFAULT_ESTIMATE_TOKENS})")
     parser.add_argument("--preset", action="append", metavar="NAME",
@@ -59,6 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for ramp.gguf, allocation.json, imatrix.gguf, results.json (default: .; created if missing)")
     add_fold_argument(parser, "profiling, allocating and exporting it; the reference and presets stay unfolded")
     add_window_arguments(parser, DEFAULT_MAX_WINDOWS)
+
+
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    from pathlib import Path
+
+    names = ["ramp.gguf", "allocation.json", "results.json"]
+    if not (args.imatrix or args.no_imatrix):  # a computed importance matrix is copied next to them
+        names += ["imatrix.gguf"] + ([f"imatrix-fold{args.fold}.gguf"] if args.fold is not None else [])
+    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--imatrix": args.imatrix},
+            {f"--out-dir ({name})": Path(args.out_dir) / name for name in names})
 
 
 def run(args: argparse.Namespace) -> int:
