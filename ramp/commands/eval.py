@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_text_argument
+from ramp.commands._options import add_text_argument, positive_int
 
 DEFAULT_N_CTX = 512  # mirrors ramp.llama_eval.DEFAULT_N_CTX, kept light
 
@@ -11,7 +11,7 @@ DEFAULT_N_CTX = 512  # mirrors ramp.llama_eval.DEFAULT_N_CTX, kept light
 def add_window_arguments(parser: argparse.ArgumentParser, default_windows: int | None) -> None:
     """Options shared with `ramp run`: the evaluation windows."""
     parser.add_argument("--ctx", type=int, default=DEFAULT_N_CTX, help=f"window length in tokens (default {DEFAULT_N_CTX})")
-    parser.add_argument("--max-windows", type=int, default=default_windows,
+    parser.add_argument("--max-windows", type=positive_int, default=default_windows,
                         help="evaluate at most this many windows of the held-out text to bound time "
                              f"(default: {default_windows or 'all'}); each scores its second half")
 
@@ -28,9 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and print its numbers next to ramp's, with their relative differences")
 
 
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    return {"--reference": args.reference, "GGUF": args.files}, {"--json": args.json}
+
+
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
-    from ramp.llama_eval import evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result
+    from ramp.llama_eval import (
+        check_same_model, evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result,
+    )
     from ramp.referee import check_referee, format_agreement, referee
     from ramp.text import evaluation_text
 
@@ -38,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.json)
     for path in [args.reference, *args.files]:
         gguf_size_stats(path)  # every file readable before the long passes start
+    for path in args.files:
+        check_same_model(args.reference, path)  # and a model of the reference: another one's KLD means nothing
     text = evaluation_text(args.text)
     windows = make_windows(args.reference, text, args.ctx, args.max_windows)
     if args.referee:
