@@ -69,6 +69,8 @@ def allocate(
     if method in NEEDS_SENSITIVITY and sensitivity is None:
         raise RampError(f"--method {method} needs a sensitivity table; pass --sensitivity FILE from `ramp profile`")
 
+    if method == "uniform":  # it ignores groups, but one that matches nothing is still a mistake to report
+        problems.require_matches(model, groups=groups)
     items = problems.build_items(model, ladder, pins, [] if method == "uniform" else groups)
     budget_bytes = budgets.require_within(budget, model, budgets.items_range(model, items))
     problem = problems.Problem(items, budget_bytes, ladder)

@@ -133,10 +133,13 @@ def _group_of(spec_name: str, block: int | None, groups: list[re.Pattern[str]]) 
     return (matches[0], block) if matches else None
 
 
-def _require_matches(model: Model, rules: list[tuple[str, re.Pattern[str]]]) -> None:
+def require_matches(model: Model, pins: list[Pin] = (), groups: list[re.Pattern[str] | str] = ()) -> None:
     """A --pin or --group that matches no quantizable tensor is a typo (`attn_qkv`, `blk.40` on a 30-block
     model), not a request: ignoring it would hand back an allocation without the asked-for constraint."""
     names = [spec.name for spec in model.quantizable]
+    patterns = [group if isinstance(group, re.Pattern) else _compile(group, "--group") for group in groups]
+    rules = ([(f"--pin {pin.pattern.pattern}={pin.format}", pin.pattern) for pin in pins]
+             + [(f"--group {pattern.pattern}", pattern) for pattern in patterns])
     for label, pattern in rules:
         if not any(pattern.search(name) for name in names):
             raise RampError(f"{label} matches no quantizable tensor of this model (they are named like {names[0]}, "
@@ -150,8 +153,7 @@ def build_items(
     one item (they share a ladder format), and a pinned tensor is its own item with the single pinned
     choice: pins win over groups, as --tensor-type wins over llama-quantize's own rules."""
     patterns = [_compile(group, "--group") for group in groups]
-    _require_matches(model, [(f"--pin {pin.pattern.pattern}={pin.format}", pin.pattern) for pin in pins]
-                     + [(f"--group {pattern.pattern}", pattern) for pattern in patterns])
+    require_matches(model, pins, patterns)
     pinned = {spec.name: pinned_format(spec.name, list(pins)) for spec in model.quantizable}
     members: dict[tuple, list[str]] = {}  # insertion order is model order of each item's first member
     for spec in model.quantizable:
