@@ -246,3 +246,37 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
 
     allocation = Allocation.load(out)
     assert allocation.method == "target-bpw" and allocation.extra["reference"].startswith("llama.cpp PR 15550")
+
+
+# --- checking an estimate against a measured table --------------------------------------------------------
+
+
+def test_estimate_check_agreement_and_regret(tiny_model):
+    from ramp.estimate_check import distinct_cells, rank_agreement, regret
+    from ramp.sensitivity_table import SensitivityTable
+
+    seed = 8
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    formats = ["Q2_K", "Q4_0", "Q4_K", "Q8_0"]
+    names = [spec.name for spec in tiny_model.quantizable]
+    # damage falls with bits; ffn_down's Q2_K falls back to Q4_0 there, so those columns must agree
+    damage = rng.lognormal(0, 1, (len(names), 1)) * np.array([8.0, 4.0, 2.0, 0.1])
+    ffn_down = [i for i, name in enumerate(names) if "ffn_down" in name]
+    damage[ffn_down, 0] = damage[ffn_down, 1]
+    measured = SensitivityTable(names, formats, damage, model_sha256=tiny_model.sha256)
+    truth = distinct_cells(tiny_model, measured)
+    assert len(truth) == len(names) * 4 - len(ffn_down)  # fallbacks count once
+    same = rank_agreement(tiny_model, truth, measured)
+    assert same["overall"] == pytest.approx(1.0) and same["within_tensor"]["min"] == pytest.approx(1.0)
+    assert same["n_cells"] == len(truth) and same["within_format"]["mean"] == pytest.approx(1.0)
+    reversed_ = SensitivityTable(names, formats, 1.0 / damage, model_sha256=tiny_model.sha256)
+    assert rank_agreement(tiny_model, truth, reversed_)["within_tensor"]["mean"] == pytest.approx(-1.0)
+    partial = dict(list(truth.items())[:20])  # a sweep still running: agreement on what it has
+    assert rank_agreement(tiny_model, partial, measured)["n_cells"] == 20
+
+    noisy = SensitivityTable(names, formats, damage * rng.lognormal(0, 1.0, damage.shape), model_sha256=tiny_model.sha256)
+    rows = regret(tiny_model, measured, {"self": measured, "noisy": noisy}, ["4.5bpw", "6bpw"])
+    for row in rows:
+        assert row["self_regret"] == pytest.approx(1.0)  # the measured table's own ILP has no regret
+        assert row["noisy_regret"] >= 1.0 - 1e-9  # nothing beats the optimum on the table that judges it
