@@ -10,7 +10,7 @@ docs/BENCHMARKS.md per (model, imatrix) pair.
     python benchmarks/baselines.py --model gemma3-270m --max-windows 8
 
 Damage is the KLD sensitivity table `ramp run` measures (same calibration tokens, ladder and importance
-matrix, so both share the disk cache). Budgets an allocation cannot meet are listed as infeasible. Rows whose
+matrix, so both share the disk cache), or with `--damage` one of its sweep-free estimates. Budgets an allocation cannot meet are listed as infeasible. Rows whose
 file is at or above the source checkpoint's size are marked: no claim is made there.
 """
 from __future__ import annotations
@@ -71,7 +71,9 @@ def sweep(args: argparse.Namespace) -> dict:
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
     from ramp.model import load_model
     from ramp.presets import preset_path, quantizable_bytes
+    from ramp.commands.run import DEFAULT_CALIBRATION_TOKENS
     from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
+    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, estimate_sensitivity
     from ramp.source_grid import source_file_bytes, source_match_share
     from ramp.text import evaluation_text
 
@@ -84,8 +86,12 @@ def sweep(args: argparse.Namespace) -> dict:
     else:
         imatrix, imatrix_file = ImportanceMatrix.load(args.imatrix), Path(args.imatrix)
     ladder = parse_ladder(None)
-    tokens = calibration_tokens(model, args.calibration_tokens, min(DEFAULT_WINDOW, args.calibration_tokens), args.text)
-    table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
+    n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
+    tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+    if args.damage in ESTIMATES:
+        table = estimate_sensitivity(args.damage, model, tokens, imatrix, ladder)
+    else:
+        table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
     windows = make_windows(reference, evaluation_text(args.text), max_windows=args.max_windows)
     reference_lp = reference_logprobs(reference, windows)
     source_bytes = source_file_bytes(model)
@@ -237,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     from ramp.allocate import METHODS
     from ramp.files import atomic_output, cache_dir
     from ramp.presets import PRESET_LADDER
+    from ramp.sensitivity_estimates import ESTIMATES
     from ramp.text import DEFAULT_TEXT, TEXTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="GGUF path or smollm2-135m (default) / gemma3-270m")
     parser.add_argument("--imatrix", default="auto", help="auto (`ramp imatrix` on the calibration text, default), none, or a FILE")
     parser.add_argument("--text", default=DEFAULT_TEXT, choices=TEXTS)
-    parser.add_argument("--calibration-tokens", type=int, default=256, help="sensitivity tokens (default 256, as ramp run)")
+    parser.add_argument("--damage", default="kld", choices=("kld", *ESTIMATES),
+                        help="ramp's damage: measured KLD sensitivity (default) or a sweep-free estimate, as ramp run --damage")
+    parser.add_argument("--calibration-tokens", type=int, help="damage calibration tokens (default: ramp run's for --damage)")
     parser.add_argument("--budgets", default="", help="extra budgets in bpw: START:STOP:STEP or a comma list (default none)")
     parser.add_argument("--methods", default="ilp", help="comma list of methods (default ilp)")
     parser.add_argument("--presets", default=",".join(PRESET_LADDER), help="llama.cpp presets (default: the whole ladder)")
