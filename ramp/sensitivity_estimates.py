@@ -159,10 +159,12 @@ def imatrix_error_table(
     from ramp.forward import tokens_sha256
     from ramp.imatrix import compute_imatrix
 
+    from ramp.sensitivity import cache_table, cached_table
+
     formats = _formats(formats)
     path = _cache_path(model, tokens, formats, imatrix, IMATRIX_ERROR) if use_cache else None
-    if path is not None and path.is_file():
-        return SensitivityTable.load(path)
+    if (cached := cached_table(path, model, formats)) is not None:
+        return cached
     stats = output_statistics(model, tokens, device, progress)
     measured = imatrix
     if imatrix is None or any(imatrix.importance(spec.name) is None for spec in model.quantizable
@@ -185,8 +187,7 @@ def imatrix_error_table(
     table = error_table(model, formats, imatrix, damage_of, MEASURES[IMATRIX_ERROR], tokens_sha256(tokens),
                         {"estimate": IMATRIX_ERROR, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]),
                          "tied_embedding": tied}, progress)
-    if path is not None:
-        table.save(path)
+    cache_table(path, table)
     return table
 
 
@@ -252,10 +253,12 @@ def fisher_table(
     """The `fisher` estimate (module docstring) on calibration windows `tokens`; `seed` draws the labels."""
     from ramp.forward import tokens_sha256
 
+    from ramp.sensitivity import cache_table, cached_table
+
     formats = _formats(formats)
     path = _cache_path(model, tokens, formats, imatrix, f"{FISHER}|{labels}|{samples}|{seed}") if use_cache else None
-    if path is not None and path.is_file():
-        return SensitivityTable.load(path)
+    if (cached := cached_table(path, model, formats)) is not None:
+        return cached
     fisher = diagonal_fisher(model, tokens, labels, samples, seed, device, progress)
     table = error_table(
         model, formats, imatrix,
@@ -263,8 +266,7 @@ def fisher_table(
         MEASURES[FISHER], tokens_sha256(tokens),
         {"estimate": FISHER, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]), "labels": labels,
          "samples": samples, "seed": seed}, progress)
-    if path is not None:
-        table.save(path)
+    cache_table(path, table)
     return table
 
 
