@@ -19,7 +19,7 @@ from ramp.kernels import quantize_dequantize
 from ramp.model import Model, TensorSpec
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
-FORMATS = ["Q3_K", "Q4_0", "Q4_K", "Q6_K"]
+FORMATS = ["Q3_K", "Q4_K", "Q6_K"]  # on ffn_down's 320-wide rows: Q4_0, Q5_0, Q8_0
 BLK = ("blk.0.attn_q.weight", "blk.1.ffn_down.weight")  # ffn_down's 320-wide rows fall back to 32-wide formats
 
 
@@ -237,7 +237,8 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
     imatrix_path = tmp_path / "imatrix.gguf"
     compute_imatrix(tiny_model, random_tokens(tiny_model, seed=6), progress=False).save(imatrix_path)
     out = tmp_path / "alloc.json"
-    common = ["allocate", "--model", str(tiny_reference), "--method", "target-bpw", "--budget", "4.5bpw", "--out", str(out)]
+    common = ["allocate", "--model", str(tiny_reference), "--method", "target-bpw", "--budget", "4.5bpw", "--out", str(out),
+              "--formats", ",".join(FORMATS)]
     assert main(common) != 0
     assert "--imatrix" in capsys.readouterr().err
     assert main([*common, "--imatrix", str(imatrix_path)]) == 0
