@@ -6,6 +6,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 
 from ramp.errors import RampError, Terminated, describe_os_error
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # only the main thread may set handlers; main() called from another thread keeps the default
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         if hasattr(module, "paths"):  # every command's files, against each other, before any work
             from ramp.command_paths import check_command_paths
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ramp: {'terminated' if terminated else 'interrupted'}; earlier outputs are unchanged", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

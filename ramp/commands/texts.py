@@ -12,6 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deb", metavar="FILE", help="an already downloaded r-cran-janeaustenr .deb (default: apt-get download)")
 
 
+def paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inputs, checked by `ramp.cli` before the command runs (a FIFO as --deb would block)."""
+    return {"--deb": args.deb}, {}
+
+
 def run(args: argparse.Namespace) -> int:
     from ramp.errors import RampError
     from ramp.text import TEXTS, install_austen, installed_texts
