@@ -77,7 +77,7 @@ def other_models(tmp_path_factory) -> dict[str, Path]:
     base = tiny_llama()
     one_block = replace(
         base, n_blocks=1, tensors={k: v for k, v in base.tensors.items() if not k.startswith("blk.1.")},
-        quantizable=[spec for spec in base.quantizable if spec.block != 1], sha256="tiny-one-block", origin_sha256="",
+        quantizable=[spec for spec in base.quantizable if spec.block != 1], sha256="tiny-one-block",
         metadata={**base.metadata, "llama.block_count": MetadataValue(1, gguf.GGUFValueType.UINT32)},
     )
     vocab = 49000
@@ -87,7 +87,7 @@ def other_models(tmp_path_factory) -> dict[str, Path]:
         quantizable=[replace(spec, shape=(vocab, spec.shape[1])) if spec.name == "token_embd.weight" else spec
                      for spec in base.quantizable],
         metadata={**base.metadata, "tokenizer.ggml.tokens": replace(tokens, value=tokens.value[:vocab])},
-        sha256="tiny-small-vocabulary", origin_sha256="",
+        sha256="tiny-small-vocabulary",
     )
     return {
         "weights": write_q8(tiny_llama(seed=1), folder / "seed1.gguf"),
@@ -319,7 +319,7 @@ def test_a_cache_that_cannot_be_written_only_stops_caching(tiny_model, tmp_path,
 # --- 8. signals and permissions ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_export_keeps_the_old_output_and_no_temporary_file(tiny_reference, tmp_path, signum):
     out = tmp_path / "out.gguf"
     out.write_bytes(b"earlier output")
@@ -339,7 +339,7 @@ def test_a_signal_during_export_keeps_the_old_output_and_no_temporary_file(tiny_
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.gguf"]
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
 def test_outputs_follow_the_umask_and_keep_an_existing_files_mode(tiny_reference, tmp_path, umask):
     previous = os.umask(umask)
     try:
@@ -357,7 +357,8 @@ def test_outputs_follow_the_umask_and_keep_an_existing_files_mode(tiny_reference
 # --- 9. values that used to be tracebacks -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("formats", [["Q4_K"], {"token_embd.weight": None}, {"token_embd.weight": 4}, {"token_embd.weight": "Q9_X"}])
+@pytest.mark.parametrize("formats", [["Q4_K"], {"token_embd.weight": None}, {"token_embd.weight": 4}, {"token_embd.weight": "Q9_X"}],
+                         ids=["list", "null", "number", "unknown-format"])
 def test_allocation_with_bad_formats_is_one_line(tiny_reference, tmp_path, capsys, formats):
     path = tmp_path / "allocation.json"
     path.write_text(json.dumps({"formats": formats, "method": "test", "budget": "-", "model_sha256": ""}))
@@ -367,7 +368,7 @@ def test_allocation_with_bad_formats_is_one_line(tiny_reference, tmp_path, capsy
     assert not (tmp_path / "out.gguf").exists()
 
 
-@pytest.mark.parametrize("value", ['"0.1"', "NaN", "-5.0", "[0.1]"])
+@pytest.mark.parametrize("value", ['"0.1"', "NaN", "-5.0", "[0.1]"], ids=["string", "nan", "negative", "list"])
 def test_sensitivity_table_with_bad_values_is_one_line(tiny_reference, tmp_path, capsys, value):
     model = load_model(tiny_reference)
     damage = [[0.1, 0.01] for _ in model.quantizable]
@@ -413,7 +414,8 @@ def exit_code(argv: list[str]) -> int:
 
 @pytest.mark.parametrize("args", [["profile", "{model}", "--window", "0"], ["profile", "{model}", "--tokens", "many"],
                                   ["eval", "{model}", "--reference", "{model}", "--max-windows", "0"],
-                                  ["profile", "{model}", "--no-sensitivity", "--device", "cuda:99"]])
+                                  ["profile", "{model}", "--no-sensitivity", "--device", "cuda:99"]],
+                         ids=["window-0", "tokens-many", "max-windows-0", "device-cuda99"])
 def test_bad_option_values_are_one_line(tiny_reference, tmp_path, capsys, args):
     out = ["--out", str(tmp_path / "p")] if args[0] == "profile" else ["--json", str(tmp_path / "p")]
     assert exit_code([arg.format(model=tiny_reference) for arg in args] + out) == 2
@@ -436,7 +438,8 @@ def nan_model(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["profile", "{model}", "--no-sensitivity", "--out", "{out}"],
-                                     ["export", "--model", "{model}", "--reference", "F16", "--out", "{out}"]])
+                                     ["export", "--model", "{model}", "--reference", "F16", "--out", "{out}"]],
+                         ids=["profile", "export-f16"])
 def test_nan_weights_are_refused_naming_the_tensor(nan_model, tmp_path, capsys, command):
     out = tmp_path / "out"
     code = main([arg.format(model=nan_model, out=out) for arg in command])
@@ -459,7 +462,7 @@ def test_f16_export_of_weights_beyond_its_range_names_the_tensor(tmp_path, capsy
 # --- 11. a --pin or --group that matches nothing ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", [["--pin", "attn_qkv=Q8_0"], ["--group", "blk\\.40\\."]])
+@pytest.mark.parametrize("rule", [["--pin", "attn_qkv=Q8_0"], ["--group", "blk\\.40\\."]], ids=["pin", "group"])
 def test_pin_or_group_matching_nothing_is_an_error(tiny_reference, tmp_path, capsys, rule):
     code = main(["allocate", "--model", str(tiny_reference), "--method", "uniform", "--budget", "8bpw",
                  "--out", str(tmp_path / "allocation.json"), *rule])
