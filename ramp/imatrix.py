@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ramp.cache_entries import trusted_entry, write_cache_entry
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir
 from ramp.model import Model
@@ -168,15 +169,22 @@ def cached_imatrix(model: Model, tokens: "torch.Tensor", dataset: str, progress:
         raise RampError("an importance matrix is cached by the model's file hash; load the model from a file")
     key = hashlib.sha256(f"{model.sha256}|{tokens_sha256(tokens)}|{model.fold_alpha}".encode()).hexdigest()[:32]
     path = cache_dir() / "imatrix" / f"{key}.gguf"
-    if path.is_file():
-        try:
-            return ImportanceMatrix.load(path), path
-        except RampError:
-            pass  # a damaged entry is recomputed below
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if trusted_entry(path, validate=_readable):
+        return ImportanceMatrix.load(path), path
     matrix = compute_imatrix(model, tokens, dataset, progress=progress)
-    matrix.save(path)
+    if not write_cache_entry(path, matrix.save):  # an unwritable cache: the callers still need a file
+        import tempfile
+
+        path = matrix.save(Path(tempfile.mkdtemp(prefix="ramp-imatrix-")) / "imatrix.gguf")
     return matrix, path
+
+
+def _readable(path: Path) -> bool:
+    try:
+        ImportanceMatrix.load(path)
+        return True
+    except RampError:
+        return False
 
 
 def default_imatrix(model: Model, text: str, progress: bool = True) -> tuple[ImportanceMatrix, Path]:

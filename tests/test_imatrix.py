@@ -14,7 +14,7 @@ from ramp.kernels import quantize
 from ramp.llama_tools import run_tool
 from ramp.model import load_model, read_gguf
 from ramp.text import calibration_text
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama  # noqa: F401  (fixtures)
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 N_CTX, N_CHUNKS = 256, 4
 
@@ -89,3 +89,16 @@ def test_imatrix_round_trips_and_command_writes_it(ramp_matrix, tmp_path, capsys
 def test_imatrix_of_another_model_is_refused(ramp_matrix):
     with pytest.raises(RampError, match="it was made for another model"):
         ramp_matrix.importances(tiny_llama())
+
+
+def test_damaged_imatrix_cache_entry_is_computed_again(tiny_reference, capsys):
+    from ramp.imatrix import cached_imatrix
+
+    tiny = load_model(tiny_reference)
+    tokens = calibration_tokens(tiny, 128, 64, "austen")
+    first, path = cached_imatrix(tiny, tokens, "austen", progress=False)
+    path.write_bytes(bytes(len(path.read_bytes())))  # same length, all zeros: only the checksum can tell
+    again, again_path = cached_imatrix(tiny, tokens, "austen", progress=False)
+    assert again_path == path and "is damaged" in capsys.readouterr().err
+    assert all(np.array_equal(again.importance(n), first.importance(n)) for n in first.sums)
+    assert ImportanceMatrix.load(path).counts == first.counts
