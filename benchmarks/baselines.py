@@ -109,7 +109,10 @@ def sweep(args: argparse.Namespace) -> dict:
         presets.append({"preset": name, "quantizable_bytes": quantizable_bytes(path, model), **measured(path, name)})
         print(f"preset {name}: {presets[-1]['file_bytes']:,} bytes, KLD {presets[-1]['kld_mean']:.5f}", file=sys.stderr)
 
-    budgets = [(f"{p['preset']} bytes", Budget.parse(f"{p['quantizable_bytes']}B")) for p in presets]
+    # at or above the source's size a format can write the source's grid back: no claim there, so by default
+    # no allocation is spent on those sizes either
+    budgets = [(f"{p['preset']} bytes", Budget.parse(f"{p['quantizable_bytes']}B")) for p in presets
+               if args.all_sizes or not p["at_or_above_source"]]
     budgets += [(f"{bpw:g} bpw", Budget.parse(f"{bpw}bpw")) for bpw in args.budgets]
     measure_pair = cached_pairs(kld_pair_measure(model, table)) if "quadratic" in args.methods else None
     rows, infeasible, by_formats = [], [], {}
@@ -256,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="", help="extra budgets in bpw: START:STOP:STEP or a comma list (default none)")
     parser.add_argument("--methods", default="ilp", help="comma list of methods (default ilp)")
     parser.add_argument("--presets", default=",".join(PRESET_LADDER), help="llama.cpp presets (default: the whole ladder)")
+    parser.add_argument("--all-sizes", action="store_true",
+                        help="also allocate at the presets at or above the source checkpoint's size (default: below only)")
     parser.add_argument("--max-windows", type=int, default=32, help="512-token evaluation windows (default 32)")
     parser.add_argument("--work", default=str(cache_dir() / "baselines"), help="scratch folder for the allocations' GGUFs")
     parser.add_argument("--out", default=str(REPO / "docs"), help="folder for the JSON, the PNG and BENCHMARKS.md")
