@@ -158,7 +158,6 @@ def imatrix_error_table(
     and the embedding's weights, and every blk tensor's importance where `imatrix` is None or lacks it."""
     from ramp.forward import tokens_sha256
     from ramp.imatrix import compute_imatrix
-
     from ramp.sensitivity import cache_table, cached_table
 
     formats = _formats(formats)
@@ -166,10 +165,10 @@ def imatrix_error_table(
     if (cached := cached_table(path, model, formats)) is not None:
         return cached
     stats = output_statistics(model, tokens, device, progress)
-    measured = imatrix
+    fallback = imatrix  # llama-imatrix's statistic on these tokens, for blk tensors the file lacks
     if imatrix is None or any(imatrix.importance(spec.name) is None for spec in model.quantizable
                               if spec.name.startswith("blk.")):
-        measured = compute_imatrix(model, tokens, device=device, progress=progress)
+        fallback = compute_imatrix(model, tokens, device=device, progress=progress)
     tied = "output.weight" not in model.tensors
 
     def damage_of(spec: TensorSpec, error: np.ndarray) -> float:
@@ -179,9 +178,9 @@ def imatrix_error_table(
             return total + (float(row_weighted_squares(error, stats.head_importance).sum()) if tied else 0.0)
         if spec.name == "output.weight":
             return float(row_weighted_squares(error, stats.head_importance).sum())
-        importance = (imatrix.importance(spec.name) if imatrix is not None else None)
+        importance = imatrix.importance(spec.name) if imatrix is not None else None
         if importance is None:
-            importance = measured.importance(spec.name)
+            importance = fallback.importance(spec.name)
         return float(row_weighted_squares(error, importance).sum())
 
     table = error_table(model, formats, imatrix, damage_of, MEASURES[IMATRIX_ERROR], tokens_sha256(tokens),
