@@ -88,7 +88,9 @@ def sweep(args: argparse.Namespace) -> dict:
     ladder = parse_ladder(None)
     n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
     tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
-    if args.damage in ESTIMATES:
+    if not args.methods:  # presets only: no damage is needed
+        table = None
+    elif args.damage in ESTIMATES:
         table = estimate_sensitivity(args.damage, model, tokens, imatrix, ladder)
     else:
         table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
@@ -137,7 +139,7 @@ def sweep(args: argparse.Namespace) -> dict:
     return {"model": str(model.source_path), "model_sha256": model.sha256, "text": args.text,
             "imatrix": None if imatrix is None else {"sha256": imatrix.content_sha256(), "chunks": imatrix.chunk_count,
                                                      "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets},
-            "sensitivity_tokens": int(tokens.numel()), "sensitivity_measure": table.measure,
+            "sensitivity_tokens": int(tokens.numel()), "sensitivity_measure": table.measure if table else None,
             "eval_tokens": ref.n_tokens, "eval_windows": len(windows.tokens), "reference_perplexity": ref.perplexity,
             "reference_file_bytes": ref.file_bytes, "source_file_bytes": source_bytes,
             "rows": rows, "presets": presets, "infeasible": infeasible}
@@ -187,9 +189,11 @@ def markdown(results: dict, png: Path, command: str, heading: str) -> str:
     matrix = results["imatrix"]
     lines = [
         heading, "",
-        f"`{command}`. Presets by llama.cpp's own quantizer from the F32 reference, {used}; ramp's rows allocate at "
-        "exactly the bytes each preset spends on the quantizable tensors (same quantizer, same importance matrix), "
-        f"damage = KLD sensitivity on {results['sensitivity_tokens']} calibration tokens. Measured through llama.cpp on "
+        f"`{command}`. Presets by llama.cpp's own quantizer from the F32 reference, {used}"
+        + (("; ramp's rows allocate at exactly the bytes each preset spends on the quantizable tensors (same quantizer, "
+            f"same importance matrix), damage = `{results['sensitivity_measure']}` on {results['sensitivity_tokens']} "
+            "calibration tokens") if results["sensitivity_measure"] else " (presets only)")
+        + ". Measured through llama.cpp on "
         f"{results['eval_windows']} windows of 512 tokens of the held-out `{results['text']}` text "
         f"({results['eval_tokens']:,} scored tokens; reference perplexity {results['reference_perplexity']:.4f})."
         + (f" Importance matrix: `ramp imatrix`, {matrix['chunks']} chunks of {matrix['chunk_size']} tokens of the "
