@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     # Everything the command line can get wrong fails before the first expensive step.
     out_dir = Path(args.out_dir)
     out_gguf, out_allocation, out_results = out_dir / "ramp.gguf", out_dir / "allocation.json", out_dir / "results.json"
-    out_imatrix = out_dir / "imatrix.gguf"
     check_output_path(out_gguf)
     check_text(args.text)
     if args.imatrix and args.no_imatrix:
@@ -158,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     results = [result.annotate(args.text, None if result is results[0] else used,
                                source_match_share(result.path, source), source_bytes) for result in results]
     report_results(sorted(results, key=lambda r: r.file_bytes), windows, str(out_results))
-    print(f"wrote {out_gguf}, {out_allocation}, {out_results}" + (f", {out_imatrix}" if used else ""))
+    copied = used and not args.imatrix  # a computed matrix is copied into --out-dir; a given one stays where it is
+    print(f"wrote {out_gguf}, {out_allocation}, {out_results}" + (f", {imatrix_file}" if copied else ""))
     return 0
 
 
