@@ -79,7 +79,8 @@ class ImportanceMatrix:
         import gguf
 
         with atomic_path(path) as tmp:
-            writer = gguf.GGUFWriter(tmp, arch=None) if _writer_takes_no_arch() else gguf.GGUFWriter(tmp, "")
+            # the writer only stores `arch` (no general.architecture key is written): an imatrix names no model type
+            writer = gguf.GGUFWriter(tmp, arch="")
             writer.add_string("general.type", "imatrix")
             writer.add_array("imatrix.datasets", list(self.datasets))
             writer.add_uint32("imatrix.chunk_count", self.chunk_count)
@@ -123,14 +124,6 @@ class ImportanceMatrix:
 
         return cls(sums, counts, int(field_value("imatrix.chunk_count", 0)), int(field_value("imatrix.chunk_size", 0)),
                    list(field_value("imatrix.datasets", [])))
-
-
-def _writer_takes_no_arch() -> bool:
-    import inspect
-
-    import gguf
-
-    return inspect.signature(gguf.GGUFWriter.__init__).parameters["arch"].default is None
 
 
 def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", device: str = "cpu",
