@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ramp.commands.train", "train a SAC allocation policy"),
     "tune": ("ramp.commands.tune", "Optuna search over SAC and reward settings"),
     "texts": ("ramp.commands.texts", "the calibration/evaluation texts: list them, install one"),
+    "models": ("ramp.commands.models", "the models known by short name: list them, install one"),
     "doctor": ("ramp.commands.doctor", "versions, llama.cpp's tools, installed models and texts, cache: what a bug report needs"),
 }
 

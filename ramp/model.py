@@ -117,9 +117,12 @@ def default_model_path() -> Path:
 
 
 def load_model(path: str | Path | None = None) -> Model:
-    """Load a GGUF file (dequantized to float32) or a Hugging Face safetensors directory."""
-    model_path = default_model_path() if path is None else Path(path)
-    if not model_path.exists():
+    """Load a GGUF file (dequantized to float32), a Hugging Face safetensors directory, or a known model by
+    its short name (`ramp models`); an existing path wins over a name."""
+    from ramp.embedded import resolve_model
+
+    model_path = resolve_model(path)
+    if not model_path.exists():  # a broken symbolic link
         raise RampError(f"model path {model_path} does not exist; pass a .gguf file or a safetensors directory")
     if model_path.is_dir():
         from ramp.safetensors_model import load_safetensors_dir

@@ -89,7 +89,7 @@ def diagnose() -> dict:
         else:
             problems.append(f"llama.cpp's {missing} not built; {BUILD_FIX}")
     models = _probe(problems, "listing the embedded models", embedded_models, [])
-    problems += [f"model {m.name}: {m.note}" for m in models if not m.installed and m.note != "not installable yet"]
+    problems += [f"model {m.name}: {m.note}" for m in models if not m.installed and not m.optional]
     texts, missing_texts = _probe(problems, "listing the texts", _texts, ([], []))
     problems += [f"text {name} is not installed; run `ramp texts install {name}`" for name in missing_texts]
     cache = _probe(problems, "creating the cache folder (set RAMP_CACHE to a writable folder)", cache_dir)
