@@ -53,15 +53,6 @@ def cached_pairs(measure):
     return measure_pair
 
 
-def resolve_model(name: str | None) -> str | None:
-    """A GGUF path, or the short name of an embedded model."""
-    if name == "gemma3-270m":
-        from ramp.embedded import gemma3_model_path
-
-        return str(gemma3_model_path())
-    return None if name in (None, "smollm2-135m") else name
-
-
 class StageClock:
     """Wall and CPU seconds per stage, summed over its repeats, and the peak RSS seen by its end (this process's
     and its largest child's, e.g. llama-quantize): the cost table every benchmark section carries."""
@@ -103,7 +94,7 @@ def sweep(args: argparse.Namespace) -> dict:
 
     clock = StageClock()
     with clock("load model"):
-        model = load_model(resolve_model(args.model))
+        model = load_model(args.model)  # a path, or a short name from `ramp models`
     with clock("F32 reference GGUF"):
         reference = cached_reference(model)
     with clock("importance matrix"):
@@ -303,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     from ramp.text import DEFAULT_TEXT, TEXTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="GGUF path or smollm2-135m (default) / gemma3-270m")
+    parser.add_argument("--model", help="GGUF path or a name from `ramp models` (default smollm2-135m)")
     parser.add_argument("--imatrix", default="auto", help="auto (`ramp imatrix` on the calibration text, default), none, or a FILE")
     parser.add_argument("--text", default=DEFAULT_TEXT, choices=TEXTS)
     parser.add_argument("--damage", default="kld", choices=("kld", *ESTIMATES),

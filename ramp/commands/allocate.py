@@ -19,7 +19,7 @@ METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # m
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
+    parser.add_argument("--model", help="GGUF file, safetensors directory or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--method", choices=METHODS, default="ilp",
                         help="allocation method (default: ilp); target-bpw is llama.cpp PR 15550's allocator on its own "
                              "error from --imatrix (with --sensitivity, its solver on that table)")

@@ -7,7 +7,7 @@ from ramp.commands._options import add_fold_argument, add_imatrix_argument, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
+    parser.add_argument("--model", help="GGUF file, safetensors directory or a name from `ramp models` (default: smollm2-135m)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--allocation", metavar="FILE", help="allocation JSON from `ramp allocate`")
     source.add_argument("--reference", choices=("F32", "F16"), help="write the unquantized reference instead")

@@ -8,7 +8,7 @@ from ramp.commands._options import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("model", nargs="?", help="GGUF file or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="migration strength in [0, 1]: 0 flattens weight columns, 1 flattens activations (default 0.5)")
     parser.add_argument("--out", required=True, help="folded GGUF to write")

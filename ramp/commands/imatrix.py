@@ -10,7 +10,7 @@ from ramp.imatrix import DEFAULT_IMATRIX_TOKENS, DEFAULT_IMATRIX_WINDOW  # torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("model", nargs="?", help="GGUF file or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--out", required=True, help="imatrix GGUF to write")
     parser.add_argument("--tokens", type=positive_int, default=DEFAULT_IMATRIX_TOKENS,
                         help=f"calibration tokens (default {DEFAULT_IMATRIX_TOKENS}; whole windows only)")

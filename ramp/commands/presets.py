@@ -10,7 +10,7 @@ from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CL
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", metavar="GGUF", help="unquantized reference GGUF (default: write one from --model)")
     parser.add_argument("--model", help="model to write the F32 reference of when --reference is not given "
-                                        "(default: embedded SmolLM2-135M)")
+                                        "(a path or a name from `ramp models`; default: smollm2-135m)")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp ftype name, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--imatrix", metavar="FILE", help="importance matrix, passed to llama-quantize --imatrix (default: none)")

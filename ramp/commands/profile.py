@@ -13,7 +13,7 @@ OUTPUT_FILES = ("embeddings.json", "embeddings.csv", "sensitivity.json", "sensit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="GGUF file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("model", nargs="?", help="GGUF file or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--out", default="profile", help="output folder (default ./profile, created if missing)")
     parser.add_argument("--tokens", type=positive_int, default=2048, help="calibration tokens for the activation features (default 2048)")
     parser.add_argument("--sensitivity-tokens", type=positive_int, default=None,

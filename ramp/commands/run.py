@@ -35,7 +35,7 @@ DEFAULT_CALIBRATION_TOKENS = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="GGUF file or safetensors directory (default: embedded SmolLM2-135M)")
+    parser.add_argument("--model", help="GGUF file, safetensors directory or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--budget", default="Q4_K_M",
                         help="bits per quantizable weight (4.5bpw), bytes of their data (60MB), or a preset name: "
                              "the bytes llama.cpp's preset spends on them (default Q4_K_M)")

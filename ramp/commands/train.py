@@ -8,7 +8,7 @@ from ramp.commands._options import positive_int
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
-                        help="GGUF file or safetensors directory to train on (repeatable; default: embedded SmolLM2-135M)")
+                        help="GGUF file, safetensors directory or a name from `ramp models` to train on (repeatable; default: smollm2-135m)")
     parser.add_argument("--sensitivity", action="append", default=[], metavar="FILE",
                         help="sensitivity table per --model, same order, for shaped step rewards (optional)")
     parser.add_argument("--budget", required=True,

@@ -13,7 +13,7 @@ from ramp.commands._options import positive_int
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
-                        help="GGUF file or safetensors directory (repeatable; default: embedded SmolLM2-135M)")
+                        help="GGUF file, safetensors directory or a name from `ramp models` (repeatable; default: smollm2-135m)")
     parser.add_argument("--sensitivity", action="append", default=[], metavar="FILE",
                         help="sensitivity table per --model, same order, for shaped step rewards (optional)")
     parser.add_argument("--budget", required=True, help="budget range, LOW..HIGH (e.g. 4.2bpw..5bpw)")
