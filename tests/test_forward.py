@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ramp.embedded import gemma3_model_path
+from ramp.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
 from ramp.forward import Forward, KLDReference, calibration_tokens, kld_against_reference
 from ramp.model import Model, load_model
 
@@ -178,3 +178,38 @@ def test_gemma3_block_checkpoints_and_tied_embedding(gemma_forward):
     assert resumed > 0 and resumed == pytest.approx(full, rel=1e-4)
     embedding = gemma_forward.weights["token_embd.weight"]
     assert kld_against_reference(gemma_forward, {"token_embd.weight": embedding * 1.02}, tokens) > 0
+
+
+# Qwen2.5-Coder-1.5B, the K-quant-native model: llama.cpp's qwen2 graph (src/models/qwen2.cpp) is the llama
+# block with biases on q, k and v, neox rope, and an output matrix of its own. It is optional (1.1 GB, not in
+# .ci/install), so this test skips when, and only when, it is not installed.
+
+
+@pytest.fixture(scope="module")
+def qwen() -> Model:
+    status = KNOWN_MODELS[QWEN_NAME].status()
+    if not status.installed:
+        pytest.skip(f"{QWEN_NAME} is not installed ({status.note}); `ramp models install {QWEN_NAME}` enables this test")
+    return load_model(QWEN_NAME)
+
+
+def test_qwen2_logits_match_llama_cpp(qwen):
+    """On the F32 reference (cached: 7 GB, the file every later Qwen evaluation reads too); the comparison
+    can tell a forward that drops the q/k/v biases or ties the output to the embedding."""
+    from ramp.export.gguf_writer import cached_reference
+
+    forward = Forward(qwen)
+    assert qwen.arch == "qwen2" and forward.rope_neox and forward.output_name == "output.weight"
+    tokens = calibration_tokens(qwen, n_tokens=32, window=32)
+    theirs = llama_cpp_logits(cached_reference(qwen, progress=False), tokens[0])
+    ours = forward.logits(tokens[:1])[0].double().numpy()
+    assert_logits_match(ours, theirs)
+    error = np.linalg.norm(ours - theirs)
+
+    unbiased = Forward(qwen)  # views of the same tensors: no copy of the 7 GB
+    for name in [name for name in unbiased.weights if name.endswith(".bias")]:
+        del unbiased.weights[name]
+    assert np.linalg.norm(unbiased.logits(tokens[:1])[0].double().numpy() - theirs) > 10 * error
+    tied = Forward(qwen)
+    tied.output_name = "token_embd.weight"
+    assert np.linalg.norm(tied.logits(tokens[:1])[0].double().numpy() - theirs) > 10 * error
