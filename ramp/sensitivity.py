@@ -100,6 +100,14 @@ def _resumed(partial_path: Path | None) -> dict[str, float]:
     return done or {}
 
 
+def sweep_cells(model: Model, formats: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (tensor, real format) pairs the sweep measures, one forward each: requested formats collapse to what
+    llama.cpp writes for the tensor's rows."""
+    return list(dict.fromkeys(
+        (spec.name, resolve_format(fmt, spec.row_length).name) for spec in model.quantizable for fmt in formats
+    ))
+
+
 def measure_sensitivity(
     model: Model,
     tokens: torch.Tensor | None = None,
@@ -129,11 +137,7 @@ def measure_sensitivity(
     partial_path = path.with_suffix(".partial.json") if path is not None else None
     done = _resumed(partial_path)
 
-    # (tensor, real format) pairs to measure: requested formats collapse to what llama.cpp writes
-    jobs = list(dict.fromkeys(
-        (spec.name, resolve_format(fmt, spec.row_length).name) for spec in model.quantizable for fmt in formats
-    ))
-    todo = [job for job in jobs if f"{job[0]}|{job[1]}" not in done]
+    todo = [job for job in sweep_cells(model, formats) if f"{job[0]}|{job[1]}" not in done]
     if todo:
         forward = Forward(model, device=device)
         reference = KLDReference(forward, tokens)

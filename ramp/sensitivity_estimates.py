@@ -52,6 +52,25 @@ FISHER_LABELS = ("model", "text")
 # (about 3 forwards): 1024 tokens on SmolLM2-135M took about a minute on 2 busy cores.
 DEFAULT_ESTIMATE_TOKENS = 1024
 _CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of reductions stay at 32 MiB
+AUTO = "auto"
+# The measured sweep's work in forwards x quantizable weights x tokens, and what it cost on two idle cores:
+# SmolLM2-135M, 964 x 1.3e8 x 256 = 3.3e13, about 7 minutes; Gemma 3 270M, 652 x 2.7e8 x 256 = 4.5e13, about
+# 16 minutes (its 262k vocabulary makes each forward dearer). Past 7e13 the sweep outlasts the 20 minutes or
+# so a user waits for a measurement (Qwen2.5-1.5B: 6e14, hours), and the Fisher estimate, which agrees with
+# the measured table to Spearman 0.997 on SmolLM2 (docs/BENCHMARKS.md), takes its place.
+SWEEP_WORK_LIMIT = 7e13
+
+
+def choose_damage(model: Model, formats: list[str] | tuple[str, ...], n_tokens: int) -> tuple[str, str]:
+    """`--damage auto`: the measured KLD sweep ("kld") where it finishes in minutes on two cores, else the
+    Fisher estimate; with the reason, for the user to read."""
+    from ramp.sensitivity import sweep_cells
+
+    forwards = len(sweep_cells(model, formats))
+    sweep = f"the measured sweep takes {forwards} forwards of {n_tokens} tokens"
+    if forwards * model.n_quantizable_params * n_tokens <= SWEEP_WORK_LIMIT:
+        return "kld", f"{sweep}: minutes on two cores"
+    return FISHER, f"{sweep} of a {model.n_quantizable_params / 1e9:.2f}B-weight model: hours on two cores"
 
 
 def row_weighted_squares(error: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:

@@ -281,3 +281,16 @@ def test_estimate_check_agreement_and_regret(tiny_model):
     for row in rows:
         assert row["self_regret"] == pytest.approx(1.0)  # the measured table's own ILP has no regret
         assert row["noisy_regret"] >= 1.0 - 1e-9  # nothing beats the optimum on the table that judges it
+
+
+def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_it_takes_hours():
+    """SmolLM2's sweep is the 964 forwards docs/BENCHMARKS.md reports (7 minutes on two cores at 256 tokens):
+    auto measures it; on 16x the tokens the same sweep would take hours, and auto picks the Fisher estimate."""
+    from ramp.allocate.problem import parse_ladder
+    from ramp.model import load_model
+
+    model, ladder = load_model("smollm2-135m"), parse_ladder(None)
+    damage, why = estimates.choose_damage(model, ladder, 256)
+    assert (damage, why) == ("kld", "the measured sweep takes 964 forwards of 256 tokens: minutes on two cores")
+    damage, why = estimates.choose_damage(model, ladder, 4096)
+    assert damage == estimates.FISHER and "0.13B-weight model" in why

@@ -19,10 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sensitivity-tokens", type=positive_int, default=None,
                         help="calibration tokens for the sensitivity sweep (default 512; cost is linear in it) or "
                              "estimate (default 1024)")
-    parser.add_argument("--damage", choices=("kld", "imatrix-error", "fisher"), default="kld",
-                        help="measure KLD sensitivity (default: one forward per tensor and format), or estimate it: "
+    parser.add_argument("--damage", choices=("auto", "kld", "imatrix-error", "fisher"), default="auto",
+                        help="measure KLD sensitivity (kld: one forward per tensor and format), or estimate it: "
                              "imatrix-error (importance-weighted squared weight error; relative units) or fisher "
-                             "(diagonal Fisher from backward passes; about KLD nats)")
+                             "(diagonal Fisher from backward passes; about KLD nats); default auto: kld where the "
+                             "sweep takes minutes on two cores, fisher on bigger models")
     parser.add_argument("--window", type=positive_int, default=256, help="tokens per calibration window (default 256)")
     parser.add_argument("--formats", default=None,
                         help="comma-separated formats to measure (default Q2_K,Q3_K,Q4_0,Q4_K,Q5_K,Q6_K,Q8_0)")
@@ -51,13 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from ramp.kernels.formats import get_format
     from ramp.profile import profile_model
     from ramp.sensitivity import DEFAULT_FORMATS, DEFAULT_TOKENS, measure_sensitivity, plot_heatmap, summary
-    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, estimate_sensitivity
+    from ramp.sensitivity_estimates import AUTO, DEFAULT_ESTIMATE_TOKENS, ESTIMATES, choose_damage, estimate_sensitivity
     from ramp.text import check_text
 
     formats = [get_format(name.strip()).name for name in args.formats.split(",")] if args.formats else list(DEFAULT_FORMATS)
-    estimate = args.damage in ESTIMATES
-    sensitivity_tokens = args.sensitivity_tokens or (DEFAULT_ESTIMATE_TOKENS if estimate else DEFAULT_TOKENS)
-    if min(args.tokens, sensitivity_tokens) < args.window:
+    if min(args.tokens, args.sensitivity_tokens or args.window) < args.window:
         raise RampError(f"token counts must be at least one window ({args.window}); raise --tokens or lower --window")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -66,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     check_text(args.text)
     check_device(args.device)
     model = load_model_for(args)
+    if args.damage == AUTO and not args.no_sensitivity:
+        args.damage, why = choose_damage(model, formats, args.sensitivity_tokens or DEFAULT_TOKENS)
+        print(f"damage: {args.damage}, chosen by --damage auto ({why})")
+    estimate = args.damage in ESTIMATES
+    sensitivity_tokens = args.sensitivity_tokens or (DEFAULT_ESTIMATE_TOKENS if estimate else DEFAULT_TOKENS)
     imatrix = load_importance(args.imatrix, model)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a bad model or --fold leaves no empty folder
     started = time.perf_counter()

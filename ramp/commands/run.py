@@ -13,8 +13,9 @@ Damage per (tensor, format) is `ramp profile`'s measured sensitivity (mean KLD w
 quantized), taken from `--sensitivity FILE` or measured here on calibration text (disk-cached, so a second
 run skips it). Run measures on 256 calibration tokens, half of `ramp profile`'s default, to keep the whole
 command near 15 minutes on two cores. `--damage imatrix-error` or `--damage fisher` estimate the damage
-instead from a pass or two over the calibration text (`ramp.sensitivity_estimates`), for models where the
-sweep would not finish. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN: the squared error of
+instead from a pass or two over the calibration text (`ramp.sensitivity_estimates`); the default, `auto`,
+measures where the sweep takes minutes on two cores (SmolLM2, Gemma 3 270M) and takes the Fisher estimate on
+bigger models, where it would take hours. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN: the squared error of
 each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but blind to how
 much each tensor matters to the output; it is named as such in the table and the allocation.
 
@@ -29,7 +30,7 @@ from ramp.commands._options import add_fold_argument, add_text_argument, check_f
 from ramp.commands.eval import add_window_arguments
 
 from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
-from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, STAND_IN  # numpy-only too
+from ramp.sensitivity_estimates import AUTO, DEFAULT_ESTIMATE_TOKENS, ESTIMATES, STAND_IN  # numpy-only too
 DEFAULT_MAX_WINDOWS = 32
 DEFAULT_CALIBRATION_TOKENS = 256
 
@@ -39,12 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", default="Q4_K_M",
                         help="bits per quantizable weight (4.5bpw), bytes of their data (60MB), or a preset name: "
                              "the bytes llama.cpp's preset spends on them (default Q4_K_M)")
-    parser.add_argument("--method", default="ilp", choices=("ilp", "greedy"), help="allocation method (default ilp)")
+    parser.add_argument("--method", default="ilp", choices=("ilp", "greedy", "target-bpw"),
+                        help="allocation method (default ilp; target-bpw is llama.cpp PR #15550's allocator)")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp allocate's ladder)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
-    parser.add_argument("--damage", choices=("kld", *ESTIMATES, "weight-error"), default="kld",
-                        help="without --sensitivity: measure KLD sensitivity (default), estimate it from the importance "
-                             f"matrix (imatrix-error) or backward passes (fisher), or use the {STAND_IN}")
+    parser.add_argument("--damage", choices=(AUTO, "kld", *ESTIMATES, "weight-error"), default=AUTO,
+                        help="without --sensitivity: measure KLD sensitivity (kld), estimate it from the importance "
+                             f"matrix (imatrix-error) or backward passes (fisher), or use the {STAND_IN}; default auto: "
+                             "kld where the measured sweep takes minutes, fisher on bigger models")
     parser.add_argument("--calibration-tokens", type=positive_int,
                         help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS}) or "
                              f"estimating it (default {DEFAULT_ESTIMATE_TOKENS})")
@@ -129,8 +132,11 @@ def run(args: argparse.Namespace) -> int:
     elif table is None:
         from ramp.forward import calibration_tokens
         from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
-        from ramp.sensitivity_estimates import estimate_sensitivity
+        from ramp.sensitivity_estimates import choose_damage, estimate_sensitivity
 
+        if args.damage == AUTO:
+            args.damage, why = choose_damage(model, ladder, args.calibration_tokens or DEFAULT_CALIBRATION_TOKENS)
+            print(f"damage: {args.damage}, chosen by --damage auto ({why})")
         n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
         tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
         if args.damage in ESTIMATES:
