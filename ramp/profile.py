@@ -219,9 +219,6 @@ class Profile:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_version: int = FEATURE_VERSION
 
-    def of(self, tensor: str) -> np.ndarray:
-        return self.features[self.tensors.index(tensor)]
-
     def save(self, json_path: str | Path, csv_path: str | Path | None = None) -> None:
         payload = {
             "feature_version": self.feature_version,

@@ -223,7 +223,7 @@ def test_profile_sweep_resumes_from_its_partial_file(tiny_model, tmp_path, monke
     partial = final.with_suffix(".partial.json")
     partial.write_text(json.dumps({"token_embd.weight|Q8_0": 0.5}))
     resumed = measure_sensitivity(tiny_model, random_tokens(), ["Q8_0"], progress=False)
-    assert resumed.of("token_embd.weight", "Q8_0") == 0.5
+    assert resumed.damage[resumed.tensors.index("token_embd.weight"), resumed.formats.index("Q8_0")] == 0.5
 
 
 def test_truncated_reference_logits_are_computed_again(tiny_reference, tmp_path, monkeypatch):

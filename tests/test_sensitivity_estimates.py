@@ -17,6 +17,7 @@ from ramp.forward import Forward, KLDReference
 from ramp.imatrix import compute_imatrix
 from ramp.kernels import quantize_dequantize
 from ramp.model import Model, TensorSpec
+from ramp.sensitivity_table import SensitivityTable
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 FORMATS = ["Q3_K", "Q4_K", "Q6_K"]  # on ffn_down's 320-wide rows: Q4_0, Q5_0, Q8_0
@@ -41,6 +42,10 @@ def head_input_mean_square(model: Model, tokens: torch.Tensor) -> np.ndarray:
     seen = []
     Forward(model).logits(tokens, capture=lambda name, x: seen.append(x.clone()) if name == "output.weight" else None)
     return torch.cat(seen).reshape(-1, seen[0].shape[-1]).double().square().mean(0).numpy()
+
+
+def cell(table: SensitivityTable, tensor: str, fmt: str) -> float:
+    return float(table.damage[table.tensors.index(tensor), table.formats.index(fmt)])
 
 
 def squared(error: np.ndarray) -> np.ndarray:
@@ -75,7 +80,7 @@ def test_imatrix_error_is_importance_weighted_squared_error(tiny_model, tied, wi
         for fmt in FORMATS:
             # Q is llama.cpp's quantization with the importance llama-quantize --imatrix would pass, if any
             error = quantize_dequantize(weights, fmt, importance if with_imatrix else None, backend="ggml") - weights
-            assert table.of(name, fmt) == pytest.approx(float((importance * squared(error)).sum()), rel=1e-6)
+            assert cell(table, name, fmt) == pytest.approx(float((importance * squared(error)).sum()), rel=1e-6)
 
     share = np.bincount(tokens.reshape(-1).numpy(), minlength=model.tensors["token_embd.weight"].shape[0]) / tokens.numel()
     head = head_input_mean_square(model, tokens)
@@ -84,11 +89,11 @@ def test_imatrix_error_is_importance_weighted_squared_error(tiny_model, tied, wi
         error = squared(quantize_dequantize(embedding, fmt, None, backend="ggml") - embedding)
         lookup = float(share @ error.sum(axis=1))  # the tiny llama's embedding scale is 1
         head_term = float((error * head).sum())
-        assert table.of("token_embd.weight", fmt) == pytest.approx(lookup + (head_term if tied else 0.0), rel=1e-5)
+        assert cell(table, "token_embd.weight", fmt) == pytest.approx(lookup + (head_term if tied else 0.0), rel=1e-5)
         if not tied:
             output = model.tensors["output.weight"]
             out_error = squared(quantize_dequantize(output, fmt, None, backend="ggml") - output)
-            assert table.of("output.weight", fmt) == pytest.approx(float((out_error * head).sum()), rel=1e-5)
+            assert cell(table, "output.weight", fmt) == pytest.approx(float((out_error * head).sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("labels, samples", [("text", 1), ("model", 2)])
@@ -150,7 +155,7 @@ def test_fisher_table_is_half_the_fisher_weighted_squared_error_and_cached(tiny_
     for name in BLK:
         weights = tiny_model.tensors[name]
         error = quantize_dequantize(weights, "Q4_K", imatrix.importance(name), backend="ggml") - weights
-        assert table.of(name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].numpy() * squared(error)).sum()), rel=1e-5)
+        assert cell(table, name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].numpy() * squared(error)).sum()), rel=1e-5)
     # cached under a key of its own: the same call reads the file back, another estimate does not
     path = estimates._cache_path(tiny_model, tokens, FORMATS, imatrix, f"fisher|model|1|{seed}")
     assert path.is_file()

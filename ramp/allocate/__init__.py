@@ -4,8 +4,7 @@
 call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
 quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR
 15550's Lagrangian allocator, the closest competitor, on its own imatrix-weighted error table from
-`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.allocate.policy.allocate_with_policy`,
-another engineer's, imported only when asked for).
+`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.allocate.policy.allocate_with_policy`).
 
 Submodules are imported when a method runs, so importing this package stays cheap.
 """
@@ -82,16 +81,16 @@ def allocate(
         chosen = _run_policy(model, budget, problem, sensitivity, policy_path)
         formats, facts = chosen.formats, chosen.extra
     else:
-        damage = problems.member_damage(model, items, sensitivity)
         if method == "quadratic":
             from ramp.allocate import quadratic
 
             if measure_pair is None:
                 raise RampError("--method quadratic needs a pair measurement (KLD of the model with two tensors quantized)")
+            damage = problems.member_damage(model, items, sensitivity)
             picks, facts = quadratic.solve(model, problem, damage, measure_pair, pairs_per_role)
         else:
             solver = importlib.import_module(f"ramp.allocate.{method.replace('-', '_')}")
-            picks, facts = solver.solve(problem, [d.sum(axis=1) for d in damage])
+            picks, facts = solver.solve(problem, problems.item_damage(model, items, sensitivity))
         formats = problem.formats(picks)
 
     allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha,
@@ -123,10 +122,6 @@ def _run_policy(model: "Model", budget: "Budget", problem, sensitivity: "Sensiti
                 policy_path: str | Path | None) -> Allocation:
     if policy_path is None:
         raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
-    try:
-        from ramp.allocate.policy import allocate_with_policy
-    except ModuleNotFoundError as exc:
-        if exc.name != "ramp.allocate.policy":
-            raise
-        raise RampError("--method policy is not available in this build (no ramp.allocate.policy); use another method") from None
+    from ramp.allocate.policy import allocate_with_policy
+
     return allocate_with_policy(model, Path(policy_path), budget, problem=problem, sensitivity=sensitivity)

@@ -59,10 +59,6 @@ class Problem:
     def min_bytes(self) -> int:
         return sum(item.choices[0].nbytes for item in self.items)
 
-    @property
-    def max_bytes(self) -> int:
-        return sum(item.choices[-1].nbytes for item in self.items)
-
     def picks_bytes(self, picks: list[int]) -> int:
         return sum(item.choices[pick].nbytes for item, pick in zip(self.items, picks))
 
