@@ -192,3 +192,26 @@ def test_resumed_selection_competes_with_the_earlier_best(model, tmp_path) -> No
                 select_every=20, resume=checkpoint)
     kept = agent.read_policy_record(path)
     assert kept.extra["selection_regret"] == -1.0 and kept.timesteps == stored.timesteps
+
+
+def test_tune_command_scores_trials_by_measured_kld_and_continues_its_study(tiny_reference, tmp_path, capsys) -> None:
+    import json
+    import sqlite3
+
+    from ramp.cli import main
+
+    storage = tmp_path / "tune.db"
+    out = tmp_path / "tuned.json"
+    command = ["tune", "--model", str(tiny_reference), "--budget", "5bpw..6bpw", "--trials", "1", "--timesteps", "20",
+               "--eval-points", "2", "--calibration-tokens", "64", "--window", "32", "--storage", f"sqlite:///{storage}",
+               "--study", "tiny", "--out", str(out)]
+    assert main(command) == 0
+    best = json.loads(out.read_text())
+    assert best["study"] == "tiny" and best["trial"] == 0
+    assert 0 < best["mean_kld"] < 10  # a measured KLD of the tiny model's allocations, not a reward
+    assert set(best["sac"]) >= {"learning_rate", "gamma", "net_arch"} and set(best["reward"]) >= {"kld_scale", "over_weight"}
+    assert "train with: ramp train" in capsys.readouterr().out
+
+    assert main(command) == 0  # the same study name continues it
+    with sqlite3.connect(storage) as db:
+        assert db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 2
