@@ -77,18 +77,17 @@ class StageClock:
 def sweep(args: argparse.Namespace) -> dict:
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
-    from ramp.allocate.problem import parse_ladder
     from ramp.allocate.quadratic import kld_pair_measure
+    from ramp.calibration import ESTIMATE, IMATRIX, SENSITIVITY
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
-    from ramp.forward import calibration_tokens
-    from ramp.imatrix import ImportanceMatrix, default_imatrix
+    from ramp.imatrix import ImportanceMatrix, cached_imatrix
+    from ramp.ladder import DEFAULT_LADDER
     from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
     from ramp.model import load_model
     from ramp.presets import preset_path, quantizable_bytes
-    from ramp.commands.run import DEFAULT_CALIBRATION_TOKENS
-    from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
-    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, estimate_sensitivity
+    from ramp.sensitivity import measure_sensitivity
+    from ramp.sensitivity_estimates import ESTIMATES, estimate_sensitivity
     from ramp.source_grid import source_file_bytes, source_match_share
     from ramp.text import evaluation_text
 
@@ -101,19 +100,20 @@ def sweep(args: argparse.Namespace) -> dict:
         if args.imatrix == "none":
             imatrix, imatrix_file = None, None
         elif args.imatrix == "auto":
-            imatrix, imatrix_file = default_imatrix(model, args.text)
+            imatrix, imatrix_file = cached_imatrix(model, IMATRIX.sized(text=args.text))
         else:
             imatrix, imatrix_file = ImportanceMatrix.load(args.imatrix), Path(args.imatrix)
-    ladder = parse_ladder(None)
-    n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
-    tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+    ladder = DEFAULT_LADDER
+    default = ESTIMATE if args.damage in ESTIMATES else SENSITIVITY  # `ramp run`'s, so both share the cache
+    n_tokens = args.calibration_tokens or default.tokens
+    calibration = default.sized(n_tokens, min(default.window, n_tokens), args.text)
     with clock(f"damage ({args.damage})"):
         if not args.methods:  # presets only: no damage is needed
             table = None
         elif args.damage in ESTIMATES:
-            table = estimate_sensitivity(args.damage, model, tokens, imatrix, ladder)
+            table = estimate_sensitivity(args.damage, model, calibration, imatrix, ladder)
         else:
-            table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
+            table = measure_sensitivity(model, calibration, formats=ladder, imatrix=imatrix)
     with clock("reference log-probs (llama.cpp)"):
         windows = make_windows(reference, evaluation_text(args.text), max_windows=args.max_windows)
         reference_lp = reference_logprobs(reference, windows)
@@ -139,7 +139,7 @@ def sweep(args: argparse.Namespace) -> dict:
     budgets = [(f"{p['preset']} bytes", Budget.parse(f"{p['quantizable_bytes']}B")) for p in presets
                if args.all_sizes or not p["at_or_above_source"]]
     budgets += [(f"{bpw:g} bpw", Budget.parse(f"{bpw}bpw")) for bpw in args.budgets]
-    measure_pair = cached_pairs(kld_pair_measure(model, table)) if "quadratic" in args.methods else None
+    measure_pair = cached_pairs(kld_pair_measure(model, table, imatrix)) if "quadratic" in args.methods else None
     rows, infeasible, by_formats = [], [], {}
     for method in args.methods:
         for label, budget in budgets:
@@ -164,7 +164,7 @@ def sweep(args: argparse.Namespace) -> dict:
     return {"model": str(model.source_path), "model_sha256": model.sha256, "text": args.text,
             "imatrix": None if imatrix is None else {"sha256": imatrix.content_sha256(), "chunks": imatrix.chunk_count,
                                                      "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets},
-            "sensitivity_tokens": int(tokens.numel()), "sensitivity_measure": table.measure if table else None,
+            "sensitivity_tokens": calibration.n_windows * calibration.window, "sensitivity_measure": table.measure if table else None,
             "eval_tokens": ref.n_tokens, "eval_windows": len(windows.tokens), "reference_perplexity": ref.perplexity,
             "reference_file_bytes": ref.file_bytes, "source_file_bytes": source_bytes,
             "rows": rows, "presets": presets, "infeasible": infeasible, "stages": list(clock.stages.values())}

@@ -15,8 +15,9 @@ from typing import Any, Callable, Protocol, Sequence
 import gymnasium as gym
 import numpy as np
 
-from ramp.allocate.problem import DEFAULT_LADDER, Item, build_items, tensor_damage
+from ramp.allocate.problem import Item, build_items, tensor_damage
 from ramp.errors import RampError
+from ramp.ladder import DEFAULT_LADDER
 from ramp.model import Model
 from ramp.sensitivity_table import SensitivityTable
 

@@ -116,16 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ramp.allocate import target_bpw
-    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.calibration import ESTIMATE, IMATRIX, recorded_spec
     from ramp.errors import RampError
-    from ramp.forward import calibration_tokens
-    from ramp.imatrix import default_imatrix
+    from ramp.imatrix import cached_imatrix
+    from ramp.ladder import DEFAULT_LADDER
     from ramp.model import load_model
-    from ramp.sensitivity import DEFAULT_WINDOW
-    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, estimate_sensitivity
+    from ramp.sensitivity_estimates import estimate_sensitivity
 
     model = load_model(args.model)
-    imatrix, _ = default_imatrix(model, args.text, progress=False)
+    imatrix, _ = cached_imatrix(model, IMATRIX.sized(text=args.text), progress=False)
     measured = None
     if args.measured.endswith(".partial.json"):  # a sweep still running: agreement on its cells, no regret
         truth, formats = partial_cells(args.measured), list(DEFAULT_LADDER)  # the ladder ramp run sweeps
@@ -137,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             raise RampError("the measured table was quantized with another importance matrix than the default one")
         imatrix = imatrix if measured.extra.get("imatrix") else None
         truth, formats = distinct_cells(model, measured), measured.formats
-    n_tokens = args.tokens or DEFAULT_ESTIMATE_TOKENS
-    tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+    n_tokens = args.tokens or ESTIMATE.tokens
+    calibration = ESTIMATE.sized(n_tokens, min(ESTIMATE.window, n_tokens), args.text)
+    measured_spec = recorded_spec(measured.extra) if measured else None
     report: dict = {"model": str(model.source_path), "model_sha256": model.sha256, "measured": args.measured,
-                    "measured_tokens": measured.extra.get("n_tokens") if measured else None, "measured_cells": len(truth),
+                    "measured_tokens": measured_spec.tokens if measured_spec else None, "measured_cells": len(truth),
                     "estimate_tokens": n_tokens,
                     "torch_threads": torch.get_num_threads(), "estimates": {}}
     tables = {}
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "target-bpw":
             table = target_bpw.error_table(model, formats, imatrix, progress=False)
         else:
-            table = estimate_sensitivity(name, model, tokens, imatrix, formats, progress=False)
+            table = estimate_sensitivity(name, model, calibration, imatrix, formats, progress=False)
         tables[name] = table
         report["estimates"][name] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
                                      "measure": table.measure, "agreement": rank_agreement(model, truth, table)}

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ramp.cache_entries import trusted_entry, write_cache_entry
+from ramp.calibration import IMATRIX, CalibrationSpec
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir
 from ramp.model import Model
@@ -30,8 +31,6 @@ if TYPE_CHECKING:  # torch loads only where the forward runs, so the CLI can rea
 
 # llama-imatrix's default: output.weight is left out unless asked for with --process-output
 IMATRIX_TENSOR_PREFIX = "blk."
-DEFAULT_IMATRIX_TOKENS = 8192
-DEFAULT_IMATRIX_WINDOW = 512  # llama-imatrix's default context
 
 
 @dataclass
@@ -154,17 +153,19 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
                             int(tokens.shape[0]), int(tokens.shape[1]), [dataset] if dataset else [])
 
 
-def cached_imatrix(model: Model, tokens: "torch.Tensor", dataset: str, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
-    """`compute_imatrix` through the disk cache, keyed by the model's content and the tokens: (matrix, file)."""
+def cached_imatrix(model: Model, calibration: CalibrationSpec = IMATRIX, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
+    """`compute_imatrix` on the spec's windows through the disk cache, keyed by the model's content and the
+    tokens: (matrix, file). Its `datasets` names the text, its chunks the windows: the spec, in llama.cpp's terms."""
     from ramp.forward import tokens_sha256
 
     if not model.sha256:
         raise RampError("an importance matrix is cached by the model's file hash; load the model from a file")
+    tokens = calibration.windows(model)
     key = hashlib.sha256(f"{model.sha256}|{tokens_sha256(tokens)}|{model.fold_alpha}".encode()).hexdigest()[:32]
     path = cache_dir() / "imatrix" / f"{key}.gguf"
     if trusted_entry(path, validate=_readable):
         return ImportanceMatrix.load(path), path
-    matrix = compute_imatrix(model, tokens, dataset, progress=progress)
+    matrix = compute_imatrix(model, tokens, f"{calibration.text} calibration half", progress=progress)
     if not write_cache_entry(path, matrix.save):  # an unwritable cache: the callers still need a file
         import tempfile
 
@@ -178,12 +179,3 @@ def _readable(path: Path) -> bool:
         return True
     except RampError:
         return False
-
-
-def default_imatrix(model: Model, text: str, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
-    """The importance matrix `ramp run` and the benchmarks use when none is given: DEFAULT_IMATRIX_TOKENS of
-    the text's calibration half in chunks of DEFAULT_IMATRIX_WINDOW (cached)."""
-    from ramp.forward import calibration_tokens
-
-    tokens = calibration_tokens(model, DEFAULT_IMATRIX_TOKENS, DEFAULT_IMATRIX_WINDOW, text)
-    return cached_imatrix(model, tokens, f"{text} calibration half", progress)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir, file_sha256
-from ramp.llama_eval import quiet_llama
+from ramp.llama_tools import quiet_llama
 
 if TYPE_CHECKING:
     from ramp.model import Model

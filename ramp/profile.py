@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ramp.calibration import EMBEDDINGS, CalibrationSpec, calibration_tokens
 from ramp.errors import RampError
 from ramp.files import atomic_output
 from ramp.forward import Forward, tokens_sha256
@@ -214,7 +215,7 @@ class Profile:
     features: np.ndarray  # [n_tensors, 11]
     model_sha256: str
     calibration_sha256: str
-    n_tokens: int
+    calibration: dict  # the calibration spec's record (`ramp.calibration.calibration_tokens`)
     seed: int
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_version: int = FEATURE_VERSION
@@ -225,7 +226,7 @@ class Profile:
             "feature_names": list(self.feature_names),
             "model_sha256": self.model_sha256,
             "calibration_sha256": self.calibration_sha256,
-            "n_tokens": self.n_tokens,
+            "calibration": self.calibration,
             "seed": self.seed,
             "tensors": {name: row.tolist() for name, row in zip(self.tensors, self.features)},
         }
@@ -250,17 +251,25 @@ class Profile:
                 f"{path} holds features of version {data.get('feature_version')}, this ramp computes version "
                 f"{FEATURE_VERSION}; re-run `ramp profile`"
             )
-        names = list(data["tensors"])
-        features = np.array([data["tensors"][n] for n in names], dtype=np.float64).reshape(len(names), len(FEATURE_NAMES))
-        return cls(names, features, data["model_sha256"], data["calibration_sha256"], data["n_tokens"], data["seed"])
+        try:
+            names = list(data["tensors"])
+            features = np.array([data["tensors"][n] for n in names], dtype=np.float64).reshape(len(names), len(FEATURE_NAMES))
+            # files written before the spec was recorded name only the token count
+            calibration = data.get("calibration") or {"text": None, "tokens": data["n_tokens"], "window": None}
+            return cls(names, features, data["model_sha256"], data["calibration_sha256"], calibration, data["seed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RampError(f"{path} is not a complete ramp embedding table ({type(exc).__name__}: {exc}); "
+                            "re-run `ramp profile`") from None
 
 
 def profile_model(
-    model: Model, tokens: torch.Tensor, seed: int = 0, forward: Forward | None = None, progress: bool = False
+    model: Model, calibration: "CalibrationSpec | torch.Tensor" = EMBEDDINGS, seed: int = 0,
+    forward: Forward | None = None, progress: bool = False,
 ) -> Profile:
-    """Embeddings of every quantizable tensor from activations on `tokens` [windows, window]."""
+    """Embeddings of every quantizable tensor from activations on the calibration windows."""
     from tqdm import tqdm
 
+    tokens, record = calibration_tokens(model, calibration)
     forward = forward or Forward(model)
     stats = collect_activation_stats(forward, tokens)
     vocab = model.tensors["token_embd.weight"].shape[0]
@@ -270,6 +279,5 @@ def profile_model(
         for spec in tqdm(model.quantizable, desc="features", unit="tensor", disable=not progress, leave=False)
     ]
     return Profile(
-        [spec.name for spec in model.quantizable], np.stack(rows), model.sha256, tokens_sha256(tokens),
-        int(tokens.numel()), seed,
+        [spec.name for spec in model.quantizable], np.stack(rows), model.sha256, tokens_sha256(tokens), record, seed,
     )

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from ramp.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
+from ramp.ladder import DEFAULT_LADDER
 from ramp.model import Model, TensorSpec
 from ramp.sensitivity_table import SensitivityTable
 
@@ -48,9 +50,6 @@ MEASURES = {
 }
 STAND_IN = "weight-error stand-in"
 FISHER_LABELS = ("model", "text")
-# Calibration tokens of the estimates' passes. The Fisher costs one forward and one backward per window
-# (about 3 forwards): 1024 tokens on SmolLM2-135M took about a minute on 2 busy cores.
-DEFAULT_ESTIMATE_TOKENS = 1024
 _CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of reductions stay at 32 MiB
 AUTO = "auto"
 # The measured sweep's work in forwards x quantizable weights x tokens, and what it cost on two idle cores:
@@ -170,18 +169,20 @@ def output_statistics(model: Model, tokens: "torch.Tensor", device: str = "cpu",
 
 
 def imatrix_error_table(
-    model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
-    formats: list[str] | tuple[str, ...] | None = None, device: str = "cpu", progress: bool = True, use_cache: bool = True,
+    model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE, imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] = DEFAULT_LADDER, device: str = "cpu", progress: bool = True,
+    use_cache: bool = True,
 ) -> SensitivityTable:
-    """The `imatrix-error` estimate (module docstring). `tokens` [windows, window] give the output projection's
+    """The `imatrix-error` estimate (module docstring). The calibration windows give the output projection's
     and the embedding's weights, and every blk tensor's importance where `imatrix` is None or lacks it."""
     from ramp.forward import tokens_sha256
     from ramp.imatrix import compute_imatrix
     from ramp.sensitivity import cache_table, cached_table
 
+    tokens, record = calibration_tokens(model, calibration)
     formats = _formats(formats)
     path = _cache_path(model, tokens, formats, imatrix, IMATRIX_ERROR) if use_cache else None
-    if (cached := cached_table(path, model, formats)) is not None:
+    if (cached := cached_table(path, model, formats, record)) is not None:
         return cached
     stats = output_statistics(model, tokens, device, progress)
     fallback = imatrix  # llama-imatrix's statistic on these tokens, for blk tensors the file lacks
@@ -203,8 +204,7 @@ def imatrix_error_table(
         return float(row_weighted_squares(error, importance).sum())
 
     table = error_table(model, formats, imatrix, damage_of, MEASURES[IMATRIX_ERROR], tokens_sha256(tokens),
-                        {"estimate": IMATRIX_ERROR, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]),
-                         "tied_embedding": tied}, progress)
+                        {"estimate": IMATRIX_ERROR, "calibration": record, "tied_embedding": tied}, progress)
     cache_table(path, table)
     return table
 
@@ -264,49 +264,48 @@ def diagonal_fisher(
 
 
 def fisher_table(
-    model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
-    formats: list[str] | tuple[str, ...] | None = None, labels: str = "model", samples: int = 1, seed: int = 0,
+    model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE, imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] = DEFAULT_LADDER, labels: str = "model", samples: int = 1, seed: int = 0,
     device: str = "cpu", progress: bool = True, use_cache: bool = True,
 ) -> SensitivityTable:
-    """The `fisher` estimate (module docstring) on calibration windows `tokens`; `seed` draws the labels."""
+    """The `fisher` estimate (module docstring) on the calibration windows; `seed` draws the labels."""
     from ramp.forward import tokens_sha256
-
     from ramp.sensitivity import cache_table, cached_table
 
+    tokens, record = calibration_tokens(model, calibration)
     formats = _formats(formats)
     path = _cache_path(model, tokens, formats, imatrix, f"{FISHER}|{labels}|{samples}|{seed}") if use_cache else None
-    if (cached := cached_table(path, model, formats)) is not None:
+    if (cached := cached_table(path, model, formats, record)) is not None:
         return cached
     fisher = diagonal_fisher(model, tokens, labels, samples, seed, device, progress)
     table = error_table(
         model, formats, imatrix,
         lambda spec, error: 0.5 * float(row_weighted_squares(error, fisher[spec.name].cpu().numpy()).sum()),
         MEASURES[FISHER], tokens_sha256(tokens),
-        {"estimate": FISHER, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]), "labels": labels,
-         "samples": samples, "seed": seed}, progress)
+        {"estimate": FISHER, "calibration": record, "labels": labels, "samples": samples, "seed": seed}, progress)
     cache_table(path, table)
     return table
 
 
 def estimate_sensitivity(
-    estimate: str, model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
-    formats: list[str] | tuple[str, ...] | None = None, device: str = "cpu", progress: bool = True,
+    estimate: str, model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE,
+    imatrix: "ImportanceMatrix | None" = None, formats: list[str] | tuple[str, ...] = DEFAULT_LADDER,
+    device: str = "cpu", progress: bool = True,
 ) -> SensitivityTable:
     """`imatrix_error_table` or `fisher_table` by name (`--damage`), both disk-cached."""
     from ramp.errors import RampError
 
     if estimate == IMATRIX_ERROR:
-        return imatrix_error_table(model, tokens, imatrix, formats, device, progress)
+        return imatrix_error_table(model, calibration, imatrix, formats, device, progress)
     if estimate == FISHER:
-        return fisher_table(model, tokens, imatrix, formats, device=device, progress=progress)
+        return fisher_table(model, calibration, imatrix, formats, device=device, progress=progress)
     raise RampError(f"unknown damage estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
 
 
-def _formats(formats: list[str] | tuple[str, ...] | None) -> list[str]:
+def _formats(formats: list[str] | tuple[str, ...]) -> list[str]:
     from ramp.kernels import get_format
-    from ramp.sensitivity import DEFAULT_FORMATS
 
-    return [get_format(name).name for name in (formats or DEFAULT_FORMATS)]
+    return [get_format(name).name for name in formats]
 
 
 def _cache_path(model: Model, tokens: "torch.Tensor", formats: list[str], imatrix: "ImportanceMatrix | None",
@@ -314,5 +313,5 @@ def _cache_path(model: Model, tokens: "torch.Tensor", formats: list[str], imatri
     from ramp.forward import tokens_sha256
     from ramp.sensitivity import table_cache_path
 
-    return table_cache_path(model, tokens_sha256(tokens), formats, "ggml",
-                            imatrix.content_sha256() if imatrix is not None else None, estimate)
+    return table_cache_path(model, tokens_sha256(tokens), formats, imatrix.content_sha256() if imatrix is not None else None,
+                            estimate)

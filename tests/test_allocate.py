@@ -298,16 +298,22 @@ def test_quadratic_within_budget_and_optimal_for_its_model(seed):
 
 
 def test_real_pair_measure_repeats_the_sweep_alone_and_sees_interaction_together(tiny_reference):
-    from ramp.forward import calibration_tokens
+    from ramp.calibration import CalibrationSpec
+    from ramp.imatrix import compute_imatrix
     from ramp.model import load_model
     from ramp.sensitivity import measure_sensitivity
 
     model = load_model(tiny_reference)
-    table = measure_sensitivity(model, calibration_tokens(model, 64, 32), ["Q2_K", "Q8_0"], progress=False, use_cache=False)
-    measure = quadratic.kld_pair_measure(model, table)
+    calibration = CalibrationSpec("austen", 64, 32)
+    imatrix = compute_imatrix(model, calibration.windows(model), progress=False)
+    table = measure_sensitivity(model, calibration, ["Q2_K", "Q8_0"], progress=False, use_cache=False, imatrix=imatrix)
+    assert table.extra["calibration"] == {"text": "austen", "tokens": 64, "window": 32}
+    with pytest.raises(RampError, match="importance matrix"):
+        quadratic.kld_pair_measure(model, table)  # without the table's importance matrix pairs would not compare
+    measure = quadratic.kld_pair_measure(model, table, imatrix)
     first, second = "blk.0.attn_v.weight", "blk.1.attn_v.weight"
     alone = [float(table.damage[table.tensors.index(name), 0]) for name in (first, second)]
-    # one tensor alone is the sweep's own measurement: the same windows and the same quantized weights
+    # one tensor alone is the sweep's own measurement: the same windows, the same imatrix-quantized weights
     assert measure({first: "Q2_K"}) == pytest.approx(alone[0], rel=1e-9)
     together = measure({first: "Q2_K", second: "Q2_K"})
     assert together > max(alone) and together != pytest.approx(sum(alone), rel=1e-3)

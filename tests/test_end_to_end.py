@@ -51,7 +51,7 @@ def test_run_with_measured_sensitivity(tiny_reference, tmp_path, capsys):
     code = main(["run", "--model", str(tiny_reference), "--budget", "5.5bpw", "--formats", "Q4_0,Q8_0", "--calibration-tokens", "64",
                  "--preset", "Q8_0", "--ctx", "64", "--max-windows", "1", "--out-dir", str(tmp_path), "--no-imatrix"])
     assert code == 0
-    assert "KLD sensitivity measured on 64 calibration tokens" in capsys.readouterr().out
+    assert "KLD sensitivity measured on 64 tokens of austen in windows of 64" in capsys.readouterr().out
     allocation = Allocation.load(tmp_path / "allocation.json")
     assert allocation.method == "ilp" and allocation.extra["damage"] == "kld"
     assert allocation.extra["data_bytes"] <= allocation.extra["budget_bytes"]

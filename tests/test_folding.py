@@ -8,7 +8,8 @@ import pytest
 
 from ramp.errors import RampError
 from ramp.folding import fold_model
-from ramp.forward import Forward, calibration_tokens
+from ramp.calibration import CalibrationSpec
+from ramp.forward import Forward
 from ramp.model import load_model
 from ramp.profile import collect_activation_stats
 
@@ -20,7 +21,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokens(model):
-    return calibration_tokens(model, n_tokens=128, window=128)
+    return CalibrationSpec("austen", 128, 128).windows(model)
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_imatrix_error_is_importance_weighted_squared_error(tiny_model, tied, wi
     table = estimates.imatrix_error_table(model, tokens, imatrix if with_imatrix else None, FORMATS,
                                           progress=False, use_cache=False)
     assert table.measure.startswith("imatrix-error") and "not KLD" in table.measure
-    assert table.extra["n_tokens"] == tokens.numel() and table.extra["tied_embedding"] == tied
+    assert table.extra["calibration"] == {"text": None, "tokens": tokens.numel(), "window": tokens.shape[1]} and table.extra["tied_embedding"] == tied
     for name in BLK:
         weights, importance = model.tensors[name], imatrix.importance(name)
         for fmt in FORMATS:
@@ -291,10 +291,10 @@ def test_estimate_check_agreement_and_regret(tiny_model):
 def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_it_takes_hours():
     """SmolLM2's sweep is the 964 forwards docs/BENCHMARKS.md reports (7 minutes on two cores at 256 tokens):
     auto measures it; on 16x the tokens the same sweep would take hours, and auto picks the Fisher estimate."""
-    from ramp.allocate.problem import parse_ladder
+    from ramp.ladder import DEFAULT_LADDER
     from ramp.model import load_model
 
-    model, ladder = load_model("smollm2-135m"), parse_ladder(None)
+    model, ladder = load_model("smollm2-135m"), DEFAULT_LADDER
     damage, why = estimates.choose_damage(model, ladder, 256)
     assert (damage, why) == ("kld", "the measured sweep takes 964 forwards of 256 tokens: minutes on two cores")
     damage, why = estimates.choose_damage(model, ladder, 4096)

@@ -61,7 +61,9 @@ def allocate(
         # a policy acts on the ladder it was trained on (its table's formats, say): that is the default here
         ladder = tuple(read_policy_record(policy_path).formats)
     elif ladder is None:  # an explicit ladder is taken as asked
-        ladder = problems.measured_ladder([sensitivity])
+        from ramp.ladder import ladder_of
+
+        ladder = ladder_of([sensitivity])
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
     if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
         raise RampError("the sensitivity table was measured on another model file or --fold; re-run `ramp profile` for this one")

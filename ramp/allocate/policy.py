@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ramp.allocate.budget import Budget, describe_bytes
-from ramp.allocate.problem import Problem, build_problem, parse_ladder
+from ramp.allocate.problem import Problem, build_problem
 from ramp.allocation import Allocation
 from ramp.errors import RampError
+from ramp.ladder import ordered
 from ramp.model import Model
 from ramp.sensitivity_table import SensitivityTable
 
@@ -36,7 +37,7 @@ def allocate_with_policy(
         if budget is None:
             raise RampError("allocate_with_policy needs a budget (e.g. 4.5bpw) or a problem")
         budget = Budget.parse(budget) if isinstance(budget, str) else budget
-        problem = build_problem(model, budget.bytes_for(model), parse_ladder(",".join(ladder)))
+        problem = build_problem(model, budget.bytes_for(model), ordered(ladder))
     if embedding is None:
         embedding, feature_version = model_embedding(model)
     else:

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ramp.calibration import CalibrationSpec
     from ramp.imatrix import ImportanceMatrix
     from ramp.model import Model
 
@@ -43,10 +44,11 @@ def fold_as_asked(model: "Model", alpha: float | None) -> "Model":
     same default calibration tokens, so `ramp profile --fold A` and `ramp allocate --fold A` see one model."""
     if alpha is None:
         return model
-    from ramp.folding import DEFAULT_FOLD_TOKENS, fold_with_calibration
+    from ramp.calibration import FOLD
+    from ramp.folding import fold_with_calibration
 
-    folded = fold_with_calibration(model, alpha)
-    print(f"fold: Scale-Folded with alpha {alpha} on {DEFAULT_FOLD_TOKENS} calibration tokens")
+    folded = fold_with_calibration(model, alpha, FOLD)
+    print(f"fold: Scale-Folded with alpha {alpha} on {FOLD}")
     return folded
 
 
@@ -56,6 +58,24 @@ def load_model_for(args: argparse.Namespace) -> "Model":
 
     check_fold_argument(args)
     return fold_as_asked(load_model(args.model), args.fold)
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser, default: "CalibrationSpec", use: str,
+                              tokens_flag: str = "--tokens") -> None:
+    """`tokens_flag` and --window: the size of the calibration windows `use` reads (default: `default`'s)."""
+    parser.add_argument(tokens_flag, type=positive_int, default=default.tokens,
+                        help=f"calibration tokens for {use} (default {default.tokens}; whole windows only)")
+    parser.add_argument("--window", type=positive_int, default=default.window,
+                        help=f"tokens per calibration window (default {default.window})")
+
+
+def calibration_of(args: argparse.Namespace, tokens: int) -> "CalibrationSpec":
+    """The spec the command line asks for: `tokens` in windows of --window, on --text (the default text for
+    commands without --text)."""
+    from ramp.calibration import CalibrationSpec
+    from ramp.text import DEFAULT_TEXT
+
+    return CalibrationSpec(getattr(args, "text", DEFAULT_TEXT), tokens, args.window)
 
 
 def add_text_argument(parser: argparse.ArgumentParser, use: str) -> None:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from ramp.commands._options import (
     add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for, positive_int,
 )
-
-if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
-    from ramp.model import Model
-    from ramp.sensitivity_table import SensitivityTable
+from ramp.ladder import DEFAULT_LADDER
 
 METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
@@ -25,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "error from --imatrix (with --sensitivity, its solver on that table)")
     parser.add_argument("--budget", required=True,
                         help="bits per quantizable weight (3.65bpw) or bytes of their data (60MB, 57.2MiB, 123456789B)")
-    parser.add_argument("--formats", help="comma-separated candidate formats (default: Q2_K,Q3_K,Q4_0,Q4_K,Q5_0,Q5_K,Q6_K,Q8_0)")
+    parser.add_argument("--formats", help="comma-separated candidate formats (default: the formats the sensitivity table "
+                                          f"measured, {','.join(DEFAULT_LADDER)} without one)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (computed here when omitted)")
     parser.add_argument("--pin", action="append", default=[], metavar="REGEX=FORMAT",
                         help="force tensors whose name matches REGEX to FORMAT, as llama-quantize --tensor-type (repeatable)")
@@ -56,10 +52,11 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 def run(args: argparse.Namespace) -> int:
     from ramp.allocate import NEEDS_SENSITIVITY, allocate
     from ramp.allocate.budget import Budget, describe_bytes
-    from ramp.allocate.problem import Pin, parse_ladder
+    from ramp.allocate.problem import Pin
     from ramp.allocate.quadratic import kld_pair_measure
     from ramp.errors import RampError
     from ramp.files import check_output_path
+    from ramp.ladder import parse_ladder
     from ramp.sensitivity_table import SensitivityTable
 
     # Everything that can be wrong with the command line fails before the model loads.
@@ -79,15 +76,17 @@ def run(args: argparse.Namespace) -> int:
     imatrix = load_importance(args.imatrix, model)
     if table is None and args.method == "target-bpw":
         from ramp.allocate import target_bpw
-        from ramp.allocate.problem import DEFAULT_LADDER
 
         table = target_bpw.error_table(model, ladder or DEFAULT_LADDER, imatrix)
     elif table is None and args.method in NEEDS_SENSITIVITY:
-        table = _measure_sensitivity(model, ladder, imatrix, args.text)
+        from ramp.calibration import SENSITIVITY
+        from ramp.sensitivity import measure_sensitivity
+
+        table = measure_sensitivity(model, SENSITIVITY.sized(text=args.text), ladder or DEFAULT_LADDER, imatrix=imatrix)
     allocation = allocate(
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
-        measure_pair=kld_pair_measure(model, table) if args.method == "quadratic" else None,
+        measure_pair=kld_pair_measure(model, table, imatrix) if args.method == "quadratic" else None,
         pairs_per_role=args.pairs_per_role, policy_path=args.policy,
     )
     allocation.save(args.out)
@@ -111,14 +110,3 @@ def _bits(fmt: str) -> float:
     from ramp.kernels.formats import get_format
 
     return get_format(fmt).bits_per_weight
-
-
-def _measure_sensitivity(model: "Model", ladder: tuple[str, ...] | None, imatrix: "ImportanceMatrix | None",
-                         text: str) -> "SensitivityTable":
-    """The sensitivity table by the profiling module, for runs without --sensitivity."""
-    from ramp.allocate.problem import DEFAULT_LADDER
-    from ramp.forward import calibration_tokens
-    from ramp.sensitivity import DEFAULT_TOKENS, measure_sensitivity
-
-    tokens = calibration_tokens(model, DEFAULT_TOKENS, text=text)
-    return measure_sensitivity(model, tokens, formats=ladder or DEFAULT_LADDER, imatrix=imatrix)

@@ -11,8 +11,8 @@ quantizable weights equal to the source checkpoint's, and whether the file is at
 
 Damage per (tensor, format) is `ramp profile`'s measured sensitivity (mean KLD with only that tensor
 quantized), taken from `--sensitivity FILE` or measured here on calibration text (disk-cached, so a second
-run skips it). Run measures on 256 calibration tokens, half of `ramp profile`'s default, to keep the whole
-command near 15 minutes on two cores. `--damage imatrix-error` or `--damage fisher` estimate the damage
+run skips it), on `ramp profile`'s default windows (`ramp.calibration.SENSITIVITY`), so the two share one cached
+table. `--damage imatrix-error` or `--damage fisher` estimate the damage
 instead from a pass or two over the calibration text (`ramp.sensitivity_estimates`); the default, `auto`,
 measures where the sweep takes minutes on two cores (SmolLM2, Gemma 3 270M) and takes the Fisher estimate on
 bigger models, where it would take hours. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN: the squared error of
@@ -29,10 +29,10 @@ import argparse
 from ramp.commands._options import add_fold_argument, add_text_argument, check_fold_argument, fold_as_asked, positive_int
 from ramp.commands.eval import add_window_arguments
 
+from ramp.calibration import ESTIMATE, SENSITIVITY
 from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
-from ramp.sensitivity_estimates import AUTO, DEFAULT_ESTIMATE_TOKENS, ESTIMATES, STAND_IN  # numpy-only too
+from ramp.sensitivity_estimates import AUTO, ESTIMATES, STAND_IN  # numpy-only too
 DEFAULT_MAX_WINDOWS = 32
-DEFAULT_CALIBRATION_TOKENS = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"matrix (imatrix-error) or backward passes (fisher), or use the {STAND_IN}; default auto: "
                              "kld where the measured sweep takes minutes, fisher on bigger models")
     parser.add_argument("--calibration-tokens", type=positive_int,
-                        help=f"calibration tokens for measuring sensitivity (default {DEFAULT_CALIBRATION_TOKENS}) or "
-                             f"estimating it (default {DEFAULT_ESTIMATE_TOKENS})")
+                        help=f"calibration tokens for measuring sensitivity (default {SENSITIVITY.tokens}) or "
+                             f"estimating it (default {ESTIMATE.tokens})")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp presets to compare against, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
     parser.add_argument("--imatrix", metavar="FILE",
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget, feasible_range, require_within
-    from ramp.allocate.problem import parse_ladder
+    from ramp.ladder import parse_ladder
     from ramp.commands.eval import report_results
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
@@ -130,21 +130,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"damage: {STAND_IN} (squared weight error after llama.cpp's quantization, not measured sensitivity)")
         table = weight_error_table(model, ladder, imatrix)
     elif table is None:
-        from ramp.forward import calibration_tokens
-        from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
+        from ramp.sensitivity import measure_sensitivity
         from ramp.sensitivity_estimates import choose_damage, estimate_sensitivity
 
         if args.damage == AUTO:
-            args.damage, why = choose_damage(model, ladder, args.calibration_tokens or DEFAULT_CALIBRATION_TOKENS)
+            args.damage, why = choose_damage(model, ladder, args.calibration_tokens or SENSITIVITY.tokens)
             print(f"damage: {args.damage}, chosen by --damage auto ({why})")
-        n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
-        tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+        default = ESTIMATE if args.damage in ESTIMATES else SENSITIVITY
+        n_tokens = args.calibration_tokens or default.tokens
+        calibration = default.sized(n_tokens, min(default.window, n_tokens), args.text)
         if args.damage in ESTIMATES:
-            print(f"damage: {args.damage} estimate on {n_tokens} calibration tokens (cached for later runs)")
-            table = estimate_sensitivity(args.damage, model, tokens, imatrix, ladder)
+            print(f"damage: {args.damage} estimate on {calibration} (cached for later runs)")
+            table = estimate_sensitivity(args.damage, model, calibration, imatrix, ladder)
         else:
-            print(f"damage: KLD sensitivity measured on {n_tokens} calibration tokens (cached for later runs)")
-            table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
+            print(f"damage: KLD sensitivity measured on {calibration} (cached for later runs)")
+            table = measure_sensitivity(model, calibration, formats=ladder, imatrix=imatrix)
     allocation = allocate(model, args.method, budget, table, ladder=ladder)
     allocation.extra["damage"] = table.measure
     allocation.save(out_allocation)
@@ -174,15 +174,16 @@ def _importance_matrix(args: argparse.Namespace, model):
     import shutil
     from pathlib import Path
 
+    from ramp.calibration import IMATRIX
     from ramp.commands._options import load_importance
     from ramp.files import atomic_path
-    from ramp.imatrix import default_imatrix
+    from ramp.imatrix import cached_imatrix
 
     if args.no_imatrix:
         return None, None
     if args.imatrix:
         return load_importance(args.imatrix, model), Path(args.imatrix)
-    matrix, cached = default_imatrix(model, args.text)
+    matrix, cached = cached_imatrix(model, IMATRIX.sized(text=args.text))
     out = Path(args.out_dir) / ("imatrix.gguf" if model.fold_alpha is None else f"imatrix-fold{model.fold_alpha}.gguf")
     with atomic_path(out) as tmp:
         shutil.copyfile(cached, tmp)

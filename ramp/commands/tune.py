@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import positive_int
+from ramp.calibration import AGENT
+from ramp.commands._options import add_calibration_arguments, calibration_of, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Optuna RDB storage URL (default sqlite:///ramp_tune.db; any SQLAlchemy URL works)")
     parser.add_argument("--study", default="ramp", help="study name; re-running with the same name continues it")
     parser.add_argument("--out", default="tuned.json", help="best settings as JSON (default tuned.json)")
-    parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's, limited to the "
-                                          "formats the --sensitivity tables measured)")
+    parser.add_argument("--formats", help="comma-separated format ladder (default: the formats every --sensitivity "
+                                          "table measured, ramp's default ladder without tables)")
     parser.add_argument("--grouping", choices=("tensor", "block"), default="tensor")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration-tokens", type=positive_int, default=256)
-    parser.add_argument("--window", type=positive_int, default=128)
+    add_calibration_arguments(parser, AGENT, "each episode-end evaluation", "--calibration-tokens")
 
 
 def suggest(trial) -> tuple[dict, dict]:
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from ramp import agent
-    from ramp.allocate.problem import measured_ladder, parse_ladder
+    from ramp.ladder import ladder_of, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig, rollout
     from ramp.files import atomic_output, check_output_path
     from ramp.model import load_model
@@ -79,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
     asked_ladder = parse_ladder(args.formats) if args.formats else None
     paths = args.model or [None]
     tables = agent.load_tables(args.sensitivity, len(paths))
-    ladder = asked_ladder or measured_ladder(tables)
+    ladder = asked_ladder or ladder_of(tables)
     models = [load_model(path) for path in paths]
     names = [Path(path).name if path else "SmolLM2-135M-Instruct" for path in paths]
     low, high = agent.parse_budget_range(args.budget, models)
     # Profiles, evaluators and their caches are shared by every trial: only the agent and reward change.
-    contexts = agent.build_contexts(models, names, tables, args.calibration_tokens, args.window)
+    contexts = agent.build_contexts(models, names, tables, calibration_of(args, args.calibration_tokens))
     eval_budgets = np.linspace(low, high, args.eval_points) if args.eval_points > 1 else [(low + high) / 2]
 
     def objective(trial) -> float:
