@@ -6,7 +6,9 @@ tensor's row is what GGML block formats quantize block by block.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,12 +144,27 @@ def check_finite(name: str, weights: np.ndarray, source: str | Path) -> None:
                         "re-download or re-convert it")
 
 
+# Readers of the files read last, by (real path, device, inode, size, mtime): gguf-py parses every key in Python,
+# seconds for a 49,152-token vocabulary, and one `ramp run` reads its reference and presets a dozen times.
+_READERS: "OrderedDict[tuple, gguf.GGUFReader]" = OrderedDict()
+_KEEP_READERS = 4
+
+
 def read_gguf(path: str | Path) -> "gguf.GGUFReader":
-    """A GGUF reader, or one RampError line for an unreadable, corrupt or non-GGUF file."""
+    """A GGUF reader (shared with earlier callers of the same unchanged file: read it, never write through it),
+    or one RampError line for an unreadable, corrupt or non-GGUF file."""
     import gguf
 
     try:
-        return gguf.GGUFReader(path)
+        info = os.stat(path)
+        key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if key in _READERS:
+            _READERS.move_to_end(key)
+            return _READERS[key]
+        reader = _READERS[key] = gguf.GGUFReader(path)
+        while len(_READERS) > _KEEP_READERS:
+            _READERS.popitem(last=False)
+        return reader
     except PermissionError as exc:
         raise RampError(f"cannot read {path}: permission denied; check the file's permissions") from exc
     except (ValueError, IndexError, OSError, KeyError, TypeError) as exc:
