@@ -175,38 +175,13 @@ _MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from ramp.pareto import plot_pareto
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ramp.files import atomic_output
-
-    figure, axes = plt.subplots(figsize=(8, 5.2))
-    for method in dict.fromkeys(row["method"] for row in results["rows"]):
-        points = sorted((row["file_bytes"] / 2**20, row["kld_mean"]) for row in results["rows"] if row["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=f"ramp {method}")
-    presets = sorted(results["presets"], key=lambda p: p["file_bytes"])
-    axes.plot([p["file_bytes"] / 2**20 for p in presets], [p["kld_mean"] for p in presets], color="black",
-              linestyle=":", marker="*", markersize=11, label="llama.cpp presets" + (" (imatrix)" if results["imatrix"] else ""))
-    for preset in presets:
-        axes.annotate(preset["preset"], (preset["file_bytes"] / 2**20, preset["kld_mean"]), textcoords="offset points",
-                      xytext=(5, 4), fontsize=8)
-    if results["source_file_bytes"]:
-        axes.axvline(results["source_file_bytes"] / 2**20, color="grey", linestyle="--", linewidth=1)
-        axes.annotate("source checkpoint size: no claims at or right of it", (results["source_file_bytes"] / 2**20, 0.98),
-                      xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8, color="grey",
-                      textcoords="offset points", xytext=(-4, 0))
-    axes.set_yscale("log")
-    axes.set_xlabel("GGUF file size (MiB)")
-    axes.set_ylabel("mean KLD vs F32 reference (nats/token)")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    with atomic_output(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
+    lines = {f"ramp {method}": [(row["file_bytes"], row["kld_mean"]) for row in results["rows"] if row["method"] == method]
+             for method in dict.fromkeys(row["method"] for row in results["rows"])}
+    presets = [(preset["preset"], preset["file_bytes"], preset["kld_mean"]) for preset in results["presets"]]
+    plot_pareto(lines, presets, "llama.cpp presets" + (" (imatrix)" if results["imatrix"] else ""), path, title,
+                results["source_file_bytes"])
 
 
 def markdown(results: dict, png: Path, command: str, heading: str, goal: float = GOAL) -> str:

@@ -114,10 +114,16 @@ def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX):
         raise RampError(f"llama.cpp cannot load {path} ({exc}); is it a complete GGUF of a supported model? re-export it") from None
 
 
-def make_windows(gguf_path: str | os.PathLike, text: str, n_ctx: int = DEFAULT_N_CTX, max_windows: int | None = None) -> Windows:
-    """The evaluation windows of `text` (`ramp.tokenizer.token_windows`), scored from their second half."""
+def check_window_length(n_ctx: int) -> int:
+    """An evaluation window scores its second half: an even length of at least 4 tokens."""
     if n_ctx < 4 or n_ctx % 2:
         raise RampError(f"window length {n_ctx} must be an even number of at least 4 tokens")
+    return n_ctx
+
+
+def make_windows(gguf_path: str | os.PathLike, text: str, n_ctx: int = DEFAULT_N_CTX, max_windows: int | None = None) -> Windows:
+    """The evaluation windows of `text` (`ramp.tokenizer.token_windows`), scored from their second half."""
+    check_window_length(n_ctx)
     return Windows(token_windows(gguf_path, text, n_ctx, max_windows), text_sha256(text))
 
 
@@ -309,3 +315,17 @@ def format_table(results: list[EvalResult]) -> str:
         lines.append("* at or above the source checkpoint's size: its format can reproduce the source's grid, no claim is made there")
     return "\n".join(lines)
 
+
+def report_results(results: list[EvalResult], windows: Windows, json_path: str | None) -> None:
+    """Print the table (and write the rows as JSON) the same way for `ramp eval` and `ramp run`."""
+    import json
+
+    from ramp.files import atomic_output
+
+    text = results[0].text if results and results[0].text else "held-out"
+    print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} ({text} text, held-out half)")
+    print(format_table(results))
+    if json_path:
+        with atomic_output(json_path, "w") as handle:
+            json.dump([result.as_dict() for result in results], handle, indent=1)
+            handle.write("\n")

@@ -25,7 +25,7 @@ import torch
 
 from ramp.calibration import EMBEDDINGS, CalibrationSpec, calibration_tokens
 from ramp.errors import RampError
-from ramp.files import atomic_output
+from ramp.files import atomic_output, read_json
 from ramp.forward import Forward, tokens_sha256
 from ramp.model import ROLES, Model, TensorSpec
 
@@ -240,12 +240,9 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise RampError(f"embedding table {path} does not exist; create it with `ramp profile`") from None
-        except json.JSONDecodeError as exc:
-            raise RampError(f"{path} is not a ramp embedding table ({exc}); re-run `ramp profile`") from None
+        data = read_json(path, "embedding table", "create it with `ramp profile`")
+        if not isinstance(data, dict):
+            raise RampError(f"{path} is not a ramp embedding table; re-run `ramp profile`")
         if data.get("feature_version") != FEATURE_VERSION or tuple(data.get("feature_names", ())) != FEATURE_NAMES:
             raise RampError(
                 f"{path} holds features of version {data.get('feature_version')}, this ramp computes version "

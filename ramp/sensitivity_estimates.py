@@ -290,15 +290,16 @@ def fisher_table(
 def estimate_sensitivity(
     estimate: str, model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE,
     imatrix: "ImportanceMatrix | None" = None, formats: list[str] | tuple[str, ...] = DEFAULT_LADDER,
-    device: str = "cpu", progress: bool = True,
+    device: str = "cpu", progress: bool = True, seed: int = 0,
 ) -> SensitivityTable:
-    """`imatrix_error_table` or `fisher_table` by name (`--damage`), both disk-cached."""
+    """`imatrix_error_table` or `fisher_table` by name (`--damage`), both disk-cached; `seed` draws the
+    Fisher's labels."""
     from ramp.errors import RampError
 
     if estimate == IMATRIX_ERROR:
         return imatrix_error_table(model, calibration, imatrix, formats, device, progress)
     if estimate == FISHER:
-        return fisher_table(model, calibration, imatrix, formats, device=device, progress=progress)
+        return fisher_table(model, calibration, imatrix, formats, seed=seed, device=device, progress=progress)
     raise RampError(f"unknown damage estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
 
 
