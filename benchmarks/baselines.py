@@ -78,18 +78,18 @@ def sweep(args: argparse.Namespace) -> dict:
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
     from ramp.allocate.quadratic import kld_pair_measure
-    from ramp.calibration import ESTIMATE, IMATRIX, SENSITIVITY
+    from ramp.measure.calibration import ESTIMATE, IMATRIX, SENSITIVITY
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
-    from ramp.imatrix import ImportanceMatrix, cached_imatrix
-    from ramp.ladder import DEFAULT_LADDER
-    from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
-    from ramp.model import load_model
-    from ramp.presets import preset_path, quantizable_bytes
-    from ramp.sensitivity import measure_sensitivity
-    from ramp.sensitivity_estimates import ESTIMATES, estimate_sensitivity
-    from ramp.source_grid import source_file_bytes, source_match_share
-    from ramp.text import evaluation_text
+    from ramp.measure.imatrix import ImportanceMatrix, cached_imatrix
+    from ramp.measure.ladder import DEFAULT_LADDER
+    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
+    from ramp.models.model import load_model
+    from ramp.evaluate.presets import preset_path, quantizable_bytes
+    from ramp.measure.sensitivity import measure_sensitivity
+    from ramp.measure.estimates import ESTIMATES, estimate_sensitivity
+    from ramp.evaluate.source_grid import source_file_bytes, source_match_share
+    from ramp.models.text import evaluation_text
 
     clock = StageClock()
     with clock("load model"):
@@ -175,7 +175,7 @@ _MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    from ramp.pareto import plot_pareto
+    from ramp.evaluate.pareto import plot_pareto
 
     lines = {f"ramp {method}": [(row["file_bytes"], row["kld_mean"]) for row in results["rows"] if row["method"] == method]
              for method in dict.fromkeys(row["method"] for row in results["rows"])}
@@ -264,9 +264,9 @@ def write_section(doc: Path, heading: str, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ramp.allocate import METHODS
     from ramp.files import atomic_output, cache_dir
-    from ramp.presets import PRESET_LADDER
-    from ramp.sensitivity_estimates import ESTIMATES
-    from ramp.text import DEFAULT_TEXT, TEXTS
+    from ramp.evaluate.presets import PRESET_LADDER
+    from ramp.measure.estimates import ESTIMATES
+    from ramp.models.text import DEFAULT_TEXT, TEXTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="GGUF path or a name from `ramp models` (default smollm2-135m)")

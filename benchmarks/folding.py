@@ -21,18 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", default="Q3_K,Q2_K", help="uniform formats requested (default Q3_K,Q2_K)")
     parser.add_argument("--alphas", default="0.5", help="comma-separated folding strengths (default 0.5)")
     parser.add_argument("--fold-tokens", type=int, default=None,
-                        help="calibration tokens for activation maxima (default: ramp.calibration.FOLD's)")
+                        help="calibration tokens for activation maxima (default: ramp.measure.calibration.FOLD's)")
     parser.add_argument("--windows", type=int, default=8, help="evaluation windows of 512 tokens (default 8)")
     parser.add_argument("--work", default=".cache/bench-folding", help="folder for the GGUF files")
     args = parser.parse_args(argv)
 
     from ramp.export.gguf_writer import write_gguf, write_reference
-    from ramp.calibration import FOLD
-    from ramp.folding import fold_with_calibration
+    from ramp.measure.calibration import FOLD
+    from ramp.measure.folding import fold_with_calibration
     from ramp.kernels.formats import resolve_format
-    from ramp.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.model import load_model
-    from ramp.text import evaluation_text
+    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
+    from ramp.models.model import load_model
+    from ramp.models.text import evaluation_text
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ import numpy as np
 
 from ramp.allocate.problem import Item, build_items, tensor_damage
 from ramp.errors import RampError
-from ramp.ladder import DEFAULT_LADDER
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 # Steps of an episode: `tensor` is one step per tensor; `block` one per transformer block (its tensors share
 # a requested format, as `ramp allocate --group` does), global tensors each alone.

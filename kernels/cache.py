@@ -19,7 +19,7 @@ from ramp.errors import RampError
 from ramp.files import cache_dir
 from ramp.kernels import BACKENDS, dequantize, quantize, resolve_format
 from ramp.kernels.formats import tensor_bytes
-from ramp.model import Model
+from ramp.models.model import Model
 
 
 class DequantCache:

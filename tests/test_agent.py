@@ -10,12 +10,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from test_env import EMBEDDING_SIZE, random_embedding, tiny_llama, tokens
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
-from ramp import agent
+from ramp.agent import sac as agent
 from ramp.allocate.budget import Budget
 from ramp.envs import BitAllocationEnv, ModelContext
 from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
 from ramp.errors import RampError
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.sensitivity_table import SensitivityTable
 
 CONFIG = agent.SACConfig(learning_starts=20, batch_size=16, net_arch=(16, 16))
 FEATURE_VERSION = 1
@@ -109,8 +109,8 @@ def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_p
 
 
 def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp_path) -> None:
-    from ramp.allocate.policy import allocate_with_policy
-    from ramp import profile
+    from ramp.agent.policy import allocate_with_policy
+    from ramp.measure import profile
 
     path = tmp_path / "policy.zip"
     trained = record(env, model)
@@ -130,7 +130,7 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     from test_env import damage_table
 
     from ramp.cli import main
-    from ramp.model import load_model
+    from ramp.models.model import load_model
 
     model = load_model(tiny_reference)
     full = damage_table(model)

@@ -12,12 +12,12 @@ from ramp.allocate import allocate, predicted_damage
 from ramp.allocate import greedy, ilp, quadratic
 from ramp.allocate.budget import Budget, feasible_range
 from ramp.allocate.problem import Pin, build_items, build_problem, item_damage, member_damage, tensor_damage
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.kernels.formats import tensor_bytes
-from ramp.model import Model, TensorSpec, role_of
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import Model, TensorSpec, role_of
+from ramp.measure.sensitivity_table import SensitivityTable
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 LADDER = ("Q2_K", "Q4_K", "Q8_0")
@@ -298,10 +298,10 @@ def test_quadratic_within_budget_and_optimal_for_its_model(seed):
 
 
 def test_real_pair_measure_repeats_the_sweep_alone_and_sees_interaction_together(tiny_reference):
-    from ramp.calibration import CalibrationSpec
-    from ramp.imatrix import compute_imatrix
-    from ramp.model import load_model
-    from ramp.sensitivity import measure_sensitivity
+    from ramp.measure.calibration import CalibrationSpec
+    from ramp.measure.imatrix import compute_imatrix
+    from ramp.models.model import load_model
+    from ramp.measure.sensitivity import measure_sensitivity
 
     model = load_model(tiny_reference)
     calibration = CalibrationSpec("austen", 64, 32)
@@ -347,7 +347,7 @@ def tiny_gguf(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    from ramp.model import load_model
+    from ramp.models.model import load_model
 
     model = load_model(path)
     ladder = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0")

@@ -14,8 +14,8 @@ from ramp.allocate.problem import build_items
 from ramp.envs import ENV_ID, BitAllocationEnv, ModelContext, RewardConfig
 from ramp.envs.bit_allocation import rollout
 from ramp.errors import RampError
-from ramp.model import MetadataValue, Model, TensorSpec, role_of
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import MetadataValue, Model, TensorSpec, role_of
+from ramp.measure.sensitivity_table import SensitivityTable
 
 EMBEDDING_SIZE = 11
 
@@ -59,7 +59,7 @@ def model() -> Model:
 
 @pytest.fixture(scope="module")
 def context(model: Model) -> ModelContext:
-    from ramp.agent import KLDEvaluator
+    from ramp.agent.sac import KLDEvaluator
 
     return ModelContext("tiny", model, random_embedding(model), KLDEvaluator(model, tokens()))
 

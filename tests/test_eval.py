@@ -7,9 +7,9 @@ import pytest
 
 from ramp.cli import main
 from ramp.export.gguf_writer import write_gguf, write_reference
-from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, scored_logprobs
-from ramp.text import evaluation_text
-from ramp.tokenizer import open_vocabulary, tokenize
+from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, scored_logprobs
+from ramp.models.text import evaluation_text
+from ramp.models.tokenizer import open_vocabulary, tokenize
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 N_CTX, N_WINDOWS = 64, 3

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from ramp.errors import RampError
-from ramp.folding import fold_model
-from ramp.calibration import CalibrationSpec
-from ramp.forward import Forward
-from ramp.model import load_model
-from ramp.profile import collect_activation_stats
+from ramp.measure.folding import fold_model
+from ramp.measure.calibration import CalibrationSpec
+from ramp.measure.forward import Forward
+from ramp.models.model import load_model
+from ramp.measure.profile import collect_activation_stats
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ramp.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
-from ramp.calibration import CalibrationSpec
-from ramp.forward import Forward, KLDReference
-from ramp.model import Model, load_model
+from ramp.models.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
+from ramp.measure.calibration import CalibrationSpec
+from ramp.measure.forward import Forward, KLDReference
+from ramp.models.model import Model, load_model
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_gemma3_sliding_window_matches_llama_cpp(gemma, gemma_forward, gemma_ref
 
 
 def test_gemma3_capture_and_profile_cover_only_the_quantizable_tensors(gemma, gemma_forward):
-    from ramp.profile import FEATURE_NAMES, profile_model
+    from ramp.measure.profile import FEATURE_NAMES, profile_model
 
     tokens = CalibrationSpec("austen", 64, 64).windows(gemma)
     seen: set[str] = set()

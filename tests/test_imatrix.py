@@ -8,12 +8,12 @@ import pytest
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.export.gguf_writer import cached_reference
-from ramp.calibration import CalibrationSpec
-from ramp.imatrix import ImportanceMatrix, compute_imatrix
+from ramp.measure.calibration import CalibrationSpec
+from ramp.measure.imatrix import ImportanceMatrix, compute_imatrix
 from ramp.kernels import quantize
 from ramp.llama_tools import run_tool
-from ramp.model import load_model, read_gguf
-from ramp.text import calibration_text
+from ramp.models.model import load_model, read_gguf
+from ramp.models.text import calibration_text
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 N_CTX, N_CHUNKS = 256, 4
@@ -92,7 +92,7 @@ def test_imatrix_of_another_model_is_refused(ramp_matrix):
 
 
 def test_damaged_imatrix_cache_entry_is_computed_again(tiny_reference, capsys):
-    from ramp.imatrix import cached_imatrix
+    from ramp.measure.imatrix import cached_imatrix
 
     tiny = load_model(tiny_reference)
     calibration = CalibrationSpec("austen", 128, 64)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ramp.errors import RampError
-from ramp.model import MetadataValue, Model, TensorSpec, role_of
-from ramp.profile import (
+from ramp.models.model import MetadataValue, Model, TensorSpec, role_of
+from ramp.measure.profile import (
     FEATURE_NAMES, ActivationStats, Profile, _activation_features, profile_model, tensor_features, weight_features,
 )
-from ramp.sensitivity import measure_sensitivity
+from ramp.measure.sensitivity import measure_sensitivity
 
 HIDDEN, FFN, VOCAB, BLOCKS = 64, 128, 256, 2
 
@@ -96,8 +96,8 @@ def test_row_sampling_is_reproducible_with_a_seed(tmp_path):
     tokens = random_tokens()
     profile = profile_model(model, tokens, seed=3)
     assert profile.features.shape == (len(model.quantizable), len(FEATURE_NAMES)) and np.isfinite(profile.features).all()
-    from ramp.forward import Forward
-    from ramp.profile import collect_activation_stats
+    from ramp.measure.forward import Forward
+    from ramp.measure.profile import collect_activation_stats
 
     stats = collect_activation_stats(Forward(model), tokens)
     counts = np.bincount(tokens.numpy().ravel(), minlength=VOCAB).astype(np.float64)

@@ -23,18 +23,18 @@ import numpy as np
 import pytest
 import torch
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cache_entries import remove_entry, seal_path
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.export.gguf_writer import cached_reference, write_gguf, write_reference
 from ramp.files import check_output_path
 from ramp.kernels import DequantCache
-from ramp.llama_eval import make_windows, reference_logprobs
-from ramp.model import MetadataValue, load_model
-from ramp.sensitivity import measure_sensitivity
-from ramp.sensitivity_table import SensitivityTable
-from ramp.text import evaluation_text
+from ramp.evaluate.llama_eval import make_windows, reference_logprobs
+from ramp.models.model import MetadataValue, load_model
+from ramp.measure.sensitivity import measure_sensitivity
+from ramp.measure.sensitivity_table import SensitivityTable
+from ramp.models.text import evaluation_text
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 
@@ -387,7 +387,7 @@ def test_sensitivity_table_with_bad_values_is_one_line(tiny_reference, tmp_path,
 def test_policy_with_a_corrupt_network_is_one_line(tiny_reference, tmp_path, capsys):
     from test_env import damage_table
 
-    from ramp import agent
+    from ramp.agent import sac as agent
     from ramp.envs import BitAllocationEnv, ModelContext
 
     model = load_model(tiny_reference)

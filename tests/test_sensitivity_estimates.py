@@ -1,4 +1,4 @@
-"""Sensitivity without a sweep (`ramp.sensitivity_estimates`: imatrix-weighted error, diagonal Fisher) and
+"""Sensitivity without a sweep (`ramp.measure.estimates`: imatrix-weighted error, diagonal Fisher) and
 llama.cpp PR 15550's allocator (`ramp.allocate.target_bpw`), on the tiny llama of tiny_gguf (256-wide rows,
 so K-quants apply; the embedding is tied to the output)."""
 from __future__ import annotations
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import ramp.sensitivity_estimates as estimates
+import ramp.measure.estimates as estimates
 from ramp.allocate import allocate, greedy, predicted_damage, target_bpw
 from ramp.allocate.problem import Choice, Item, Problem, build_items, item_damage
 from ramp.cli import main
-from ramp.forward import Forward, KLDReference
-from ramp.imatrix import compute_imatrix
+from ramp.measure.forward import Forward, KLDReference
+from ramp.measure.imatrix import compute_imatrix
 from ramp.kernels import quantize_dequantize
-from ramp.model import Model, TensorSpec
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import Model, TensorSpec
+from ramp.measure.sensitivity_table import SensitivityTable
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 FORMATS = ["Q3_K", "Q4_K", "Q6_K"]  # on ffn_down's 320-wide rows: Q4_0, Q5_0, Q8_0
@@ -248,7 +248,7 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
     assert "--imatrix" in capsys.readouterr().err
     assert main([*common, "--imatrix", str(imatrix_path)]) == 0
     assert "target-bpw error" in capsys.readouterr().out
-    from ramp.allocation import Allocation
+    from ramp.allocate.allocation import Allocation
 
     allocation = Allocation.load(out)
     assert allocation.method == "target-bpw" and allocation.extra["reference"].startswith("llama.cpp PR 15550")
@@ -258,8 +258,8 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
 
 
 def test_estimate_check_agreement_and_regret(tiny_model):
-    from ramp.estimate_check import distinct_cells, rank_agreement, regret
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.evaluate.estimate_check import distinct_cells, rank_agreement, regret
+    from ramp.measure.sensitivity_table import SensitivityTable
 
     seed = 8
     print(f"seed {seed}")
@@ -291,8 +291,8 @@ def test_estimate_check_agreement_and_regret(tiny_model):
 def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_it_takes_hours():
     """SmolLM2's sweep is the 964 forwards docs/BENCHMARKS.md reports (7 minutes on two cores at 256 tokens):
     auto measures it; on 16x the tokens the same sweep would take hours, and auto picks the Fisher estimate."""
-    from ramp.ladder import DEFAULT_LADDER
-    from ramp.model import load_model
+    from ramp.measure.ladder import DEFAULT_LADDER
+    from ramp.models.model import load_model
 
     model, ladder = load_model("smollm2-135m"), DEFAULT_LADDER
     damage, why = estimates.choose_damage(model, ladder, 256)

@@ -4,7 +4,7 @@
 call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
 quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR
 15550's Lagrangian allocator, the closest competitor, on its own imatrix-weighted error table from
-`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.allocate.policy.allocate_with_policy`).
+`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.agent.policy.allocate_with_policy`).
 
 Submodules are imported when a method runs, so importing this package stays cheap.
 """
@@ -14,15 +14,15 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.errors import RampError
 
 if TYPE_CHECKING:
     from ramp.allocate.budget import Budget
     from ramp.allocate.problem import Pin
     from ramp.allocate.quadratic import MeasurePair
-    from ramp.model import Model
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.models.model import Model
+    from ramp.measure.sensitivity_table import SensitivityTable
 
 METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")
 NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy", "target-bpw")
@@ -56,12 +56,12 @@ def allocate(
         raise RampError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
     if ladder is None and method == "policy" and policy_path is not None:
-        from ramp.agent import read_policy_record
+        from ramp.agent.sac import read_policy_record
 
         # a policy acts on the ladder it was trained on (its table's formats, say): that is the default here
         ladder = tuple(read_policy_record(policy_path).formats)
     elif ladder is None:  # an explicit ladder is taken as asked
-        from ramp.ladder import ladder_of
+        from ramp.measure.ladder import ladder_of
 
         ladder = ladder_of([sensitivity])
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
@@ -124,6 +124,6 @@ def _run_policy(model: "Model", budget: "Budget", problem, sensitivity: "Sensiti
                 policy_path: str | Path | None) -> Allocation:
     if policy_path is None:
         raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
-    from ramp.allocate.policy import allocate_with_policy
+    from ramp.agent.policy import allocate_with_policy
 
     return allocate_with_policy(model, Path(policy_path), budget, problem=problem, sensitivity=sensitivity)

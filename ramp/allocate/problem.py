@@ -15,9 +15,9 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.kernels.formats import get_format, resolve_format
-from ramp.ladder import DEFAULT_LADDER
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 @dataclass(frozen=True)
 class Pin:

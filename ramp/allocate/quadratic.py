@@ -33,11 +33,11 @@ import numpy as np
 
 from ramp.allocate import ilp
 from ramp.allocate.problem import Problem
-from ramp.model import BLOCK_ROLES, Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import BLOCK_ROLES, Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
 # measure_pair({tensor: written format, ...}) -> damage (same measure and units as the sensitivity table)
 # of the model with exactly those tensors quantized.
@@ -45,12 +45,12 @@ MeasurePair = Callable[[dict[str, str]], float]
 
 
 def kld_pair_measure(model: Model, table: SensitivityTable, imatrix: "ImportanceMatrix | None" = None) -> MeasurePair:
-    """measure_pair by the KLD oracle (`ramp.oracle`) on the calibration windows `table` was measured on,
+    """measure_pair by the KLD oracle (`ramp.measure.oracle`) on the calibration windows `table` was measured on,
     quantized with the same importance matrix, so pair and single damages compare. Adjacent-block pairs re-run
     from their first block only, thanks to the oracle's block checkpoints."""
-    from ramp.calibration import recorded_spec
+    from ramp.measure.calibration import recorded_spec
     from ramp.errors import RampError
-    from ramp.oracle import KLDOracle
+    from ramp.measure.oracle import KLDOracle
 
     spec = recorded_spec(table.extra)
     if spec is None:

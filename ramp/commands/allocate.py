@@ -8,7 +8,7 @@ from collections import Counter
 from ramp.commands._options import (
     add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for, positive_int,
 )
-from ramp.ladder import DEFAULT_LADDER
+from ramp.measure.ladder import DEFAULT_LADDER
 
 METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from ramp.allocate.quadratic import kld_pair_measure
     from ramp.errors import RampError
     from ramp.files import check_output_path
-    from ramp.ladder import parse_ladder
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.measure.ladder import parse_ladder
+    from ramp.measure.sensitivity_table import SensitivityTable
 
     # Everything that can be wrong with the command line fails before the model loads.
     budget = Budget.parse(args.budget)
@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
         table = target_bpw.error_table(model, ladder or DEFAULT_LADDER, imatrix)
     elif table is None and args.method in NEEDS_SENSITIVITY:
-        from ramp.calibration import SENSITIVITY
-        from ramp.sensitivity import measure_sensitivity
+        from ramp.measure.calibration import SENSITIVITY
+        from ramp.measure.sensitivity import measure_sensitivity
 
         table = measure_sensitivity(model, SENSITIVITY.sized(text=args.text), ladder or DEFAULT_LADDER, imatrix=imatrix)
     allocation = allocate(

@@ -5,7 +5,7 @@ import argparse
 
 from ramp.commands._options import add_text_argument, positive_int
 
-DEFAULT_N_CTX = 512  # mirrors ramp.llama_eval.DEFAULT_N_CTX, kept light
+DEFAULT_N_CTX = 512  # mirrors ramp.evaluate.llama_eval.DEFAULT_N_CTX, kept light
 
 
 def add_window_arguments(parser: argparse.ArgumentParser, default_windows: int | None) -> None:
@@ -35,11 +35,11 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
-    from ramp.llama_eval import (
+    from ramp.evaluate.llama_eval import (
         check_same_model, evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result, report_results,
     )
-    from ramp.referee import check_referee, format_agreement, referee
-    from ramp.text import evaluation_text
+    from ramp.evaluate.referee import check_referee, format_agreement, referee
+    from ramp.models.text import evaluation_text
 
     if args.json:
         check_output_path(args.json)

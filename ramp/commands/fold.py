@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.calibration import FOLD
+from ramp.measure.calibration import FOLD
 from ramp.commands._options import add_calibration_arguments, calibration_of
 
 
@@ -26,8 +26,8 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 def run(args: argparse.Namespace) -> int:
     from ramp.export.gguf_writer import write_reference
     from ramp.files import check_output_path
-    from ramp.folding import check_alpha, fold_with_calibration
-    from ramp.model import load_model
+    from ramp.measure.folding import check_alpha, fold_with_calibration
+    from ramp.models.model import load_model
 
     check_alpha(args.alpha)  # fail before loading the model
     check_output_path(args.out)

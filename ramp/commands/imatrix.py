@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.calibration import IMATRIX
+from ramp.measure.calibration import IMATRIX
 from ramp.commands._options import add_calibration_arguments, add_fold_argument, add_text_argument, calibration_of, load_model_for
 
 
@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ramp.files import atomic_path, check_output_path
-    from ramp.imatrix import cached_imatrix
-    from ramp.text import check_text
+    from ramp.measure.imatrix import cached_imatrix
+    from ramp.models.text import check_text
 
     check_output_path(args.out)
     check_text(args.text)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.calibration import EMBEDDINGS, ESTIMATE, SENSITIVITY
+from ramp.measure.calibration import EMBEDDINGS, ESTIMATE, SENSITIVITY
 from ramp.commands._options import (
     add_fold_argument, add_imatrix_argument, add_text_argument, calibration_of, load_importance, load_model_for,
     positive_int,
 )
-from ramp.ladder import DEFAULT_LADDER
+from ramp.measure.ladder import DEFAULT_LADDER
 
 OUTPUT_FILES = ("embeddings.json", "embeddings.csv", "sensitivity.json", "sensitivity.png")
 
@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ramp.errors import RampError
-    from ramp.forward import Forward, check_device
-    from ramp.ladder import parse_ladder
-    from ramp.profile import profile_model
-    from ramp.sensitivity import measure_sensitivity, plot_heatmap, summary
-    from ramp.sensitivity_estimates import AUTO, ESTIMATES, choose_damage, estimate_sensitivity
-    from ramp.text import check_text
+    from ramp.measure.forward import Forward, check_device
+    from ramp.measure.ladder import parse_ladder
+    from ramp.measure.profile import profile_model
+    from ramp.measure.sensitivity import measure_sensitivity, plot_heatmap, summary
+    from ramp.measure.estimates import AUTO, ESTIMATES, choose_damage, estimate_sensitivity
+    from ramp.models.text import check_text
 
     formats = parse_ladder(args.formats)
     embeddings = calibration_of(args, args.tokens)

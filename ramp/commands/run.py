@@ -11,9 +11,9 @@ quantizable weights equal to the source checkpoint's, and whether the file is at
 
 Damage per (tensor, format) is `ramp profile`'s measured sensitivity (mean KLD with only that tensor
 quantized), taken from `--sensitivity FILE` or measured here on calibration text (disk-cached, so a second
-run skips it), on `ramp profile`'s default windows (`ramp.calibration.SENSITIVITY`), so the two share one cached
+run skips it), on `ramp profile`'s default windows (`ramp.measure.calibration.SENSITIVITY`), so the two share one cached
 table. `--damage imatrix-error` or `--damage fisher` estimate the damage
-instead from a pass or two over the calibration text (`ramp.sensitivity_estimates`), for models where the
+instead from a pass or two over the calibration text (`ramp.measure.estimates`), for models where the
 sweep would not finish. `--damage weight-error` selects the WEIGHT-ERROR STAND-IN: the squared error of
 each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but blind to how
 much each tensor matters to the output; it is named as such in the table and the allocation.
@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.calibration import ESTIMATE, SENSITIVITY
+from ramp.measure.calibration import ESTIMATE, SENSITIVITY
 from ramp.commands._options import add_fold_argument, add_text_argument, positive_int
 from ramp.commands.eval import DEFAULT_N_CTX, add_window_arguments
 from ramp.job.settings import JOB_FILE
 from ramp.job.stages import STAGES, artifact_names  # both light: no torch, no model
-from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
-from ramp.sensitivity_estimates import AUTO, ESTIMATES, STAND_IN  # numpy-only too
-from ramp.text import DEFAULT_TEXT
+from ramp.evaluate.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
+from ramp.measure.estimates import AUTO, ESTIMATES, STAND_IN  # numpy-only too
+from ramp.models.text import DEFAULT_TEXT
 
 DEFAULT_MAX_WINDOWS = 32
 DEFAULT_BUDGET = "Q4_K_M"
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"the bytes llama.cpp's preset spends on them (default {DEFAULT_BUDGET})")
     parser.add_argument("--method", choices=("ilp", "greedy", "target-bpw"),
                         help="allocation method (default ilp; target-bpw is llama.cpp PR #15550's allocator)")
-    parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp's ladder, ramp.ladder)")
+    parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp's ladder, ramp.measure.ladder)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
     parser.add_argument("--damage", choices=(AUTO, "kld", *ESTIMATES, "weight-error"),
                         help="without --sensitivity: measure KLD sensitivity (kld), estimate it from the importance "
@@ -135,12 +135,12 @@ def _new_settings(args: argparse.Namespace):
     from ramp.allocate.budget import Budget, feasible_range, require_within
     from ramp.commands._options import check_fold_argument, load_importance
     from ramp.job.settings import new_settings
-    from ramp.ladder import parse_ladder
-    from ramp.llama_eval import check_window_length
-    from ramp.model import load_model
-    from ramp.presets import ftype_of
-    from ramp.sensitivity_table import SensitivityTable
-    from ramp.text import check_text
+    from ramp.measure.ladder import parse_ladder
+    from ramp.evaluate.llama_eval import check_window_length
+    from ramp.models.model import load_model
+    from ramp.evaluate.presets import ftype_of
+    from ramp.measure.sensitivity_table import SensitivityTable
+    from ramp.models.text import check_text
 
     text = check_text(args.text or DEFAULT_TEXT)
     presets = tuple(name.upper() for name in (args.preset or DEFAULT_PRESETS))

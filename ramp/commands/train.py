@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.calibration import AGENT
+from ramp.measure.calibration import AGENT
 from ramp.commands._options import add_calibration_arguments, calibration_of, positive_int
 
 
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from ramp import agent
-    from ramp.ladder import ladder_of, parse_ladder
+    from ramp.agent import sac as agent
+    from ramp.measure.ladder import ladder_of, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig
     from ramp.errors import RampError
     from ramp.files import check_output_path
-    from ramp.model import load_model
+    from ramp.models.model import load_model
 
     # Command-line mistakes fail before any model loads.
     out = check_output_path(args.out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.calibration import AGENT
+from ramp.measure.calibration import AGENT
 from ramp.commands._options import add_calibration_arguments, calibration_of, positive_int
 
 
@@ -69,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import optuna
 
-    from ramp import agent
-    from ramp.ladder import ladder_of, parse_ladder
+    from ramp.agent import sac as agent
+    from ramp.measure.ladder import ladder_of, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig, rollout
     from ramp.files import atomic_output, check_output_path
-    from ramp.model import load_model
+    from ramp.models.model import load_model
 
     check_output_path(args.out)
     asked_ladder = parse_ladder(args.formats) if args.formats else None

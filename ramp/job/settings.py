@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ramp.errors import RampError
 
 if TYPE_CHECKING:
-    from ramp.model import Model
+    from ramp.models.model import Model
 
 JOB_FILE = "job.json"
 LOCATIONS = ("model", "imatrix_file", "sensitivity_file")
@@ -140,11 +140,11 @@ def new_settings(
     eval_max_windows: int | None,
 ) -> JobSettings:
     """The settings of a new job on `source` (loaded from `model`, as given), every default filled in: the
-    calibration specs of `ramp.calibration` on `text`, the damage measure's with `damage_tokens` when given
+    calibration specs of `ramp.measure.calibration` on `text`, the damage measure's with `damage_tokens` when given
     (its window no longer than them), and for `damage` "auto" the measure it chooses for this model."""
-    from ramp.calibration import EMBEDDINGS, ESTIMATE, FOLD, IMATRIX, SENSITIVITY
+    from ramp.measure.calibration import EMBEDDINGS, ESTIMATE, FOLD, IMATRIX, SENSITIVITY
     from ramp.files import file_sha256
-    from ramp.sensitivity_estimates import AUTO, ESTIMATES, choose_damage
+    from ramp.measure.estimates import AUTO, ESTIMATES, choose_damage
 
     if imatrix_file and no_imatrix:
         raise RampError("--imatrix and --no-imatrix contradict each other; pass one")

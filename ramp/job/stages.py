@@ -24,9 +24,9 @@ from ramp.errors import RampError
 from ramp.job.settings import JOB_FILE, JobSettings
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
-    from ramp.llama_eval import EvalResult
-    from ramp.model import Model
+    from ramp.measure.imatrix import ImportanceMatrix
+    from ramp.evaluate.llama_eval import EvalResult
+    from ramp.models.model import Model
 
 STAGES = ("imatrix", "presets", "embeddings", "sensitivity", "allocation", "gguf", "results")
 # The stages whose artifacts each stage reads: its record holds while their bytes stay the same.
@@ -67,7 +67,7 @@ class Job:
     @cached_property
     def source(self) -> "Model":
         """The model as given, checked against the job's sha256."""
-        from ramp.model import load_model
+        from ramp.models.model import load_model
 
         model = load_model(self.settings.model)
         self._check_source(model)
@@ -83,8 +83,8 @@ class Job:
         """The model ramp's own file is made from: the source, Scale-Folded with --fold."""
         if self.settings.fold is None:
             return self.source
-        from ramp.calibration import CalibrationSpec
-        from ramp.folding import fold_with_calibration
+        from ramp.measure.calibration import CalibrationSpec
+        from ramp.measure.folding import fold_with_calibration
 
         return fold_with_calibration(self.source, self.settings.fold, CalibrationSpec.from_dict(self.settings.fold_calibration))
 
@@ -96,7 +96,7 @@ class Job:
 
     def importance(self, folded: bool) -> "tuple[ImportanceMatrix | None, Path | None]":
         """The job's importance matrix (artifact of the imatrix stage) for the source or the folded model."""
-        from ramp.imatrix import ImportanceMatrix
+        from ramp.measure.imatrix import ImportanceMatrix
 
         if self.settings.imatrix == "none":
             return None, None
@@ -109,9 +109,9 @@ class Job:
     # --- the stages -----------------------------------------------------------------------------------
 
     def _stage_imatrix(self) -> list[str]:
-        from ramp.calibration import CalibrationSpec
+        from ramp.measure.calibration import CalibrationSpec
         from ramp.files import atomic_path, file_sha256
-        from ramp.imatrix import ImportanceMatrix, cached_imatrix
+        from ramp.measure.imatrix import ImportanceMatrix, cached_imatrix
 
         settings = self.settings
         if settings.imatrix == "none":
@@ -138,7 +138,7 @@ class Job:
 
     def _stage_presets(self) -> list[str]:
         from ramp.files import atomic_output, file_sha256
-        from ramp.presets import preset_path, quantizable_bytes
+        from ramp.evaluate.presets import preset_path, quantizable_bytes
 
         _, imatrix_file = self.importance(folded=False)
         presets = {}
@@ -153,8 +153,8 @@ class Job:
         return ["presets.json"]
 
     def _stage_embeddings(self) -> list[str]:
-        from ramp.calibration import CalibrationSpec
-        from ramp.profile import profile_model
+        from ramp.measure.calibration import CalibrationSpec
+        from ramp.measure.profile import profile_model
 
         spec = CalibrationSpec.from_dict(self.settings.embeddings_calibration)
         profile = profile_model(self.model, spec, self.settings.seed)
@@ -163,9 +163,9 @@ class Job:
         return ["embeddings.json", "embeddings.csv"]
 
     def _stage_sensitivity(self) -> list[str]:
-        from ramp.calibration import CalibrationSpec
-        from ramp.sensitivity_estimates import ESTIMATES, STAND_IN, estimate_sensitivity, weight_error_table
-        from ramp.sensitivity_table import SensitivityTable
+        from ramp.measure.calibration import CalibrationSpec
+        from ramp.measure.estimates import ESTIMATES, STAND_IN, estimate_sensitivity, weight_error_table
+        from ramp.measure.sensitivity_table import SensitivityTable
 
         settings = self.settings
         imatrix, _ = self.importance(folded=True)
@@ -181,7 +181,7 @@ class Job:
                 print(f"damage: {settings.damage} estimate on {spec} (cached for later runs)")
                 table = estimate_sensitivity(settings.damage, self.model, spec, imatrix, settings.ladder, seed=settings.seed)
             else:
-                from ramp.sensitivity import measure_sensitivity
+                from ramp.measure.sensitivity import measure_sensitivity
 
                 print(f"damage: KLD sensitivity measured on {spec} (cached for later runs)", flush=True)
                 table = measure_sensitivity(self.model, spec, settings.ladder, imatrix=imatrix)
@@ -191,7 +191,7 @@ class Job:
     def _stage_allocation(self) -> list[str]:
         from ramp.allocate import allocate
         from ramp.allocate.budget import Budget
-        from ramp.sensitivity_table import SensitivityTable
+        from ramp.measure.sensitivity_table import SensitivityTable
 
         settings = self.settings
         if settings.budget in self._presets():
@@ -206,7 +206,7 @@ class Job:
         return ["allocation.json"]
 
     def _stage_gguf(self) -> list[str]:
-        from ramp.allocation import Allocation
+        from ramp.allocate.allocation import Allocation
         from ramp.export.gguf_writer import predict_file_size, write_allocation
         from ramp.files import check_output_path
 
@@ -217,11 +217,11 @@ class Job:
         return [RAMP_GGUF]
 
     def _stage_results(self) -> list[str]:
-        from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, report_results
-        from ramp.presets import preset_path
-        from ramp.sensitivity_estimates import STAND_IN
-        from ramp.source_grid import source_file_bytes, source_match_share
-        from ramp.text import evaluation_text
+        from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, report_results
+        from ramp.evaluate.presets import preset_path
+        from ramp.measure.estimates import STAND_IN
+        from ramp.evaluate.source_grid import source_file_bytes, source_match_share
+        from ramp.models.text import evaluation_text
 
         settings = self.settings
         windows = make_windows(self.reference, evaluation_text(settings.text), settings.eval_ctx, settings.eval_max_windows)
@@ -244,7 +244,7 @@ class Job:
 
         reference, ours, presets = annotated(reference), annotated(ours), [annotated(result) for result in presets]
         report_results(sorted([reference, *presets, ours], key=lambda r: r.file_bytes), windows, str(self.folder / RESULTS))
-        from ramp.pareto import plot_pareto
+        from ramp.evaluate.pareto import plot_pareto
 
         plot_pareto({ours.name: [(ours.file_bytes, ours.kld_mean)]},
                     [(result.name, result.file_bytes, result.kld_mean) for result in presets],
@@ -255,7 +255,7 @@ class Job:
     # --- helpers --------------------------------------------------------------------------------------
 
     def _needed_presets(self) -> list[str]:
-        from ramp.presets import ftype_of
+        from ramp.evaluate.presets import ftype_of
 
         budget = [self.settings.budget] if self.settings.budget[:1].isalpha() else []
         names = list(dict.fromkeys([*self.settings.presets, *budget]))
@@ -346,7 +346,7 @@ class Job:
 
     def _print_kept_results(self) -> None:
         """The table of a job whose evaluation was kept: a rerun ends with the same lines as the run."""
-        from ramp.llama_eval import EvalResult, format_table
+        from ramp.evaluate.llama_eval import EvalResult, format_table
 
         rows = [EvalResult(**row) for row in json.loads((self.folder / RESULTS).read_text())]
         print(format_table(rows))

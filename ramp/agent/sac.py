@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     import torch
     from stable_baselines3 import SAC
 
-    from ramp.calibration import CalibrationSpec
+    from ramp.measure.calibration import CalibrationSpec
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext
-    from ramp.model import Model
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.models.model import Model
+    from ramp.measure.sensitivity_table import SensitivityTable
 
 POLICY_RECORD = "ramp_policy.json"
 # nats: a table's best damage can be ~0 at generous budgets (Gemma's is flat above 5.8 bpw), where a bare
@@ -330,13 +330,13 @@ def train(
 
 
 class KLDEvaluator:
-    """The real quality of an allocation for the environment: the KLD oracle (`ramp.oracle`) over calibration
+    """The real quality of an allocation for the environment: the KLD oracle (`ramp.measure.oracle`) over calibration
     windows, run with every core while SAC's own updates keep to one (see `train`)."""
 
     def __init__(self, model: "Model", calibration: "CalibrationSpec | torch.Tensor", threads: int | None = None) -> None:
         import torch
 
-        from ramp.oracle import KLDOracle
+        from ramp.measure.oracle import KLDOracle
 
         # Every allocation touches token_embd, so block checkpoints would never save a block: skip them.
         self.oracle = KLDOracle(model, calibration, checkpoint_blocks=False)
@@ -356,8 +356,8 @@ class KLDEvaluator:
 def model_embedding(model: "Model", calibration: "CalibrationSpec | torch.Tensor | None" = None) -> tuple["np.ndarray", int]:
     """The model's per-tensor embedding (rows in `model.quantizable` order, profiled on the embeddings'
     calibration windows unless others are given) and the feature version."""
-    from ramp.calibration import EMBEDDINGS
-    from ramp.profile import FEATURE_VERSION, profile_model
+    from ramp.measure.calibration import EMBEDDINGS
+    from ramp.measure.profile import FEATURE_VERSION, profile_model
 
     return profile_model(model, EMBEDDINGS if calibration is None else calibration).features, FEATURE_VERSION
 
@@ -381,7 +381,7 @@ def parse_budget_range(text: str, models: list["Model"]) -> tuple[float, float]:
 
 def load_tables(paths: list[str], n_models: int) -> list["SensitivityTable | None"]:
     """One sensitivity table per model from `--sensitivity` paths (same order), or None for each without."""
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.measure.sensitivity_table import SensitivityTable
 
     if paths and len(paths) != n_models:
         raise RampError("give one --sensitivity per --model, in the same order, or none")
@@ -407,7 +407,7 @@ def build_contexts(
 
 def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig, seed: int) -> PolicyRecord:
     from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
-    from ramp.profile import FEATURE_NAMES, FEATURE_VERSION
+    from ramp.measure.profile import FEATURE_NAMES, FEATURE_VERSION
 
     return PolicyRecord(
         feature_version=FEATURE_VERSION,

@@ -13,18 +13,18 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from ramp.errors import RampError
-from ramp.text import DEFAULT_TEXT
+from ramp.models.text import DEFAULT_TEXT
 
 if TYPE_CHECKING:
     import torch
 
-    from ramp.model import Model
+    from ramp.models.model import Model
 
 
 @dataclass(frozen=True)
 class CalibrationSpec:
     """The first `tokens` tokens of the calibration half of the named text, in windows of `window` tokens,
-    tokenized by the model's own tokenizer (`ramp.tokenizer`), each window starting at BOS when the
+    tokenized by the model's own tokenizer (`ramp.models.tokenizer`), each window starting at BOS when the
     vocabulary adds one; `tokens` is rounded down to whole windows."""
 
     text: str
@@ -61,8 +61,8 @@ class CalibrationSpec:
         """The token windows [n_windows, window] of `model`'s tokenizer, int64."""
         import torch
 
-        from ramp.text import calibration_text
-        from ramp.tokenizer import token_windows, vocabulary_file
+        from ramp.models.text import calibration_text
+        from ramp.models.tokenizer import token_windows, vocabulary_file
 
         windows = token_windows(vocabulary_file(model), calibration_text(self.text), self.window, self.n_windows)
         if len(windows) < self.n_windows:

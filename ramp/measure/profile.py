@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ramp.calibration import EMBEDDINGS, CalibrationSpec, calibration_tokens
+from ramp.measure.calibration import EMBEDDINGS, CalibrationSpec, calibration_tokens
 from ramp.errors import RampError
 from ramp.files import atomic_output, read_json
-from ramp.forward import Forward, tokens_sha256
-from ramp.model import ROLES, Model, TensorSpec
+from ramp.measure.forward import Forward, tokens_sha256
+from ramp.models.model import ROLES, Model, TensorSpec
 
 FEATURE_VERSION = 1
 
 FEATURE_DOCS: dict[str, str] = {
     "relative_depth": "block index / (blocks - 1), token_embd 0, output 1: early blocks' errors propagate through the whole residual stream.",
-    "role_ordinal": "position of the role in ramp.model.ROLES scaled to [0, 1]: roles differ systematically (v and down are fragile, q and k robust).",
+    "role_ordinal": "position of the role in ramp.models.model.ROLES scaled to [0, 1]: roles differ systematically (v and down are fragile, q and k robust).",
     "log_fan_ratio": "log2(fan_out / fan_in) (token_embd: width / vocabulary): expanding, square and contracting maps amplify error differently.",
     "w_log_kurtosis": "log of the weights' kurtosis E[w^4]/E[w^2]^2: heavy tails stretch block scales so that most weights get few levels.",
     "w_block_crest": "mean over 32-blocks of max|w| / rms(w): the absmax grid's step relative to a typical weight, the direct driver of rounding error.",
@@ -215,7 +215,7 @@ class Profile:
     features: np.ndarray  # [n_tensors, 11]
     model_sha256: str
     calibration_sha256: str
-    calibration: dict  # the calibration spec's record (`ramp.calibration.calibration_tokens`)
+    calibration: dict  # the calibration spec's record (`ramp.measure.calibration.calibration_tokens`)
     seed: int
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_version: int = FEATURE_VERSION

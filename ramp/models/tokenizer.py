@@ -16,7 +16,7 @@ import numpy as np
 from ramp.errors import RampError
 
 if TYPE_CHECKING:
-    from ramp.model import Model
+    from ramp.models.model import Model
 
 # Tokens past the last window that a prefix of the text must still yield: tokenization can differ only
 # near the cut (a word split in two, trailing white space), never hundreds of tokens before it.

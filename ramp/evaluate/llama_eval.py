@@ -28,7 +28,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.files import cache_dir, file_sha256, text_sha256
-from ramp.tokenizer import token_windows
+from ramp.models.tokenizer import token_windows
 
 DEFAULT_N_CTX = 512
 
@@ -122,7 +122,7 @@ def check_window_length(n_ctx: int) -> int:
 
 
 def make_windows(gguf_path: str | os.PathLike, text: str, n_ctx: int = DEFAULT_N_CTX, max_windows: int | None = None) -> Windows:
-    """The evaluation windows of `text` (`ramp.tokenizer.token_windows`), scored from their second half."""
+    """The evaluation windows of `text` (`ramp.models.tokenizer.token_windows`), scored from their second half."""
     check_window_length(n_ctx)
     return Windows(token_windows(gguf_path, text, n_ctx, max_windows), text_sha256(text))
 
@@ -207,7 +207,7 @@ def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
 
 def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
     """(file bytes, bits per weight) where bits per weight is llama.cpp's: tensor data bits / parameters."""
-    from ramp.model import read_gguf
+    from ramp.models.model import read_gguf
 
     path = _check_gguf(path)
     reader = read_gguf(path)
@@ -223,7 +223,7 @@ def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
 def gguf_signature(path: str | os.PathLike) -> dict[str, object]:
     """What makes a GGUF the model it is, whatever its tensor types: architecture, tensor names and shapes,
     vocabulary (count and a hash of the tokens), and the checkpoint ramp recorded it was made from."""
-    from ramp.model import ORIGIN_KEY, read_gguf
+    from ramp.models.model import ORIGIN_KEY, read_gguf
 
     reader = read_gguf(path)
     fields = reader.fields

@@ -1,5 +1,5 @@
 """Damage per (tensor, format) estimated from a few passes over calibration text, instead of the measured
-sweep's one forward per (tensor, format) (`ramp.sensitivity`): cheap enough for models where the sweep would
+sweep's one forward per (tensor, format) (`ramp.measure.sensitivity`): cheap enough for models where the sweep would
 take hours. Every estimate is  sum over the weights of  weight x (Q(w) - w)^2, where Q(w) is llama.cpp's own
 quantization of the tensor with its importance-matrix entry (the weights `llama-quantize --imatrix` writes,
 the same `DequantCache` bytes the sweep and the export use); the estimates differ in the weight:
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from ramp.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
-from ramp.ladder import DEFAULT_LADDER
-from ramp.model import Model, TensorSpec
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model, TensorSpec
+from ramp.measure.sensitivity_table import SensitivityTable
 
 if TYPE_CHECKING:
     import torch
 
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
 IMATRIX_ERROR = "imatrix-error"
 FISHER = "fisher"
@@ -63,7 +63,7 @@ SWEEP_WORK_LIMIT = 7e13
 def choose_damage(model: Model, formats: list[str] | tuple[str, ...], n_tokens: int) -> tuple[str, str]:
     """`--damage auto`: the measured KLD sweep ("kld") where it finishes in minutes on two cores, else the
     Fisher estimate; with the reason, for the user to read."""
-    from ramp.sensitivity import sweep_cells
+    from ramp.measure.sensitivity import sweep_cells
 
     forwards = len(sweep_cells(model, formats))
     sweep = f"the measured sweep takes {forwards} forwards of {n_tokens} tokens"
@@ -151,7 +151,7 @@ def output_statistics(model: Model, tokens: "torch.Tensor", device: str = "cpu",
     import torch
     from tqdm import tqdm
 
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     forward = Forward(model, device)
     total = torch.zeros(forward.weights[forward.output_name].shape[1], dtype=torch.float64)
@@ -175,9 +175,9 @@ def imatrix_error_table(
 ) -> SensitivityTable:
     """The `imatrix-error` estimate (module docstring). The calibration windows give the output projection's
     and the embedding's weights, and every blk tensor's importance where `imatrix` is None or lacks it."""
-    from ramp.forward import tokens_sha256
-    from ramp.imatrix import compute_imatrix
-    from ramp.sensitivity import cache_table, cached_table
+    from ramp.measure.forward import tokens_sha256
+    from ramp.measure.imatrix import compute_imatrix
+    from ramp.measure.sensitivity import cache_table, cached_table
 
     tokens, record = calibration_tokens(model, calibration)
     formats = _formats(formats)
@@ -220,7 +220,7 @@ def diagonal_fisher(
     from tqdm import tqdm
 
     from ramp.errors import RampError
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     if labels not in FISHER_LABELS:
         raise RampError(f"Fisher labels {labels!r} are not one of {', '.join(FISHER_LABELS)}")
@@ -269,8 +269,8 @@ def fisher_table(
     device: str = "cpu", progress: bool = True, use_cache: bool = True,
 ) -> SensitivityTable:
     """The `fisher` estimate (module docstring) on the calibration windows; `seed` draws the labels."""
-    from ramp.forward import tokens_sha256
-    from ramp.sensitivity import cache_table, cached_table
+    from ramp.measure.forward import tokens_sha256
+    from ramp.measure.sensitivity import cache_table, cached_table
 
     tokens, record = calibration_tokens(model, calibration)
     formats = _formats(formats)
@@ -311,8 +311,8 @@ def _formats(formats: list[str] | tuple[str, ...]) -> list[str]:
 
 def _cache_path(model: Model, tokens: "torch.Tensor", formats: list[str], imatrix: "ImportanceMatrix | None",
                 estimate: str) -> Path | None:
-    from ramp.forward import tokens_sha256
-    from ramp.sensitivity import table_cache_path
+    from ramp.measure.forward import tokens_sha256
+    from ramp.measure.sensitivity import table_cache_path
 
     return table_cache_path(model, tokens_sha256(tokens), formats, imatrix.content_sha256() if imatrix is not None else None,
                             estimate)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ramp.cache_entries import trusted_entry, write_cache_entry
-from ramp.calibration import IMATRIX, CalibrationSpec
+from ramp.measure.calibration import IMATRIX, CalibrationSpec
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir
-from ramp.model import Model
+from ramp.models.model import Model
 
 if TYPE_CHECKING:  # torch loads only where the forward runs, so the CLI can read the defaults cheaply
     import torch
@@ -96,7 +96,7 @@ class ImportanceMatrix:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImportanceMatrix":
         """Read an imatrix GGUF written by ramp or llama-imatrix (single-expert entries)."""
-        from ramp.model import read_gguf
+        from ramp.models.model import read_gguf
 
         reader = read_gguf(path)
         kind = reader.fields.get("general.type")
@@ -131,7 +131,7 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
     import torch
     from tqdm import tqdm
 
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise RampError("an importance matrix needs calibration windows shaped [windows, tokens]")
@@ -156,7 +156,7 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
 def cached_imatrix(model: Model, calibration: CalibrationSpec = IMATRIX, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
     """`compute_imatrix` on the spec's windows through the disk cache, keyed by the model's content and the
     tokens: (matrix, file). Its `datasets` names the text, its chunks the windows: the spec, in llama.cpp's terms."""
-    from ramp.forward import tokens_sha256
+    from ramp.measure.forward import tokens_sha256
 
     if not model.sha256:
         raise RampError("an importance matrix is cached by the model's file hash; load the model from a file")

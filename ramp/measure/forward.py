@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ramp.errors import RampError
-from ramp.model import Model
+from ramp.models.model import Model
 
 # llama.cpp's rope type per architecture (llama_model_rope_type): "norm" rotates pairs (2i, 2i+1),
 # "neox" rotates (i, i + d/2).

@@ -1,4 +1,4 @@
-"""How far a cheap damage estimate (`ramp.sensitivity_estimates`, or llama.cpp PR 15550's error) can stand
+"""How far a cheap damage estimate (`ramp.measure.estimates`, or llama.cpp PR 15550's error) can stand
 in for the measured KLD table: rank agreement, and above all what the allocation chosen with it costs when
 the measured table judges it.
 
@@ -10,7 +10,7 @@ the measured table judges it.
   (1.0: no loss). llama.cpp PR 15550's own allocator (`target-bpw`, with its own error) and uniform are
   judged the same way.
 
-    python -m ramp.estimate_check --model M --measured TABLE.json --budgets 4.5bpw,5bpw [--estimate fisher ...]
+    python -m ramp.evaluate.estimate_check --model M --measured TABLE.json --budgets 4.5bpw,5bpw [--estimate fisher ...]
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 
 def distinct_cells(model: Model, table: SensitivityTable) -> dict[tuple[str, str], float]:
@@ -101,7 +101,7 @@ def regret(model: Model, measured: SensitivityTable, tables: dict[str, Sensitivi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ramp.estimate_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ramp.evaluate.estimate_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF file (default: the embedded SmolLM2)")
     parser.add_argument("--measured", required=True,
                         help="measured KLD table (SensitivityTable JSON) of this model, or a sweep's .partial.json")
@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ramp.allocate import target_bpw
-    from ramp.calibration import ESTIMATE, IMATRIX, recorded_spec
+    from ramp.measure.calibration import ESTIMATE, IMATRIX, recorded_spec
     from ramp.errors import RampError
-    from ramp.imatrix import cached_imatrix
-    from ramp.ladder import DEFAULT_LADDER
-    from ramp.model import load_model
-    from ramp.sensitivity_estimates import estimate_sensitivity
+    from ramp.measure.imatrix import cached_imatrix
+    from ramp.measure.ladder import DEFAULT_LADDER
+    from ramp.models.model import load_model
+    from ramp.measure.estimates import estimate_sensitivity
 
     model = load_model(args.model)
     imatrix, _ = cached_imatrix(model, IMATRIX.sized(text=args.text), progress=False)

@@ -121,13 +121,13 @@ def default_model_path() -> Path:
 def load_model(path: str | Path | None = None) -> Model:
     """Load a GGUF file (dequantized to float32), a Hugging Face safetensors directory, or a known model by
     its short name (`ramp models`); an existing path wins over a name."""
-    from ramp.embedded import resolve_model
+    from ramp.models.embedded import resolve_model
 
     model_path = resolve_model(path)
     if not model_path.exists():  # a broken symbolic link
         raise RampError(f"model path {model_path} does not exist; pass a .gguf file or a safetensors directory")
     if model_path.is_dir():
-        from ramp.safetensors_model import load_safetensors_dir
+        from ramp.models.safetensors import load_safetensors_dir
 
         return load_safetensors_dir(model_path)
     if not model_path.is_file():  # a FIFO would block the reader forever, a device is no model

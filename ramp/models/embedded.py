@@ -231,7 +231,7 @@ def _pip_then(requirements: Sequence[str], path: Callable[[], Path]) -> Callable
 
 
 def _default_model_path() -> Path:
-    from ramp.model import default_model_path
+    from ramp.models.model import default_model_path
 
     return default_model_path()
 

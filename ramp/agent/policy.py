@@ -9,11 +9,11 @@ import numpy as np
 
 from ramp.allocate.budget import Budget, describe_bytes
 from ramp.allocate.problem import Problem, build_problem
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.errors import RampError
-from ramp.ladder import ordered
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import ordered
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 
 def allocate_with_policy(
@@ -28,7 +28,7 @@ def allocate_with_policy(
     """Allocate `model` within `budget` (or `problem`'s items and budget: pins and groups included) with
     the policy in `policy_path`. `embedding` skips profiling when the caller already has it; `sensitivity`
     only adds the predicted damage to the result."""
-    from ramp.agent import load_policy, model_embedding, read_policy_record
+    from ramp.agent.sac import load_policy, model_embedding, read_policy_record
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig, rollout
 
     record = read_policy_record(policy_path)  # refuse a foreign file before the expensive profile
@@ -41,7 +41,7 @@ def allocate_with_policy(
     if embedding is None:
         embedding, feature_version = model_embedding(model)
     else:
-        from ramp.profile import FEATURE_VERSION as feature_version
+        from ramp.measure.profile import FEATURE_VERSION as feature_version
     context = ModelContext(model.sha256[:12] or "model", model, embedding, damage=sensitivity, items=problem.items)
     if problem.budget_bytes < problem.min_bytes:
         raise RampError(

@@ -1,5 +1,5 @@
 """Per-(tensor, format) sensitivity: the mean KLD vs the unquantized model when only that tensor is
-quantized, every other tensor at full precision, measured by the KLD oracle (`ramp.oracle`).
+quantized, every other tensor at full precision, measured by the KLD oracle (`ramp.measure.oracle`).
 
 Formats that llama.cpp resolves to the same real format for a tensor's row length (Q2_K, Q3_K -> Q4_0 on
 576-wide rows) are measured once and the value is copied. Results are cached on disk under
@@ -18,27 +18,27 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ramp.cache_entries import discard_entry, remove_entry, trusted_entry, write_cache_entry
-from ramp.calibration import SENSITIVITY, CalibrationSpec, calibration_tokens, recorded_spec
+from ramp.measure.calibration import SENSITIVITY, CalibrationSpec, calibration_tokens, recorded_spec
 from ramp.errors import RampError
 from ramp.files import atomic_output, cache_dir
-from ramp.forward import tokens_sha256
+from ramp.measure.forward import tokens_sha256
 from ramp.kernels.formats import get_format, resolve_format
-from ramp.ladder import DEFAULT_LADDER
-from ramp.model import Model
-from ramp.oracle import BACKEND, KLDOracle
-from ramp.sensitivity_table import NEGATIVE_TOLERANCE, SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model
+from ramp.measure.oracle import BACKEND, KLDOracle
+from ramp.measure.sensitivity_table import NEGATIVE_TOLERANCE, SensitivityTable
 
 if TYPE_CHECKING:
     import torch
 
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
 _SAVE_EVERY = 16
 
 
 def table_cache_path(model: Model, calibration_sha: str, formats: list[str], imatrix_sha: str | None,
                      estimate: str | None = None) -> Path | None:
-    """Where a table for these inputs is cached; `estimate` names a `ramp.sensitivity_estimates` table (None:
+    """Where a table for these inputs is cached; `estimate` names a `ramp.measure.estimates` table (None:
     the measured sweep's)."""
     if not model.sha256:
         return None  # a model built in memory has no identity to key a cache by
@@ -172,7 +172,7 @@ def plot_heatmap(table: SensitivityTable, model: Model, path: str | Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ramp.model import ROLES
+    from ramp.models.model import ROLES
 
     roles = [role for role in ROLES if any(spec.role == role for spec in model.quantizable)]
     n_formats = len(table.formats)

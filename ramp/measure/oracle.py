@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping
 
-from ramp.calibration import CalibrationSpec, calibration_tokens
+from ramp.measure.calibration import CalibrationSpec, calibration_tokens
 
 if TYPE_CHECKING:
     import torch
 
-    from ramp.imatrix import ImportanceMatrix
-    from ramp.model import Model
+    from ramp.measure.imatrix import ImportanceMatrix
+    from ramp.models.model import Model
 
 BACKEND = "ggml"
 
@@ -41,7 +41,7 @@ class KLDOracle:
         checkpoint_blocks: bool = True,
         keep_weights: bool = True,
     ) -> None:
-        from ramp.forward import Forward, KLDReference
+        from ramp.measure.forward import Forward, KLDReference
         from ramp.kernels import DequantCache
 
         tokens, self.calibration = calibration_tokens(model, calibration)

@@ -29,9 +29,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ramp.calibration import FOLD, CalibrationSpec
+from ramp.measure.calibration import FOLD, CalibrationSpec
 from ramp.errors import RampError
-from ramp.model import Model
+from ramp.models.model import Model
 
 DEFAULT_ALPHA = 0.5
 
@@ -59,7 +59,7 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
     """A new Model computing the same function with activation outliers folded into weights.
 
     `activation_stats` maps a linear's tensor name to the per-input-channel max |activation| seen on
-    calibration text (`ramp.profile.collect_activation_stats(...)[name].absmax`); the ones needed are
+    calibration text (`ramp.measure.profile.collect_activation_stats(...)[name].absmax`); the ones needed are
     each block's attn_q, attn_output and ffn_gate (and ffn_down).
     """
     check_alpha(alpha)
@@ -128,8 +128,8 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
 
 def fold_with_calibration(model: Model, alpha: float = DEFAULT_ALPHA, calibration: "CalibrationSpec" = FOLD) -> Model:
     """Fold with activation statistics measured on the calibration windows (what `--fold` options call)."""
-    from ramp.forward import Forward
-    from ramp.profile import collect_activation_stats
+    from ramp.measure.forward import Forward
+    from ramp.measure.profile import collect_activation_stats
 
     check_alpha(alpha)
     stats = collect_activation_stats(Forward(model), calibration.windows(model))
