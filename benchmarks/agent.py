@@ -103,7 +103,7 @@ def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -
     from ramp.export.gguf_writer import cached_reference
     from ramp.kernels.formats import tensor_bytes
     from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.evaluate.presets import preset_path, quantizable_bytes
     from ramp.measure.sensitivity_table import SensitivityTable
     from ramp.models.text import evaluation_text
@@ -225,7 +225,7 @@ def main() -> int:
     from ramp.export.gguf_writer import cached_reference
     from ramp.measure.calibration import AGENT
     from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.evaluate.presets import preset_path, quantizable_bytes
     from ramp.measure.sensitivity import measure_sensitivity
     from ramp.measure.sensitivity_table import SensitivityTable

@@ -84,7 +84,7 @@ def sweep(args: argparse.Namespace) -> dict:
     from ramp.measure.imatrix import ImportanceMatrix, cached_imatrix
     from ramp.measure.ladder import DEFAULT_LADDER
     from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.evaluate.presets import preset_path, quantizable_bytes
     from ramp.measure.sensitivity import measure_sensitivity
     from ramp.measure.estimates import ESTIMATES, estimate_sensitivity

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from ramp.measure.folding import fold_with_calibration
     from ramp.kernels.formats import resolve_format
     from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.models.text import evaluation_text
 
     work = Path(args.work)

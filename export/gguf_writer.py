@@ -213,7 +213,7 @@ def write_allocation(model: Model, allocation: Allocation, path: str | os.PathLi
 
 def readable_gguf(path: Path) -> bool:
     """Whether a (cached) GGUF parses and holds all its tensor data: a truncated copy does not."""
-    from ramp.models.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     size = path.stat().st_size
     return all(t.data_offset + t.n_bytes <= size for t in read_gguf(path).tensors)

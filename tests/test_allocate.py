@@ -300,7 +300,7 @@ def test_quadratic_within_budget_and_optimal_for_its_model(seed):
 def test_real_pair_measure_repeats_the_sweep_alone_and_sees_interaction_together(tiny_reference):
     from ramp.measure.calibration import CalibrationSpec
     from ramp.measure.imatrix import compute_imatrix
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.measure.sensitivity import measure_sensitivity
 
     model = load_model(tiny_reference)
@@ -347,7 +347,7 @@ def tiny_gguf(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     model = load_model(path)
     ladder = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0")

@@ -17,7 +17,7 @@ import pytest
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.llama_tools import TOOLS, llama_cpp_version, run_tool, tools_dir
-from ramp.models.model import default_model_path
+from ramp.models.embedded import default_model_path
 from ramp.models.text import installed_texts
 
 

@@ -11,7 +11,7 @@ from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from ramp.export.gguf_writer import predict_file_size, write_reference
 from ramp.kernels.formats import resolve_format
-from ramp.models.model import load_model
+from ramp.models import load_model
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 

@@ -10,7 +10,7 @@ from ramp.errors import RampError
 from ramp.measure.folding import fold_model
 from ramp.measure.calibration import CalibrationSpec
 from ramp.measure.forward import Forward
-from ramp.models.model import load_model
+from ramp.models import load_model
 from ramp.measure.profile import collect_activation_stats
 
 

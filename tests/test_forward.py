@@ -10,7 +10,8 @@ import torch
 from ramp.models.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
 from ramp.measure.calibration import CalibrationSpec
 from ramp.measure.forward import Forward, KLDReference
-from ramp.models.model import Model, load_model
+from ramp.models.model import Model
+from ramp.models import load_model
 
 
 @pytest.fixture(scope="module")

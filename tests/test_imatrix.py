@@ -12,7 +12,8 @@ from ramp.measure.calibration import CalibrationSpec
 from ramp.measure.imatrix import ImportanceMatrix, compute_imatrix
 from ramp.kernels import quantize
 from ramp.llama_tools import run_tool
-from ramp.models.model import load_model, read_gguf
+from ramp.models import load_model
+from ramp.models.gguf import read_gguf
 from ramp.models.text import calibration_text
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 

@@ -94,7 +94,7 @@ def test_bad_input_raises_one_line_ramp_error(call, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def model():
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     return load_model()
 

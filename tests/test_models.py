@@ -16,7 +16,8 @@ from ramp.models.embedded import (
     qwen_part_sizes, resolve_model,
 )
 from ramp.errors import RampError
-from ramp.models.model import default_model_path, load_model
+from ramp.models.embedded import default_model_path
+from ramp.models import load_model
 
 FIX = "run `the fix`"
 

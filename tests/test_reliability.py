@@ -31,7 +31,8 @@ from ramp.export.gguf_writer import cached_reference, write_gguf, write_referenc
 from ramp.files import check_output_path
 from ramp.kernels import DequantCache
 from ramp.evaluate.llama_eval import make_windows, reference_logprobs
-from ramp.models.model import MetadataValue, load_model
+from ramp.models.model import MetadataValue
+from ramp.models import load_model
 from ramp.measure.sensitivity import measure_sensitivity
 from ramp.measure.sensitivity_table import SensitivityTable
 from ramp.models.text import evaluation_text
@@ -389,10 +390,11 @@ def test_policy_with_a_corrupt_network_is_one_line(tiny_reference, tmp_path, cap
 
     from ramp.agent import sac as agent
     from ramp.envs import BitAllocationEnv, ModelContext
+    from ramp.measure.ladder import DEFAULT_LADDER
 
     model = load_model(tiny_reference)
-    env = BitAllocationEnv([ModelContext("tiny", model, np.zeros((len(model.quantizable), 11)),
-                                         damage=damage_table(model))], (4.0, 6.0))
+    env = BitAllocationEnv([ModelContext("tiny", model, np.zeros((len(model.quantizable), 11)), damage=damage_table(model),
+                                         items=agent.episode_items(model, DEFAULT_LADDER))], (4.0, 6.0), DEFAULT_LADDER)
     good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
     agent.save_policy(agent.make_sac(env, agent.SACConfig(net_arch=(8, 8)), 0), good, agent.new_record(env, [model], agent.SACConfig(), 0))
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:

@@ -292,7 +292,7 @@ def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_
     """SmolLM2's sweep is the 964 forwards docs/BENCHMARKS.md reports (7 minutes on two cores at 256 tokens):
     auto measures it; on 16x the tokens the same sweep would take hours, and auto picks the Fisher estimate."""
     from ramp.measure.ladder import DEFAULT_LADDER
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     model, ladder = load_model("smollm2-135m"), DEFAULT_LADDER
     damage, why = estimates.choose_damage(model, ladder, 256)

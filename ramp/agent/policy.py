@@ -1,9 +1,10 @@
-"""Zero-shot allocation with a trained policy: profile the model, then one deterministic rollout of the
-policy through the bit-allocation environment. The environment clips every step to what keeps the rest
-feasible, so the result is within budget whatever the policy asks for."""
+"""Zero-shot allocation with a trained policy: profile the model (or read its embeddings from `ramp profile`),
+then one deterministic rollout of the policy through the bit-allocation environment. The environment clips
+every step to what keeps the rest feasible, so the result is within budget whatever the policy asks for."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from ramp.errors import RampError
 from ramp.measure.ladder import ordered
 from ramp.models.model import Model
 from ramp.measure.sensitivity_table import SensitivityTable
+
+if TYPE_CHECKING:
+    from ramp.measure.profile import Profile
 
 
 def allocate_with_policy(
@@ -66,3 +70,24 @@ def allocate_with_policy(
         fold_alpha=model.fold_alpha,
         origin_sha256=model.origin_sha256,
     )
+
+
+class TrainedPolicy:
+    """A policy file as an allocation method: `ramp.allocate.allocate(model, "policy", ..., policy=TrainedPolicy(path))`.
+    With `embeddings` (`ramp profile`'s embeddings.json of the same model) the model is not profiled again."""
+
+    def __init__(self, path: str | Path, embeddings: "Profile | None" = None) -> None:
+        from ramp.agent.sac import read_policy_record
+
+        self.path = Path(path)
+        self.ladder = tuple(read_policy_record(path).formats)  # a foreign file fails here, before any work
+        self.embeddings = embeddings
+
+    def __call__(self, model: Model, problem: Problem, sensitivity: SensitivityTable | None) -> tuple[dict[str, str], dict]:
+        embedding = None
+        if self.embeddings is not None:
+            if self.embeddings.model_sha256 != model.sha256 or self.embeddings.tensors != [spec.name for spec in model.quantizable]:
+                raise RampError("the embeddings were profiled on another model (or --fold); run `ramp profile` on this one")
+            embedding = self.embeddings.features
+        allocation = allocate_with_policy(model, self.path, problem=problem, sensitivity=sensitivity, embedding=embedding)
+        return allocation.formats, allocation.extra

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
     from stable_baselines3 import SAC
 
+    from ramp.allocate.problem import Item
     from ramp.measure.calibration import CalibrationSpec
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext
     from ramp.models.model import Model
@@ -388,20 +389,34 @@ def load_tables(paths: list[str], n_models: int) -> list["SensitivityTable | Non
     return [SensitivityTable.load(path) for path in paths] or [None] * n_models
 
 
+def episode_items(model: "Model", ladder: tuple[str, ...], grouping: str = "tensor") -> list["Item"]:
+    """The steps of an episode on `model`: its allocation items over `ladder`, grouped as `grouping` says
+    (`ramp.envs.bit_allocation.GROUPINGS`)."""
+    from ramp.allocate.problem import build_items
+    from ramp.envs.bit_allocation import GROUPINGS
+
+    if grouping not in GROUPINGS:
+        raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
+    return build_items(model, ladder, groups=list(GROUPINGS[grouping]))
+
+
 def build_contexts(
     models: list["Model"],
     names: list[str],
     sensitivity: list["SensitivityTable | None"],
     calibration: "CalibrationSpec",
+    ladder: tuple[str, ...],
+    grouping: str,
 ) -> list["ModelContext"]:
-    """One training context per model: profiled embedding, real KLD evaluator on the calibration windows,
-    optional shaping table."""
+    """One training context per model: its episode items, profiled embedding, real KLD evaluator on the
+    calibration windows, optional shaping table."""
     from ramp.envs.bit_allocation import ModelContext
 
     contexts = []
     for model, name, table in zip(models, names, sensitivity):
         embedding, _ = model_embedding(model)
-        contexts.append(ModelContext(name, model, embedding, KLDEvaluator(model, calibration), table))
+        contexts.append(ModelContext(name, model, embedding, KLDEvaluator(model, calibration), table,
+                                     items=episode_items(model, ladder, grouping)))
     return contexts
 
 

@@ -54,7 +54,7 @@ def fold_as_asked(model: "Model", alpha: float | None) -> "Model":
 
 def load_model_for(args: argparse.Namespace) -> "Model":
     """`args.model`, Scale-Folded when `args.fold` is given."""
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     check_fold_argument(args)
     return fold_as_asked(load_model(args.model), args.fold)

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs-per-role", type=positive_int, default=2,
                         help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
     parser.add_argument("--policy", metavar="FILE", help="policy: a policy file from `ramp train`")
+    parser.add_argument("--embeddings", metavar="FILE",
+                        help="policy: the model's embeddings.json from `ramp profile` (or a job folder), instead of "
+                             "profiling it again")
     parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
     parser.add_argument("--tensor-type-file", metavar="FILE", help="also write llama-quantize's --tensor-type-file")
     add_fold_argument(parser, "allocating for it")
@@ -45,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
-    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--policy": args.policy, "--imatrix": args.imatrix},
+    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--policy": args.policy, "--imatrix": args.imatrix,
+             "--embeddings": args.embeddings},
             {"--out": args.out, "--tensor-type-file": args.tensor_type_file})
 
 
@@ -66,8 +70,16 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.out, args.tensor_type_file):
         if path:
             check_output_path(path)
-    if args.method == "policy" and not args.policy:
-        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+    policy = None
+    if args.method == "policy":
+        if not args.policy:
+            raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+        from ramp.agent.policy import TrainedPolicy
+        from ramp.measure.profile import Profile
+
+        policy = TrainedPolicy(args.policy, Profile.load(args.embeddings) if args.embeddings else None)
+    elif args.embeddings:
+        raise RampError("--embeddings feed a trained policy; pass --method policy --policy FILE, or drop --embeddings")
     if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):
         raise RampError("--method target-bpw weighs its error by an importance matrix; pass --imatrix FILE (`ramp imatrix`)")
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
@@ -87,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
         measure_pair=kld_pair_measure(model, table, imatrix) if args.method == "quadratic" else None,
-        pairs_per_role=args.pairs_per_role, policy_path=args.policy,
+        pairs_per_role=args.pairs_per_role, policy=policy,
     )
     allocation.save(args.out)
     if args.tensor_type_file:

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.export.gguf_writer import write_reference
     from ramp.files import check_output_path
     from ramp.measure.folding import check_alpha, fold_with_calibration
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     check_alpha(args.alpha)  # fail before loading the model
     check_output_path(args.out)

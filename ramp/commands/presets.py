@@ -51,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _reference_of(model_path: str | None):
     from ramp.export.gguf_writer import cached_reference
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     return cached_reference(load_model(model_path))

@@ -137,7 +137,7 @@ def _new_settings(args: argparse.Namespace):
     from ramp.job.settings import new_settings
     from ramp.measure.ladder import parse_ladder
     from ramp.evaluate.llama_eval import check_window_length
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.evaluate.presets import ftype_of
     from ramp.measure.sensitivity_table import SensitivityTable
     from ramp.models.text import check_text

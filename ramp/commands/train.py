@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig
     from ramp.errors import RampError
     from ramp.files import check_output_path
-    from ramp.models.model import load_model
+    from ramp.models import load_model
 
     # Command-line mistakes fail before any model loads.
     out = check_output_path(args.out)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     ladder = asked_ladder or ladder_of(tables)
     budget_bpw = agent.parse_budget_range(args.budget, models)
     started = time.monotonic()
-    contexts = agent.build_contexts(models, names, tables, calibration_of(args, args.calibration_tokens))
+    contexts = agent.build_contexts(models, names, tables, calibration_of(args, args.calibration_tokens), ladder, args.grouping)
     env = BitAllocationEnv(contexts, budget_bpw, ladder, args.grouping, reward)
     record = agent.new_record(env, models, config, args.seed)
     print(f"profiled {len(models)} model(s) in {time.monotonic() - started:.0f}s; "

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from ramp.errors import RampError
     from ramp.measure.imatrix import cached_imatrix
     from ramp.measure.ladder import DEFAULT_LADDER
-    from ramp.models.model import load_model
+    from ramp.models import load_model
     from ramp.measure.estimates import estimate_sensitivity
 
     model = load_model(args.model)

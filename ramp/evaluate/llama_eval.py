@@ -207,7 +207,7 @@ def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
 
 def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
     """(file bytes, bits per weight) where bits per weight is llama.cpp's: tensor data bits / parameters."""
-    from ramp.models.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     path = _check_gguf(path)
     reader = read_gguf(path)
@@ -223,7 +223,8 @@ def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
 def gguf_signature(path: str | os.PathLike) -> dict[str, object]:
     """What makes a GGUF the model it is, whatever its tensor types: architecture, tensor names and shapes,
     vocabulary (count and a hash of the tokens), and the checkpoint ramp recorded it was made from."""
-    from ramp.models.model import ORIGIN_KEY, read_gguf
+    from ramp.models.model import ORIGIN_KEY
+    from ramp.models.gguf import read_gguf
 
     reader = read_gguf(path)
     fields = reader.fields

@@ -62,7 +62,7 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
 
 def quantizable_bytes(path: str | os.PathLike, model: "Model") -> int:
     """Bytes a GGUF spends on `model`'s quantizable tensors: a preset's size on the scale budgets bound."""
-    from ramp.models.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     names = {spec.name for spec in model.quantizable}
     return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)

@@ -67,7 +67,7 @@ class Job:
     @cached_property
     def source(self) -> "Model":
         """The model as given, checked against the job's sha256."""
-        from ramp.models.model import load_model
+        from ramp.models import load_model
 
         model = load_model(self.settings.model)
         self._check_source(model)

@@ -96,7 +96,7 @@ class ImportanceMatrix:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImportanceMatrix":
         """Read an imatrix GGUF written by ramp or llama-imatrix (single-expert entries)."""
-        from ramp.models.model import read_gguf
+        from ramp.models.gguf import read_gguf
 
         reader = read_gguf(path)
         kind = reader.fields.get("general.type")
