@@ -115,7 +115,7 @@ def _job_settings(args: argparse.Namespace):
     from dataclasses import replace
 
     from ramp.errors import RampError
-    from ramp.job.settings import JobSettings, versions
+    from ramp.job.settings import JobSettings, located, versions
 
     given = [name for name in SETTINGS if getattr(args, name) not in (None, False)]
     if given:
@@ -125,8 +125,9 @@ def _job_settings(args: argparse.Namespace):
     if (ramp_version, llama_cpp) != (settings.ramp_version, settings.llama_cpp_version):
         print(f"note: {args.job} was made with ramp {settings.ramp_version}, {settings.llama_cpp_version}; "
               f"this is ramp {ramp_version}, {llama_cpp}")
-    return replace(settings, model=args.model or settings.model, imatrix_file=args.imatrix or settings.imatrix_file,
-                   sensitivity_file=args.sensitivity or settings.sensitivity_file,
+    return replace(settings, model=located(args.model) or settings.model,
+                   imatrix_file=located(args.imatrix) or settings.imatrix_file,
+                   sensitivity_file=located(args.sensitivity) or settings.sensitivity_file,
                    ramp_version=ramp_version, llama_cpp_version=llama_cpp), None
 
 

@@ -121,6 +121,12 @@ def versions() -> tuple[str, str]:
     return ramp, llama_cpp_version()
 
 
+def located(given: str | None) -> str | None:
+    """Where an input was found, as job.json keeps it: a path made absolute (the job reruns from any folder),
+    a name from `ramp models` as given."""
+    return str(Path(given).resolve()) if given is not None and Path(given).exists() else given
+
+
 def new_settings(
     source: "Model",
     model: str | None,
@@ -162,12 +168,12 @@ def new_settings(
         damage_calibration = None
     ramp_version, llama_cpp = versions()
     return JobSettings(
-        model=model, model_sha256=source.sha256, text=text, fold=fold,
+        model=located(model), model_sha256=source.sha256, text=text, fold=fold,
         fold_calibration=FOLD.as_dict() if fold is not None else None,  # folds are on the default text everywhere
-        imatrix=imatrix, imatrix_file=imatrix_file, imatrix_sha256=file_sha256(imatrix_file) if imatrix_file else None,
+        imatrix=imatrix, imatrix_file=located(imatrix_file), imatrix_sha256=file_sha256(imatrix_file) if imatrix_file else None,
         imatrix_calibration=IMATRIX.sized(text=text).as_dict() if imatrix == "computed" else None,
         embeddings_calibration=EMBEDDINGS.sized(text=text).as_dict(), damage=damage, damage_calibration=damage_calibration,
-        sensitivity_file=sensitivity_file, sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
+        sensitivity_file=located(sensitivity_file), sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
         ladder=tuple(ladder), budget=budget, method=method, presets=tuple(presets), eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
