@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from ramp.allocation import Allocation
+    from ramp.allocate.allocation import Allocation
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,8 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--preset-budgets", default="",
                         help="presets of the first model whose quantizable sizes are extra budgets (e.g. Q3_K_M,Q4_K_M)")
     parser.add_argument("--skip-zero-shot", action="store_true", help="only the first model")
-    parser.add_argument("--calibration-tokens", type=int, default=256,
-                        help="calibration tokens for the sensitivity table and the training evaluator (default 256)")
+    parser.add_argument("--calibration-tokens", type=int, default=None,
+                        help="calibration tokens for the sensitivity table and the training evaluator "
+                             "(default: the agent's, ramp.measure.calibration.AGENT)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` for this model")
     parser.add_argument("--measure-sensitivity", action="store_true", help="measure the table here when --sensitivity is absent")
     parser.add_argument("--eval-windows", type=int, default=8, help="512-token windows of held-out text (default 8)")
@@ -81,7 +82,7 @@ def measure_allocation(model, allocation: "Allocation", path: Path, ref_logprobs
     """Write `allocation` as a GGUF at `path`, measure it through llama.cpp, then delete the file (a few
     hundred MB each; the numbers are what we keep)."""
     from ramp.export.gguf_writer import write_allocation
-    from ramp.llama_eval import evaluate
+    from ramp.evaluate.llama_eval import evaluate
 
     write_allocation(model, allocation, path, progress=False)
     try:
@@ -93,19 +94,19 @@ def measure_allocation(model, allocation: "Allocation", path: Path, ref_logprobs
 def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -> tuple[dict, list]:
     """Allocate the second model with `policy` (and `--second-policy`) at each preset's size and at
     `--second-budgets`; measure everything through llama.cpp. Returns the results and the EvalResults for the table."""
-    from ramp.agent import model_embedding
+    from ramp.agent.sac import model_embedding
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
-    from ramp.allocate.policy import allocate_with_policy
-    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.agent.policy import allocate_with_policy
+    from ramp.measure.ladder import DEFAULT_LADDER
     from ramp.allocate.uniform import formats_for
     from ramp.export.gguf_writer import cached_reference
     from ramp.kernels.formats import tensor_bytes
-    from ramp.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.model import load_model
-    from ramp.presets import preset_path, quantizable_bytes
-    from ramp.sensitivity_table import SensitivityTable
-    from ramp.text import evaluation_text
+    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
+    from ramp.models import load_model
+    from ramp.evaluate.presets import preset_path, quantizable_bytes
+    from ramp.measure.sensitivity_table import SensitivityTable
+    from ramp.models.text import evaluation_text
 
     model = load_model(second)
     table = SensitivityTable.load(args.second_sensitivity) if args.second_sensitivity else None
@@ -200,7 +201,7 @@ def main() -> int:
     args = parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ramp.llama_eval import format_table
+    from ramp.evaluate.llama_eval import format_table
 
     if args.plot_only:
         print(plot(out))
@@ -215,20 +216,20 @@ def main() -> int:
         plot(out)
         return 0
     from ramp import cli
-    from ramp.agent import model_embedding, read_policy_record
+    from ramp.agent.sac import model_embedding, read_policy_record
     from ramp.allocate import allocate, predicted_damage
-    from ramp.allocate.policy import allocate_with_policy
+    from ramp.agent.policy import allocate_with_policy
     from ramp.allocate.budget import Budget, feasible_range
-    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.measure.ladder import DEFAULT_LADDER
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference
-    from ramp.forward import calibration_tokens
-    from ramp.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.model import load_model
-    from ramp.presets import preset_path, quantizable_bytes
-    from ramp.sensitivity import measure_sensitivity
-    from ramp.sensitivity_table import SensitivityTable
-    from ramp.text import evaluation_text
+    from ramp.measure.calibration import AGENT
+    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
+    from ramp.models import load_model
+    from ramp.evaluate.presets import preset_path, quantizable_bytes
+    from ramp.measure.sensitivity import measure_sensitivity
+    from ramp.measure.sensitivity_table import SensitivityTable
+    from ramp.models.text import evaluation_text
 
     model = load_model()
     smallest, _ = feasible_range(model, DEFAULT_LADDER)
@@ -238,18 +239,18 @@ def main() -> int:
     results: dict = {"model": "SmolLM2-135M-Instruct", "min_bpw": min_bpw, "timesteps": args.timesteps,
                      "infeasible_budgets": [b for b in budgets if b < min_bpw], "rows": []}
 
+    calibration = AGENT.sized(tokens=args.calibration_tokens)
     table_path = Path(args.sensitivity) if args.sensitivity else out / "sensitivity.json"
     if args.measure_sensitivity and not table_path.is_file():
         started = time.monotonic()
-        tokens = calibration_tokens(model, args.calibration_tokens, 128)
-        measure_sensitivity(model, tokens, formats=list(DEFAULT_LADDER), progress=False).save(table_path)
+        measure_sensitivity(model, calibration, formats=list(DEFAULT_LADDER), progress=False).save(table_path)
         results["sensitivity_seconds"] = time.monotonic() - started
     table = SensitivityTable.load(table_path) if table_path.is_file() else None
 
     policy = out / "policy.zip"
     train_budget = args.train_budget or (f"{min(feasible)}bpw..{max(feasible)}bpw" if feasible else "")
     train_argv = ["train", "--budget", train_budget, "--timesteps", str(args.timesteps), "--out", str(policy),
-                  "--calibration-tokens", str(args.calibration_tokens), "--seed", str(args.seed),
+                  "--calibration-tokens", str(calibration.tokens), "--seed", str(args.seed),
                   "--tensorboard", str(out / "runs"), "--checkpoint-every", "1000", "--no-progress"]
     if table is not None:
         train_argv += ["--sensitivity", str(table_path)]

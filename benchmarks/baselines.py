@@ -77,20 +77,19 @@ class StageClock:
 def sweep(args: argparse.Namespace) -> dict:
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
-    from ramp.allocate.problem import parse_ladder
     from ramp.allocate.quadratic import kld_pair_measure
+    from ramp.measure.calibration import ESTIMATE, IMATRIX, SENSITIVITY
     from ramp.errors import RampError
     from ramp.export.gguf_writer import cached_reference, write_allocation
-    from ramp.forward import calibration_tokens
-    from ramp.imatrix import ImportanceMatrix, default_imatrix
-    from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
-    from ramp.model import load_model
-    from ramp.presets import preset_path, quantizable_bytes
-    from ramp.commands.run import DEFAULT_CALIBRATION_TOKENS
-    from ramp.sensitivity import DEFAULT_WINDOW, measure_sensitivity
-    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, ESTIMATES, estimate_sensitivity
-    from ramp.source_grid import source_file_bytes, source_match_share
-    from ramp.text import evaluation_text
+    from ramp.measure.imatrix import ImportanceMatrix, cached_imatrix
+    from ramp.measure.ladder import DEFAULT_LADDER
+    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
+    from ramp.models import load_model
+    from ramp.evaluate.presets import preset_path, quantizable_bytes
+    from ramp.measure.sensitivity import measure_sensitivity
+    from ramp.measure.estimates import ESTIMATES, estimate_sensitivity
+    from ramp.evaluate.source_grid import source_file_bytes, source_match_share
+    from ramp.models.text import evaluation_text
 
     clock = StageClock()
     with clock("load model"):
@@ -101,19 +100,20 @@ def sweep(args: argparse.Namespace) -> dict:
         if args.imatrix == "none":
             imatrix, imatrix_file = None, None
         elif args.imatrix == "auto":
-            imatrix, imatrix_file = default_imatrix(model, args.text)
+            imatrix, imatrix_file = cached_imatrix(model, IMATRIX.sized(text=args.text))
         else:
             imatrix, imatrix_file = ImportanceMatrix.load(args.imatrix), Path(args.imatrix)
-    ladder = parse_ladder(None)
-    n_tokens = args.calibration_tokens or (DEFAULT_ESTIMATE_TOKENS if args.damage in ESTIMATES else DEFAULT_CALIBRATION_TOKENS)
-    tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+    ladder = DEFAULT_LADDER
+    default = ESTIMATE if args.damage in ESTIMATES else SENSITIVITY  # `ramp run`'s, so both share the cache
+    n_tokens = args.calibration_tokens or default.tokens
+    calibration = default.sized(n_tokens, min(default.window, n_tokens), args.text)
     with clock(f"damage ({args.damage})"):
         if not args.methods:  # presets only: no damage is needed
             table = None
         elif args.damage in ESTIMATES:
-            table = estimate_sensitivity(args.damage, model, tokens, imatrix, ladder)
+            table = estimate_sensitivity(args.damage, model, calibration, imatrix, ladder)
         else:
-            table = measure_sensitivity(model, tokens, formats=ladder, imatrix=imatrix)
+            table = measure_sensitivity(model, calibration, formats=ladder, imatrix=imatrix)
     with clock("reference log-probs (llama.cpp)"):
         windows = make_windows(reference, evaluation_text(args.text), max_windows=args.max_windows)
         reference_lp = reference_logprobs(reference, windows)
@@ -139,7 +139,7 @@ def sweep(args: argparse.Namespace) -> dict:
     budgets = [(f"{p['preset']} bytes", Budget.parse(f"{p['quantizable_bytes']}B")) for p in presets
                if args.all_sizes or not p["at_or_above_source"]]
     budgets += [(f"{bpw:g} bpw", Budget.parse(f"{bpw}bpw")) for bpw in args.budgets]
-    measure_pair = cached_pairs(kld_pair_measure(model, table)) if "quadratic" in args.methods else None
+    measure_pair = cached_pairs(kld_pair_measure(model, table, imatrix)) if "quadratic" in args.methods else None
     rows, infeasible, by_formats = [], [], {}
     for method in args.methods:
         for label, budget in budgets:
@@ -164,7 +164,7 @@ def sweep(args: argparse.Namespace) -> dict:
     return {"model": str(model.source_path), "model_sha256": model.sha256, "text": args.text,
             "imatrix": None if imatrix is None else {"sha256": imatrix.content_sha256(), "chunks": imatrix.chunk_count,
                                                      "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets},
-            "sensitivity_tokens": int(tokens.numel()), "sensitivity_measure": table.measure if table else None,
+            "sensitivity_tokens": calibration.n_windows * calibration.window, "sensitivity_measure": table.measure if table else None,
             "eval_tokens": ref.n_tokens, "eval_windows": len(windows.tokens), "reference_perplexity": ref.perplexity,
             "reference_file_bytes": ref.file_bytes, "source_file_bytes": source_bytes,
             "rows": rows, "presets": presets, "infeasible": infeasible, "stages": list(clock.stages.values())}
@@ -175,38 +175,13 @@ _MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from ramp.evaluate.pareto import plot_pareto
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ramp.files import atomic_output
-
-    figure, axes = plt.subplots(figsize=(8, 5.2))
-    for method in dict.fromkeys(row["method"] for row in results["rows"]):
-        points = sorted((row["file_bytes"] / 2**20, row["kld_mean"]) for row in results["rows"] if row["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=f"ramp {method}")
-    presets = sorted(results["presets"], key=lambda p: p["file_bytes"])
-    axes.plot([p["file_bytes"] / 2**20 for p in presets], [p["kld_mean"] for p in presets], color="black",
-              linestyle=":", marker="*", markersize=11, label="llama.cpp presets" + (" (imatrix)" if results["imatrix"] else ""))
-    for preset in presets:
-        axes.annotate(preset["preset"], (preset["file_bytes"] / 2**20, preset["kld_mean"]), textcoords="offset points",
-                      xytext=(5, 4), fontsize=8)
-    if results["source_file_bytes"]:
-        axes.axvline(results["source_file_bytes"] / 2**20, color="grey", linestyle="--", linewidth=1)
-        axes.annotate("source checkpoint size: no claims at or right of it", (results["source_file_bytes"] / 2**20, 0.98),
-                      xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8, color="grey",
-                      textcoords="offset points", xytext=(-4, 0))
-    axes.set_yscale("log")
-    axes.set_xlabel("GGUF file size (MiB)")
-    axes.set_ylabel("mean KLD vs F32 reference (nats/token)")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    with atomic_output(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
+    lines = {f"ramp {method}": [(row["file_bytes"], row["kld_mean"]) for row in results["rows"] if row["method"] == method]
+             for method in dict.fromkeys(row["method"] for row in results["rows"])}
+    presets = [(preset["preset"], preset["file_bytes"], preset["kld_mean"]) for preset in results["presets"]]
+    plot_pareto(lines, presets, "llama.cpp presets" + (" (imatrix)" if results["imatrix"] else ""), path, title,
+                results["source_file_bytes"])
 
 
 def markdown(results: dict, png: Path, command: str, heading: str, goal: float = GOAL) -> str:
@@ -289,9 +264,9 @@ def write_section(doc: Path, heading: str, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ramp.allocate import METHODS
     from ramp.files import atomic_output, cache_dir
-    from ramp.presets import PRESET_LADDER
-    from ramp.sensitivity_estimates import ESTIMATES
-    from ramp.text import DEFAULT_TEXT, TEXTS
+    from ramp.evaluate.presets import PRESET_LADDER
+    from ramp.measure.estimates import ESTIMATES
+    from ramp.models.text import DEFAULT_TEXT, TEXTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="GGUF path or a name from `ramp models` (default smollm2-135m)")

@@ -20,17 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", default="Q3_K,Q2_K", help="uniform formats requested (default Q3_K,Q2_K)")
     parser.add_argument("--alphas", default="0.5", help="comma-separated folding strengths (default 0.5)")
-    parser.add_argument("--fold-tokens", type=int, default=2048, help="calibration tokens for activation maxima")
+    parser.add_argument("--fold-tokens", type=int, default=None,
+                        help="calibration tokens for activation maxima (default: ramp.measure.calibration.FOLD's)")
     parser.add_argument("--windows", type=int, default=8, help="evaluation windows of 512 tokens (default 8)")
     parser.add_argument("--work", default=".cache/bench-folding", help="folder for the GGUF files")
     args = parser.parse_args(argv)
 
     from ramp.export.gguf_writer import write_gguf, write_reference
-    from ramp.folding import fold_with_calibration
+    from ramp.measure.calibration import FOLD
+    from ramp.measure.folding import fold_with_calibration
     from ramp.kernels.formats import resolve_format
-    from ramp.llama_eval import evaluate, make_windows, reference_logprobs
-    from ramp.model import load_model
-    from ramp.text import evaluation_text
+    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs
+    from ramp.models import load_model
+    from ramp.models.text import evaluation_text
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("none", model)]
     for alpha in (float(a) for a in args.alphas.split(",")):
         started = time.perf_counter()
-        variants.append((f"alpha {alpha}", fold_with_calibration(model, alpha, args.fold_tokens)))
+        variants.append((f"alpha {alpha}", fold_with_calibration(model, alpha, FOLD.sized(tokens=args.fold_tokens))))
         print(f"folded alpha {alpha} in {time.perf_counter() - started:.0f} s")
 
     rows = []

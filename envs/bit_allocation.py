@@ -1,10 +1,11 @@
 """The bit-allocation MDP: one episode walks a model's quantizable tensors in order and picks a format for
 each (or for each group of tensors sharing a format) under a memory budget.
 
-The environment never touches weights itself. A `ModelContext` carries what one model contributes: its
-tensors' shapes, the per-tensor embedding, an optional sensitivity table for shaped rewards and an optional
-evaluator that measures the real quality (KLD) of a finished allocation. Training may hold several
-contexts and sample one per episode, together with a budget drawn from a bits-per-weight range.
+The environment never touches weights itself, nor makes the allocation problem: a `ModelContext` carries
+what one model contributes, its items (the episode's steps, a `ramp.allocate.problem` item list the caller
+built), the per-tensor embedding, an optional sensitivity table for shaped rewards and an optional evaluator
+that measures the real quality (KLD) of a finished allocation. Training may hold several contexts and sample
+one per episode, together with a budget drawn from a bits-per-weight range.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from typing import Any, Callable, Protocol, Sequence
 import gymnasium as gym
 import numpy as np
 
-from ramp.allocate.problem import DEFAULT_LADDER, Item, build_items, tensor_damage
+from ramp.allocate.problem import Item, tensor_damage
 from ramp.errors import RampError
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
-# Steps of an episode: `tensor` is one step per tensor; `block` one per transformer block (its tensors share
-# a requested format, as `ramp allocate --group` does), global tensors each alone.
+# Steps of an episode, as the caller groups the items: `tensor` is one step per tensor; `block` one per
+# transformer block (its tensors share a requested format, as `ramp allocate --group` does), global tensors
+# each alone. The regexes are `ramp.allocate.problem.build_items`'s groups.
 GROUPINGS: dict[str, tuple[str, ...]] = {"tensor": (), "block": (r"^blk\.\d+\.",)}
 
 # Budget-context entries appended to the embedding; the observation is embedding + these, in this order.
@@ -119,8 +121,7 @@ def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
 class ModelContext:
     """What one model brings to training or allocation.
 
-    `items` are the episode's steps (a `ramp.allocate.problem` item list: pins and groups included);
-    left None, the environment builds them from its ladder and grouping.
+    `items` are the episode's steps: a `ramp.allocate.problem` item list, pins and groups included.
     """
 
     name: str
@@ -128,7 +129,7 @@ class ModelContext:
     embedding: np.ndarray  # [len(model.quantizable), n_features], raw; normalised on construction
     evaluate: Evaluator | None = None
     damage: SensitivityTable | None = None
-    items: list[Item] | None = None
+    items: list[Item] = field(kw_only=True)
     cache_size: int = 256  # finished allocations whose KLD is remembered (deterministic policies repeat)
     _kld_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
@@ -161,11 +162,9 @@ class ModelContext:
 class _Plan:
     """Per context: the steps, their per-choice damage, features and suffix byte bounds, computed once."""
 
-    def __init__(self, context: ModelContext, ladder: tuple[str, ...], grouping: str) -> None:
+    def __init__(self, context: ModelContext) -> None:
         model = context.model
-        if grouping not in GROUPINGS:
-            raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
-        self.items = context.items if context.items is not None else build_items(model, ladder, groups=list(GROUPINGS[grouping]))
+        self.items = context.items
         index = {spec.name: i for i, spec in enumerate(model.quantizable)}
         specs = [[model.spec(name) for name in item.members] for item in self.items]
         self.params = np.array([sum(spec.n_params for spec in group) for group in specs], dtype=np.int64)
@@ -255,6 +254,7 @@ class BitAllocationEnv(gym.Env):
     `budget_bpw` is a (low, high) range in bits per quantizable weight; each episode draws its budget
     uniformly from it (low == high fixes it). `reset(options=...)` pins the model (`context`: index) and
     the budget (`budget_bpw`, or `budget_bytes` exactly), which is how deterministic allocation rollouts run.
+    `ladder` and `grouping` name how the contexts' items were built (a policy file records them).
     """
 
     metadata = {"render_modes": []}
@@ -263,7 +263,7 @@ class BitAllocationEnv(gym.Env):
         self,
         contexts: Sequence[ModelContext],
         budget_bpw: tuple[float, float],
-        ladder: Sequence[str] = DEFAULT_LADDER,
+        ladder: Sequence[str],
         grouping: str = "tensor",
         reward: RewardConfig = RewardConfig(),
     ) -> None:
@@ -281,7 +281,9 @@ class BitAllocationEnv(gym.Env):
         self.reward_config = reward
         self.budget_bpw = (low, high)
         self.embedding_size = sizes.pop()
-        self._plans = [_Plan(context, self.ladder, grouping) for context in self.contexts]
+        if grouping not in GROUPINGS:
+            raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
+        self._plans = [_Plan(context) for context in self.contexts]
         for context, plan in zip(self.contexts, self._plans):
             if low < plan.min_bpw():
                 raise RampError(

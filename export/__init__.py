@@ -1,0 +1,1 @@
+"""Writing GGUF files: a model with one format per tensor (the allocation), or its unquantized reference."""

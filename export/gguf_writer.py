@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Mapping
 import gguf
 import numpy as np
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.files import atomic_path, cache_dir
 from ramp.kernels.formats import Format, get_format, resolve_format
 from ramp.errors import RampError
-from ramp.model import ORIGIN_KEY, MetadataValue, Model
+from ramp.models.model import ORIGIN_KEY, MetadataValue, Model
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
 REFERENCE_TYPES = ("F32", "F16")
 
@@ -213,7 +213,7 @@ def write_allocation(model: Model, allocation: Allocation, path: str | os.PathLi
 
 def readable_gguf(path: Path) -> bool:
     """Whether a (cached) GGUF parses and holds all its tensor data: a truncated copy does not."""
-    from ramp.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     size = path.stat().st_size
     return all(t.data_offset + t.n_bytes <= size for t in read_gguf(path).tensors)

@@ -17,9 +17,9 @@ import torch
 from ramp.cache_entries import trusted_entry, write_cache_entry
 from ramp.errors import RampError
 from ramp.files import cache_dir
-from ramp.kernels import BACKENDS, dequantize, quantize, resolve_format
-from ramp.kernels.formats import tensor_bytes
-from ramp.model import Model
+from ramp.kernels.codec import BACKENDS, dequantize, quantize
+from ramp.kernels.formats import resolve_format, tensor_bytes
+from ramp.models.model import Model
 
 
 class DequantCache:

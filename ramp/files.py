@@ -52,6 +52,19 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> str:
     return _DIGESTS[key]
 
 
+def read_json(path: str | os.PathLike, what: str, remedy: str) -> object:
+    """The JSON in `path`, or one RampError line: "`what` PATH does not exist" or "... is not a readable
+    `what`", each followed by `remedy` (how to make the file)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RampError(f"{what} {path} does not exist; {remedy}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RampError(f"{path} is not a readable {what} ({exc}); {remedy}") from None
+
+
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

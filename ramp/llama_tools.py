@@ -8,12 +8,15 @@ llama-cpp-python never runs tools from the old one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Iterator
 
 from ramp.errors import RampError
 from ramp.files import data_dir
@@ -61,6 +64,22 @@ def require_tool(name: str) -> Path:
     if explicit:
         raise RampError(f"{name} is not an executable in $RAMP_LLAMA_BIN ({explicit}); point it at llama.cpp's bin folder or unset it")
     raise RampError(f"llama.cpp's {name} is not built (looked in {tools_dir()} and PATH); {BUILD_FIX}")
+
+
+@contextlib.contextmanager
+def quiet_llama() -> Iterator[None]:
+    """Keep libllama's load and quantize logs (hundreds of lines) off the terminal. They are written by C
+    code straight to file descriptor 2, past Python's logging, so the descriptor itself is pointed at
+    /dev/null for the duration; failures still surface as return codes that ramp turns into RampErrors."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def last_error_line(output: str) -> str:

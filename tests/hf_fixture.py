@@ -10,7 +10,7 @@ def build_tiny_hf_llama(directory: Path, seed: int = 0, tie_embeddings: bool = F
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from ramp.text import calibration_text
+    from ramp.models.text import calibration_text
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

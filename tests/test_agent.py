@@ -2,20 +2,22 @@
 policies trained for other observations, and zero-shot allocation within budget."""
 from __future__ import annotations
 
+import json
 import tempfile
 
 import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
-from test_env import EMBEDDING_SIZE, random_embedding, tiny_llama, tokens
+from test_env import EMBEDDING_SIZE, random_embedding, tiny_context, tiny_llama, tokens
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
-from ramp import agent
+from ramp.agent import sac as agent
 from ramp.allocate.budget import Budget
-from ramp.envs import BitAllocationEnv, ModelContext
+from ramp.envs import BitAllocationEnv
 from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
 from ramp.errors import RampError
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.measure.sensitivity_table import SensitivityTable
 
 CONFIG = agent.SACConfig(learning_starts=20, batch_size=16, net_arch=(16, 16))
 FEATURE_VERSION = 1
@@ -28,8 +30,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def env(model) -> BitAllocationEnv:
-    context = ModelContext("tiny", model, random_embedding(model), agent.KLDEvaluator(model, tokens()))
-    return BitAllocationEnv([context], (4.0, 6.0))
+    context = tiny_context(model, evaluate=agent.KLDEvaluator(model, tokens()))
+    return BitAllocationEnv([context], (4.0, 6.0), DEFAULT_LADDER)
 
 
 def record(env: BitAllocationEnv, model) -> agent.PolicyRecord:
@@ -91,11 +93,10 @@ def test_interrupt_checkpoints_and_resume_continues_step_count(env, model, tmp_p
 def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_path) -> None:
     path = tmp_path / "policy.zip"
     agent.train(env, record(env, model), path, 30, CONFIG, checkpoint_every=0, progress_bar=False)
-    narrow = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model)[:, :7])], (4.0, 6.0))
+    narrow = BitAllocationEnv([tiny_context(model, random_embedding(model)[:, :7])], (4.0, 6.0), DEFAULT_LADDER)
     with pytest.raises(RampError, match="trained on 11-number embeddings"):
         agent.load_policy(path, narrow, FEATURE_VERSION)
-    other_formats = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (4.5, 6.0),
-                                     ladder=("Q4_K", "Q8_0"))
+    other_formats = BitAllocationEnv([tiny_context(model, ladder=("Q4_K", "Q8_0"))], (4.5, 6.0), ("Q4_K", "Q8_0"))
     with pytest.raises(RampError, match="trained for formats"):
         agent.load_policy(path, other_formats, FEATURE_VERSION)
     sac, stored = agent.load_policy(path, env, FEATURE_VERSION)
@@ -109,8 +110,8 @@ def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_p
 
 
 def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp_path) -> None:
-    from ramp.allocate.policy import allocate_with_policy
-    from ramp import profile
+    from ramp.agent.policy import allocate_with_policy
+    from ramp.measure import profile
 
     path = tmp_path / "policy.zip"
     trained = record(env, model)
@@ -130,7 +131,7 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     from test_env import damage_table
 
     from ramp.cli import main
-    from ramp.model import load_model
+    from ramp.models import load_model
 
     model = load_model(tiny_reference)
     full = damage_table(model)
@@ -156,7 +157,7 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
 def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
     from test_env import damage_table
 
-    table_env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=damage_table(model))], (4.0, 6.0))
+    table_env = BitAllocationEnv([tiny_context(model, damage=damage_table(model))], (4.0, 6.0), DEFAULT_LADDER)
     path = tmp_path / "policy.zip"
     scores = []
     score = agent.table_regret(table_env)
@@ -180,7 +181,7 @@ def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
 def test_resumed_selection_competes_with_the_earlier_best(model, tmp_path) -> None:
     from test_env import damage_table
 
-    table_env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=damage_table(model))], (4.0, 6.0))
+    table_env = BitAllocationEnv([tiny_context(model, damage=damage_table(model))], (4.0, 6.0), DEFAULT_LADDER)
     path = tmp_path / "policy.zip"
     agent.train(table_env, record(table_env, model), path, 60, CONFIG, checkpoint_every=60, progress_bar=False, select_every=20)
     # Pretend the first part found an unbeatable policy: the resumed part must leave it in place.
@@ -192,3 +193,49 @@ def test_resumed_selection_competes_with_the_earlier_best(model, tmp_path) -> No
                 select_every=20, resume=checkpoint)
     kept = agent.read_policy_record(path)
     assert kept.extra["selection_regret"] == -1.0 and kept.timesteps == stored.timesteps
+
+
+def test_tune_command_scores_trials_by_measured_kld_and_continues_its_study(tiny_reference, tmp_path, capsys) -> None:
+    import json
+    import sqlite3
+
+    from ramp.cli import main
+
+    storage = tmp_path / "tune.db"
+    out = tmp_path / "tuned.json"
+    command = ["tune", "--model", str(tiny_reference), "--budget", "5bpw..6bpw", "--trials", "1", "--timesteps", "20",
+               "--eval-points", "2", "--calibration-tokens", "64", "--window", "32", "--storage", f"sqlite:///{storage}",
+               "--study", "tiny", "--out", str(out)]
+    assert main(command) == 0
+    best = json.loads(out.read_text())
+    assert best["study"] == "tiny" and best["trial"] == 0
+    assert 0 < best["mean_kld"] < 10  # a measured KLD of the tiny model's allocations, not a reward
+    assert set(best["sac"]) >= {"learning_rate", "gamma", "net_arch"} and set(best["reward"]) >= {"kld_scale", "over_weight"}
+    assert "train with: ramp train" in capsys.readouterr().out
+
+    assert main(command) == 0  # the same study name continues it
+    with sqlite3.connect(storage) as db:
+        assert db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 2
+
+
+def test_a_policy_allocates_from_the_embeddings_ramp_profile_wrote(tiny_reference, tmp_path, capsys) -> None:
+    from ramp.allocate.allocation import Allocation
+    from ramp.cli import main
+
+    policy = tmp_path / "policy.zip"
+    assert main(["train", "--model", str(tiny_reference), "--budget", "5bpw..6bpw", "--timesteps", "30", "--out", str(policy),
+                 "--calibration-tokens", "64", "--window", "32", "--tensorboard", str(tmp_path / "runs"), "--no-progress",
+                 "--checkpoint-every", "0", "--sac", "learning_starts=10", "--sac", "batch_size=8"]) == 0
+    assert main(["profile", str(tiny_reference), "--out", str(tmp_path / "profile"), "--no-sensitivity"]) == 0
+    allocate = ["allocate", "--model", str(tiny_reference), "--method", "policy", "--policy", str(policy), "--budget", "5.5bpw"]
+    assert main(allocate + ["--out", str(tmp_path / "profiled.json")]) == 0
+    assert main(allocate + ["--embeddings", str(tmp_path / "profile" / "embeddings.json"), "--out", str(tmp_path / "read.json")]) == 0
+    # the same embeddings, read instead of profiled again: the same allocation
+    assert Allocation.load(tmp_path / "read.json").formats == Allocation.load(tmp_path / "profiled.json").formats
+
+    other = json.loads((tmp_path / "profile" / "embeddings.json").read_text())
+    other["model_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert main(allocate + ["--embeddings", str(tmp_path / "other.json"), "--out", str(tmp_path / "no.json")]) == 2
+    assert "profiled on another model" in capsys.readouterr().err and not (tmp_path / "no.json").exists()

@@ -12,12 +12,13 @@ from ramp.allocate import allocate, predicted_damage
 from ramp.allocate import greedy, ilp, quadratic
 from ramp.allocate.budget import Budget, feasible_range
 from ramp.allocate.problem import Pin, build_items, build_problem, item_damage, member_damage, tensor_damage
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.kernels.formats import tensor_bytes
-from ramp.model import Model, TensorSpec, role_of
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import Model, TensorSpec, role_of
+from ramp.measure.sensitivity_table import SensitivityTable
+from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 LADDER = ("Q2_K", "Q4_K", "Q8_0")
 # A (4, 256) tensor: Q2_K 4*84 = 336 bytes, Q4_K 4*144 = 576, Q8_0 4*8*34 = 1088.
@@ -202,14 +203,25 @@ def test_greedy_skips_choices_off_the_convex_hull():
     assert greedy.lower_hull([576, 576, 704], np.array([6.0, 4.0, 1.0])) == [1, 2]
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_greedy_within_budget_and_no_better_than_optimum(seed):
+@pytest.mark.parametrize("seed", range(12))
+def test_greedy_within_budget_and_within_one_upgrade_of_the_optimum(seed):
+    # Greedy takes hull upgrades in the LP relaxation's order until the first that does not fit, which
+    # leaves its item where it stands; all it takes later only lowers its damage. The LP optimum lies below
+    # the integer one and greedy above the LP by at most that one upgrade, so the gap to the optimum is at
+    # most the damage drop of the next hull upgrade of some item greedy left short of its hull's end.
     model, table, budget = random_case(seed)
     problem = build_problem(model, budget, LADDER)
     damage = item_damage(model, problem.items, table)
     picks, _ = greedy.solve(problem, damage)
     assert problem.picks_bytes(picks) <= budget
-    assert sum(d[p] for d, p in zip(damage, picks)) >= brute_force(problem, damage) - 1e-12
+    next_upgrade = 0.0
+    for item, d, pick in zip(problem.items, damage, picks):
+        hull = greedy.lower_hull([choice.nbytes for choice in item.choices], d)
+        at = hull.index(pick)
+        if at + 1 < len(hull):
+            next_upgrade = max(next_upgrade, float(d[pick] - d[hull[at + 1]]))
+    gap = sum(d[p] for d, p in zip(damage, picks)) - brute_force(problem, damage)
+    assert gap <= next_upgrade + 1e-12
 
 
 # --- uniform --------------------------------------------------------------------------------------------
@@ -285,6 +297,36 @@ def test_quadratic_within_budget_and_optimal_for_its_model(seed):
     assert allocation.extra["predicted_damage_with_interaction"] == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
+def test_real_pair_measure_repeats_the_sweep_alone_and_sees_interaction_together(tiny_reference):
+    from ramp.measure.calibration import CalibrationSpec
+    from ramp.measure.imatrix import compute_imatrix
+    from ramp.models import load_model
+    from ramp.measure.sensitivity import measure_sensitivity
+
+    model = load_model(tiny_reference)
+    calibration = CalibrationSpec("austen", 64, 32)
+    imatrix = compute_imatrix(model, calibration.windows(model), progress=False)
+    table = measure_sensitivity(model, calibration, ["Q2_K", "Q8_0"], progress=False, use_cache=False, imatrix=imatrix)
+    assert table.extra["calibration"] == {"text": "austen", "tokens": 64, "window": 32}
+    with pytest.raises(RampError, match="importance matrix"):
+        quadratic.kld_pair_measure(model, table)  # without the table's importance matrix pairs would not compare
+    measure = quadratic.kld_pair_measure(model, table, imatrix)
+    first, second = "blk.0.attn_v.weight", "blk.1.attn_v.weight"
+    alone = [float(table.damage[table.tensors.index(name), 0]) for name in (first, second)]
+    # one tensor alone is the sweep's own measurement: the same windows, the same imatrix-quantized weights
+    assert measure({first: "Q2_K"}) == pytest.approx(alone[0], rel=1e-9)
+    together = measure({first: "Q2_K", second: "Q2_K"})
+    assert together > max(alone) and together != pytest.approx(sum(alone), rel=1e-3)
+
+    budget = f"{feasible_range(model, ('Q2_K', 'Q8_0'))[0] * 3 // 2}B"
+    allocation = allocate(model, "quadratic", budget, table, ladder=("Q2_K", "Q8_0"), measure_pair=measure)
+    assert allocation.data_bytes(model) <= allocation.extra["budget_bytes"]
+    assert set(allocation.extra["rho"]) == {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
+    assert all(-1 <= rho <= 1 for rho in allocation.extra["rho"].values())
+    [measured] = [m for m in allocation.extra["pair_measurements"] if m["pair"] == [first, second]]
+    assert measured["together"] == pytest.approx(together, rel=1e-9)
+
+
 # --- command line ---------------------------------------------------------------------------------------
 
 
@@ -305,7 +347,7 @@ def tiny_gguf(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    from ramp.model import load_model
+    from ramp.models import load_model
 
     model = load_model(path)
     ladder = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0")

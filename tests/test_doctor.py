@@ -17,8 +17,8 @@ import pytest
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.llama_tools import TOOLS, llama_cpp_version, run_tool, tools_dir
-from ramp.model import default_model_path
-from ramp.text import installed_texts
+from ramp.models.embedded import default_model_path
+from ramp.models.text import installed_texts
 
 
 def doctor_json(capsys) -> dict:

@@ -7,11 +7,11 @@ import os
 import gguf
 import pytest
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from ramp.export.gguf_writer import predict_file_size, write_reference
 from ramp.kernels.formats import resolve_format
-from ramp.model import load_model
+from ramp.models import load_model
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 
@@ -51,7 +51,7 @@ def test_run_with_measured_sensitivity(tiny_reference, tmp_path, capsys):
     code = main(["run", "--model", str(tiny_reference), "--budget", "5.5bpw", "--formats", "Q4_0,Q8_0", "--calibration-tokens", "64",
                  "--preset", "Q8_0", "--ctx", "64", "--max-windows", "1", "--out-dir", str(tmp_path), "--no-imatrix"])
     assert code == 0
-    assert "KLD sensitivity measured on 64 calibration tokens" in capsys.readouterr().out
+    assert "KLD sensitivity measured on 64 tokens of austen in windows of 64" in capsys.readouterr().out
     allocation = Allocation.load(tmp_path / "allocation.json")
     assert allocation.method == "ilp" and allocation.extra["damage"] == "kld"
     assert allocation.extra["data_bytes"] <= allocation.extra["budget_bytes"]

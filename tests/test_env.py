@@ -10,12 +10,13 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ramp.allocate.problem import build_items
+from ramp.agent.sac import episode_items
 from ramp.envs import ENV_ID, BitAllocationEnv, ModelContext, RewardConfig
 from ramp.envs.bit_allocation import rollout
 from ramp.errors import RampError
-from ramp.model import MetadataValue, Model, TensorSpec, role_of
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.measure.sensitivity_table import SensitivityTable
+from ramp.models.model import MetadataValue, Model, TensorSpec, role_of
 
 EMBEDDING_SIZE = 11
 
@@ -48,6 +49,13 @@ def random_embedding(model: Model, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(len(model.quantizable), EMBEDDING_SIZE))
 
 
+def tiny_context(model: Model, embedding: np.ndarray | None = None, grouping: str = "tensor",
+                 ladder: tuple[str, ...] = DEFAULT_LADDER, **fields) -> ModelContext:
+    """`model`'s context: a random embedding unless one is given, its episode items on `ladder`."""
+    return ModelContext("tiny", model, random_embedding(model) if embedding is None else embedding,
+                        items=episode_items(model, ladder, grouping), **fields)
+
+
 def tokens(vocab: int = 96, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(seed))
 
@@ -59,17 +67,17 @@ def model() -> Model:
 
 @pytest.fixture(scope="module")
 def context(model: Model) -> ModelContext:
-    from ramp.agent import KLDEvaluator
+    from ramp.agent.sac import KLDEvaluator
 
-    return ModelContext("tiny", model, random_embedding(model), KLDEvaluator(model, tokens()))
+    return tiny_context(model, evaluate=KLDEvaluator(model, tokens()))
 
 
 def test_passes_gymnasium_checker(context: ModelContext) -> None:
-    check_env(BitAllocationEnv([context], (4.0, 5.0)), skip_render_check=True)
+    check_env(BitAllocationEnv([context], (4.0, 5.0), DEFAULT_LADDER), skip_render_check=True)
 
 
 def test_registered_with_gymnasium(context: ModelContext) -> None:
-    env = gym.make(ENV_ID, contexts=[context], budget_bpw=(4.5, 4.5))
+    env = gym.make(ENV_ID, contexts=[context], budget_bpw=(4.5, 4.5), ladder=DEFAULT_LADDER)
     observation, _ = env.reset(seed=0)
     assert env.observation_space.contains(observation)
 
@@ -77,7 +85,7 @@ def test_registered_with_gymnasium(context: ModelContext) -> None:
 def test_same_seed_same_allocation(context: ModelContext) -> None:
     def episode(seed: int) -> tuple:
         # The seed drives the env's budget draw; the action stream is the same for both runs.
-        env = BitAllocationEnv([context], (4.0, 6.0))
+        env = BitAllocationEnv([context], (4.0, 6.0), DEFAULT_LADDER)
         env.reset(seed=seed)
         actions = iter(np.linspace(-1, 1, len(context.model.quantizable), dtype=np.float32))
         while True:
@@ -96,7 +104,7 @@ def test_same_seed_same_allocation(context: ModelContext) -> None:
     grouping=st.sampled_from(["tensor", "block"]),
 )
 def test_budget_never_exceeded(model: Model, budget: float, actions: list[float], grouping: str) -> None:
-    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (budget, budget), grouping=grouping)
+    env = BitAllocationEnv([tiny_context(model, grouping=grouping)], (budget, budget), DEFAULT_LADDER, grouping)
     observation, _ = env.reset()
     for step in range(len(model.quantizable)):
         observation, _, terminated, _, info = env.step(np.array([actions[step % len(actions)]], dtype=np.float32))
@@ -110,12 +118,12 @@ def test_budget_never_exceeded(model: Model, budget: float, actions: list[float]
 
 def test_budget_below_smallest_allocation_is_refused(model: Model) -> None:
     with pytest.raises(RampError, match="below the smallest allocation"):
-        BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (2.0, 4.0))
+        BitAllocationEnv([tiny_context(model)], (2.0, 4.0), DEFAULT_LADDER)
 
 
 def test_greedy_requests_pay_the_cliff_and_still_end_within_budget(model: Model) -> None:
     config = RewardConfig()
-    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (4.0, 4.0), reward=config)
+    env = BitAllocationEnv([tiny_context(model)], (4.0, 4.0), DEFAULT_LADDER, reward=config)
     env.reset()
     rewards = []
     for _ in model.quantizable:
@@ -128,7 +136,7 @@ def test_greedy_requests_pay_the_cliff_and_still_end_within_budget(model: Model)
 
 
 def test_episode_end_measures_real_kld(context: ModelContext) -> None:
-    env = BitAllocationEnv([context], (2.7, 9.0))
+    env = BitAllocationEnv([context], (2.7, 9.0), DEFAULT_LADDER)
     low = rollout(env, lambda _: -np.ones(1, dtype=np.float32), context=0, budget_bpw=9.0)
     high = rollout(env, lambda _: np.ones(1, dtype=np.float32), context=0, budget_bpw=9.0)
     assert set(low["formats"].values()) == {"Q2_K"} and set(high["formats"].values()) == {"Q8_0"}
@@ -136,7 +144,7 @@ def test_episode_end_measures_real_kld(context: ModelContext) -> None:
 
 
 def test_zero_action_paces_the_budget(model: Model) -> None:
-    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model))], (3.0, 6.0))
+    env = BitAllocationEnv([tiny_context(model)], (3.0, 6.0), DEFAULT_LADDER)
     for budget in (3.0, 4.5, 6.0):
         info = rollout(env, lambda _: np.zeros(1, dtype=np.float32), context=0, budget_bpw=budget)
         assert info["overshoot_bytes"] == 0
@@ -158,7 +166,7 @@ def test_shaped_rewards_sum_to_the_regret_against_the_tables_best(model: Model) 
 
     table = damage_table(model)
     config = RewardConfig()
-    env = BitAllocationEnv([ModelContext("tiny", model, random_embedding(model), damage=table)], (4.5, 4.5), reward=config)
+    env = BitAllocationEnv([tiny_context(model, damage=table)], (4.5, 4.5), DEFAULT_LADDER, reward=config)
     rng = np.random.default_rng(0)
     for actions in (np.zeros(len(model.quantizable)), rng.uniform(-1, 1, len(model.quantizable))):
         env.reset()

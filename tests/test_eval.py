@@ -7,10 +7,9 @@ import pytest
 
 from ramp.cli import main
 from ramp.export.gguf_writer import write_gguf, write_reference
-from ramp.llama_eval import (
-    evaluate, make_windows, open_llama, reference_logprobs, reference_result, scored_logprobs, tokenize,
-)
-from ramp.text import evaluation_text
+from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, scored_logprobs
+from ramp.models.text import evaluation_text
+from ramp.models.tokenizer import open_vocabulary, tokenize
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 N_CTX, N_WINDOWS = 64, 3
@@ -31,7 +30,7 @@ def quantized(tiny_model, tmp_path_factory):
 def test_tokenize_is_the_models_own_tokenizer(tiny_reference):
     text = "def f(x):\n    return x ** 2  # squares"
     tokens = tokenize(tiny_reference, text)
-    llm = open_llama(tiny_reference, vocab_only=True)
+    llm = open_vocabulary(tiny_reference)
     try:
         assert llm.detokenize(tokens.tolist()).decode("utf-8") == text
     finally:

@@ -7,7 +7,7 @@ import gguf
 import numpy as np
 import pytest
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from ramp.export.gguf_writer import predict_file_size, reference_formats, write_allocation, write_gguf
 from ramp.kernels import quantize
@@ -77,7 +77,7 @@ def test_metadata_is_copied_and_file_type_set(tiny_model, mixed_file):
 
 
 def test_written_file_loads_in_llama_cpp_and_generates(mixed_file):
-    from ramp.llama_eval import open_llama
+    from ramp.evaluate.llama_eval import open_llama
 
     llm = open_llama(mixed_file[0], n_ctx=64)
     try:

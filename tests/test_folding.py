@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from ramp.errors import RampError
-from ramp.folding import fold_model
-from ramp.forward import Forward, calibration_tokens
-from ramp.model import load_model
-from ramp.profile import collect_activation_stats
+from ramp.measure.folding import fold_model
+from ramp.measure.calibration import CalibrationSpec
+from ramp.measure.forward import Forward
+from ramp.models import load_model
+from ramp.measure.profile import collect_activation_stats
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokens(model):
-    return calibration_tokens(model, n_tokens=128, window=128)
+    return CalibrationSpec("austen", 128, 128).windows(model)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ramp.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
-from ramp.forward import Forward, KLDReference, calibration_tokens, kld_against_reference
-from ramp.model import Model, load_model
+from ramp.models.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
+from ramp.measure.calibration import CalibrationSpec
+from ramp.measure.forward import Forward, KLDReference
+from ramp.models.model import Model
+from ramp.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def forward(model):
 
 @pytest.fixture(scope="module")
 def tokens(model):
-    return calibration_tokens(model, n_tokens=256, window=128)
+    return CalibrationSpec("austen", 256, 128).windows(model)
 
 
 def llama_cpp_logits(path, tokens: torch.Tensor, all_positions: bool = True) -> np.ndarray:
@@ -95,8 +97,9 @@ def test_block_checkpoints_give_the_full_forward_result(forward, tokens):
 
 def test_tied_embedding_override_changes_output_projection(forward, tokens):
     embedding = forward.weights["token_embd.weight"]
-    first = kld_against_reference(forward, {"token_embd.weight": embedding * 1.02}, tokens)
-    again = kld_against_reference(forward, {"token_embd.weight": embedding * 1.02}, tokens)
+    reference = KLDReference(forward, tokens)
+    first = reference.kld({"token_embd.weight": embedding * 1.02})
+    again = reference.kld({"token_embd.weight": embedding * 1.02})
     assert first > 0 and first == again
 
 
@@ -125,7 +128,7 @@ def gemma_reference(gemma, tmp_path_factory):
 
 
 def test_gemma3_logits_match_llama_cpp(gemma, gemma_forward, gemma_reference):
-    tokens = calibration_tokens(gemma, n_tokens=64, window=64)
+    tokens = CalibrationSpec("austen", 64, 64).windows(gemma)
     theirs = llama_cpp_logits(gemma_reference, tokens[0])
     ours = gemma_forward.logits(tokens[:1])[0].double().numpy()
     assert_logits_match(ours, theirs)
@@ -136,7 +139,7 @@ def test_gemma3_sliding_window_matches_llama_cpp(gemma, gemma_forward, gemma_ref
     position only, as all 262144-wide logits of a long window would take gigabytes."""
     window = gemma_forward.layers[0].window
     assert window == 512 and [layer.window for layer in gemma_forward.layers].count(None) == 3  # layers 5, 11, 17
-    tokens = calibration_tokens(gemma, n_tokens=640, window=640)[0]
+    tokens = CalibrationSpec("austen", 640, 640).windows(gemma)[0]
     theirs = llama_cpp_logits(gemma_reference, tokens, all_positions=False)[0]
 
     def last_logits(forward: Forward) -> np.ndarray:
@@ -155,9 +158,9 @@ def test_gemma3_sliding_window_matches_llama_cpp(gemma, gemma_forward, gemma_ref
 
 
 def test_gemma3_capture_and_profile_cover_only_the_quantizable_tensors(gemma, gemma_forward):
-    from ramp.profile import FEATURE_NAMES, profile_model
+    from ramp.measure.profile import FEATURE_NAMES, profile_model
 
-    tokens = calibration_tokens(gemma, n_tokens=64, window=64)
+    tokens = CalibrationSpec("austen", 64, 64).windows(gemma)
     seen: set[str] = set()
     gemma_forward.logits(tokens[:, :16], capture=lambda name, x: seen.add(name))
     block_tensors = {spec.name for spec in gemma.quantizable if spec.block is not None}
@@ -170,14 +173,14 @@ def test_gemma3_capture_and_profile_cover_only_the_quantizable_tensors(gemma, ge
 
 
 def test_gemma3_block_checkpoints_and_tied_embedding(gemma_forward):
-    tokens = calibration_tokens(gemma_forward.model, n_tokens=64, window=32)
+    tokens = CalibrationSpec("austen", 64, 32).windows(gemma_forward.model)
     weight = gemma_forward.weights["blk.10.ffn_down.weight"]
     overrides = {"blk.10.ffn_down.weight": weight * 1.05}
     resumed = KLDReference(gemma_forward, tokens, checkpoint_blocks=True).kld(overrides)
     full = KLDReference(gemma_forward, tokens, checkpoint_blocks=False).kld(overrides)
     assert resumed > 0 and resumed == pytest.approx(full, rel=1e-4)
     embedding = gemma_forward.weights["token_embd.weight"]
-    assert kld_against_reference(gemma_forward, {"token_embd.weight": embedding * 1.02}, tokens) > 0
+    assert KLDReference(gemma_forward, tokens).kld({"token_embd.weight": embedding * 1.02}) > 0
 
 
 # Qwen2.5-Coder-1.5B, the K-quant-native model: llama.cpp's qwen2 graph (src/models/qwen2.cpp) is the llama
@@ -200,7 +203,7 @@ def test_qwen2_logits_match_llama_cpp(qwen):
 
     forward = Forward(qwen)
     assert qwen.arch == "qwen2" and forward.rope_neox and forward.output_name == "output.weight"
-    tokens = calibration_tokens(qwen, n_tokens=32, window=32)
+    tokens = CalibrationSpec("austen", 32, 32).windows(qwen)
     theirs = llama_cpp_logits(cached_reference(qwen, progress=False), tokens[0])
     ours = forward.logits(tokens[:1])[0].double().numpy()
     assert_logits_match(ours, theirs)

@@ -8,12 +8,13 @@ import pytest
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.export.gguf_writer import cached_reference
-from ramp.forward import calibration_tokens
-from ramp.imatrix import ImportanceMatrix, compute_imatrix
+from ramp.measure.calibration import CalibrationSpec
+from ramp.measure.imatrix import ImportanceMatrix, compute_imatrix
 from ramp.kernels import quantize
 from ramp.llama_tools import run_tool
-from ramp.model import load_model, read_gguf
-from ramp.text import calibration_text
+from ramp.models import load_model
+from ramp.models.gguf import read_gguf
+from ramp.models.text import calibration_text
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 N_CTX, N_CHUNKS = 256, 4
@@ -31,7 +32,7 @@ def reference(model):
 
 @pytest.fixture(scope="module")
 def ramp_matrix(model):
-    return compute_imatrix(model, calibration_tokens(model, N_CTX * N_CHUNKS, N_CTX, "austen"), "austen", progress=False)
+    return compute_imatrix(model, CalibrationSpec("austen", N_CTX * N_CHUNKS, N_CTX).windows(model), "austen", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +93,13 @@ def test_imatrix_of_another_model_is_refused(ramp_matrix):
 
 
 def test_damaged_imatrix_cache_entry_is_computed_again(tiny_reference, capsys):
-    from ramp.imatrix import cached_imatrix
+    from ramp.measure.imatrix import cached_imatrix
 
     tiny = load_model(tiny_reference)
-    tokens = calibration_tokens(tiny, 128, 64, "austen")
-    first, path = cached_imatrix(tiny, tokens, "austen", progress=False)
+    calibration = CalibrationSpec("austen", 128, 64)
+    first, path = cached_imatrix(tiny, calibration, progress=False)
     path.write_bytes(bytes(len(path.read_bytes())))  # same length, all zeros: only the checksum can tell
-    again, again_path = cached_imatrix(tiny, tokens, "austen", progress=False)
+    again, again_path = cached_imatrix(tiny, calibration, progress=False)
     assert again_path == path and "is damaged" in capsys.readouterr().err
     assert all(np.array_equal(again.importance(n), first.importance(n)) for n in first.sums)
     assert ImportanceMatrix.load(path).counts == first.counts

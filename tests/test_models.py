@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from ramp.cli import main
-from ramp.embedded import (
+from ramp.models.embedded import (
     KNOWN_MODELS, QWEN_BYTES, QWEN_NAME, embedded_models, join_parts, qwen_file, qwen_part_paths,
     qwen_part_sizes, resolve_model,
 )
 from ramp.errors import RampError
-from ramp.model import default_model_path, load_model
+from ramp.models.embedded import default_model_path
+from ramp.models import load_model
 
 FIX = "run `the fix`"
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ramp.errors import RampError
-from ramp.model import MetadataValue, Model, TensorSpec, role_of
-from ramp.profile import (
+from ramp.models.model import MetadataValue, Model, TensorSpec, role_of
+from ramp.measure.profile import (
     FEATURE_NAMES, ActivationStats, Profile, _activation_features, profile_model, tensor_features, weight_features,
 )
-from ramp.sensitivity import measure_sensitivity
+from ramp.measure.sensitivity import measure_sensitivity
 
 HIDDEN, FFN, VOCAB, BLOCKS = 64, 128, 256, 2
 
@@ -34,6 +34,10 @@ def tiny_llama(seed: int = 0) -> Model:
                "attention.head_count_kv": 2, "attention.layer_norm_rms_epsilon": 1e-5, "rope.freq_base": 10000.0}
     metadata = {f"llama.{key}": MetadataValue(value, None) for key, value in hparams.items()}
     return Model("llama", BLOCKS, tensors, quantizable, metadata)
+
+
+def features_of(profile: Profile, tensor: str) -> np.ndarray:
+    return profile.features[profile.tensors.index(tensor)]
 
 
 def random_tokens(seed: int = 0, windows: int = 2, length: int = 32) -> torch.Tensor:
@@ -63,7 +67,7 @@ def test_features_are_invariant_to_scaling_a_whole_tensor(scaled_tensor, checked
     scaled = dict(model.tensors, **{scaled_tensor: model.tensors[scaled_tensor] * 4.0})
     other = profile_model(replace(model, tensors=scaled), tokens)
     for name in checked:
-        np.testing.assert_allclose(other.of(name), base.of(name), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(features_of(other, name), features_of(base, name), rtol=1e-4, atol=1e-6)
 
 
 def test_outlier_heavy_tensors_and_inputs_stand_out():
@@ -92,8 +96,8 @@ def test_row_sampling_is_reproducible_with_a_seed(tmp_path):
     tokens = random_tokens()
     profile = profile_model(model, tokens, seed=3)
     assert profile.features.shape == (len(model.quantizable), len(FEATURE_NAMES)) and np.isfinite(profile.features).all()
-    from ramp.forward import Forward
-    from ramp.profile import collect_activation_stats
+    from ramp.measure.forward import Forward
+    from ramp.measure.profile import collect_activation_stats
 
     stats = collect_activation_stats(Forward(model), tokens)
     counts = np.bincount(tokens.numpy().ravel(), minlength=VOCAB).astype(np.float64)
@@ -117,6 +121,6 @@ def test_untied_embedding_uses_token_frequencies():
     concentrated = torch.zeros(2, 32, dtype=torch.long)  # every token is id 0
     spread = random_tokens()
     column = FEATURE_NAMES.index("act_effective_channels")
-    assert profile_model(untied, concentrated).of("token_embd.weight")[column] < profile_model(untied, spread).of("token_embd.weight")[column]
+    assert features_of(profile_model(untied, concentrated), "token_embd.weight")[column] < features_of(profile_model(untied, spread), "token_embd.weight")[column]
     with pytest.raises(RampError, match="ramp profile"):
         Profile.load("/nonexistent/embeddings.json")

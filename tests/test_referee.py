@@ -11,9 +11,9 @@ import pytest
 
 from ramp.cli import main
 from ramp.export.gguf_writer import write_gguf, write_reference
-from ramp.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
-from ramp.referee import format_agreement, referee
-from ramp.text import evaluation_text
+from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
+from ramp.evaluate.referee import format_agreement, referee
+from ramp.models.text import evaluation_text
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama  # noqa: F401  (fixtures)
 
 # 4 windows of 64 score 124 tokens: llama-perplexity prints its final statistics only from 100 on
@@ -22,7 +22,7 @@ N_CTX, N_WINDOWS, TEXT = 64, 4, "python-docs"
 
 def error_line(capsys) -> str:
     """The one line ramp prints. pytest's capture also catches what llama-cpp-python's log callback writes
-    through sys.stderr while ramp has file descriptor 2 pointed at /dev/null (ramp.llama_eval.quiet_llama),
+    through sys.stderr while ramp has file descriptor 2 pointed at /dev/null (ramp.evaluate.llama_eval.quiet_llama),
     which a terminal never shows; ramp's own error must still be a single line, and the last."""
     lines = capsys.readouterr().err.strip().splitlines()
     ours = [line for line in lines if line.startswith("ramp:")]
@@ -62,7 +62,7 @@ def test_llama_perplexity_agrees_with_ramp(files):
     # ramp's reference row comes from its float16 log-prob cache: each NLL is rounded to 2^-11 relative, so
     # ln(PPL) moves by at most 2^-11 * ln(PPL); llama-perplexity's base pass is float32.
     assert abs(math.log(ours[0].perplexity / theirs[0].perplexity)) <= 2**-11 * math.log(theirs[0].perplexity)
-    # ramp's float16 cache keeps mean KLD within 1e-4 nats of the exact value (ramp.llama_eval, test_eval);
+    # ramp's float16 cache keeps mean KLD within 1e-4 nats of the exact value (ramp.evaluate.llama_eval, test_eval);
     # llama-perplexity's 16-bit base here agrees with the exact float64 KLD to its 6 printed decimals.
     assert q_ours.kld_mean == pytest.approx(q_theirs.kld_mean, abs=1e-4)
     assert q_theirs.kld_mean > 1e-2  # Q4_0 of random weights really diverges: the agreement is not 0 == 0

@@ -23,18 +23,19 @@ import numpy as np
 import pytest
 import torch
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.cache_entries import remove_entry, seal_path
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.export.gguf_writer import cached_reference, write_gguf, write_reference
 from ramp.files import check_output_path
 from ramp.kernels import DequantCache
-from ramp.llama_eval import make_windows, reference_logprobs
-from ramp.model import MetadataValue, load_model
-from ramp.sensitivity import measure_sensitivity
-from ramp.sensitivity_table import SensitivityTable
-from ramp.text import evaluation_text
+from ramp.evaluate.llama_eval import make_windows, reference_logprobs
+from ramp.models.model import MetadataValue
+from ramp.models import load_model
+from ramp.measure.sensitivity import measure_sensitivity
+from ramp.measure.sensitivity_table import SensitivityTable
+from ramp.models.text import evaluation_text
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 
@@ -223,7 +224,7 @@ def test_profile_sweep_resumes_from_its_partial_file(tiny_model, tmp_path, monke
     partial = final.with_suffix(".partial.json")
     partial.write_text(json.dumps({"token_embd.weight|Q8_0": 0.5}))
     resumed = measure_sensitivity(tiny_model, random_tokens(), ["Q8_0"], progress=False)
-    assert resumed.of("token_embd.weight", "Q8_0") == 0.5
+    assert resumed.damage[resumed.tensors.index("token_embd.weight"), resumed.formats.index("Q8_0")] == 0.5
 
 
 def test_truncated_reference_logits_are_computed_again(tiny_reference, tmp_path, monkeypatch):
@@ -387,12 +388,13 @@ def test_sensitivity_table_with_bad_values_is_one_line(tiny_reference, tmp_path,
 def test_policy_with_a_corrupt_network_is_one_line(tiny_reference, tmp_path, capsys):
     from test_env import damage_table
 
-    from ramp import agent
+    from ramp.agent import sac as agent
     from ramp.envs import BitAllocationEnv, ModelContext
+    from ramp.measure.ladder import DEFAULT_LADDER
 
     model = load_model(tiny_reference)
-    env = BitAllocationEnv([ModelContext("tiny", model, np.zeros((len(model.quantizable), 11)),
-                                         damage=damage_table(model))], (4.0, 6.0))
+    env = BitAllocationEnv([ModelContext("tiny", model, np.zeros((len(model.quantizable), 11)), damage=damage_table(model),
+                                         items=agent.episode_items(model, DEFAULT_LADDER))], (4.0, 6.0), DEFAULT_LADDER)
     good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
     agent.save_policy(agent.make_sac(env, agent.SACConfig(net_arch=(8, 8)), 0), good, agent.new_record(env, [model], agent.SACConfig(), 0))
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:

@@ -15,8 +15,9 @@ from hf_fixture import build_tiny_hf_llama  # noqa: E402
 
 from ramp.cli import main  # noqa: E402
 from ramp.errors import RampError  # noqa: E402
-from ramp.model import load_model  # noqa: E402
-from ramp.text import evaluation_text  # noqa: E402
+from ramp.models import load_model  # noqa: E402
+from ramp.models.text import evaluation_text  # noqa: E402
+from tiny_gguf import ramp_cache, _use_ramp_cache  # noqa: E402,F401  (fixtures: a scratch cache)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def hf_logits_and_tokens(hf_dir):
 
 
 def test_ramp_forward_matches_transformers(hf_dir, hf_logits_and_tokens):
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     expected, tokens = hf_logits_and_tokens
     model = load_model(hf_dir)
@@ -51,7 +52,8 @@ def test_reference_gguf_runs_in_llama_cpp_like_transformers(hf_dir, hf_logits_an
     import gguf
 
     from ramp.export.gguf_writer import write_reference
-    from ramp.llama_eval import open_llama, tokenize
+    from ramp.evaluate.llama_eval import open_llama
+    from ramp.models.tokenizer import tokenize
 
     expected, tokens = hf_logits_and_tokens
     path = tmp_path / "tiny.gguf"
@@ -98,3 +100,19 @@ def test_directory_without_weights_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(RampError, match="no \\*.safetensors files"):
         load_model(tmp_path)
+
+
+def test_a_directory_calibrates_on_the_tokens_of_its_gguf(hf_dir, tmp_path):
+    # its vocabulary reaches llama.cpp's tokenizer through a vocabulary-only GGUF: the windows are the ones
+    # its reference GGUF would give
+    from ramp.measure.calibration import CalibrationSpec
+    from ramp.export.gguf_writer import write_reference
+    from ramp.models.tokenizer import vocabulary_file
+
+    model = load_model(hf_dir)
+    path = tmp_path / "tiny.gguf"
+    write_reference(model, path, progress=False)
+    spec = CalibrationSpec("austen", 128, 64)
+    windows = spec.windows(model)
+    assert windows.shape == (2, 64) and vocabulary_file(model) != path
+    assert torch.equal(windows, spec.windows(load_model(path)))

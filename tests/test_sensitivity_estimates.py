@@ -1,4 +1,4 @@
-"""Sensitivity without a sweep (`ramp.sensitivity_estimates`: imatrix-weighted error, diagonal Fisher) and
+"""Sensitivity without a sweep (`ramp.measure.estimates`: imatrix-weighted error, diagonal Fisher) and
 llama.cpp PR 15550's allocator (`ramp.allocate.target_bpw`), on the tiny llama of tiny_gguf (256-wide rows,
 so K-quants apply; the embedding is tied to the output)."""
 from __future__ import annotations
@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import ramp.sensitivity_estimates as estimates
+import ramp.measure.estimates as estimates
 from ramp.allocate import allocate, greedy, predicted_damage, target_bpw
 from ramp.allocate.problem import Choice, Item, Problem, build_items, item_damage
 from ramp.cli import main
-from ramp.forward import Forward, KLDReference
-from ramp.imatrix import compute_imatrix
+from ramp.measure.forward import Forward, KLDReference
+from ramp.measure.imatrix import compute_imatrix
 from ramp.kernels import quantize_dequantize
-from ramp.model import Model, TensorSpec
+from ramp.models.model import Model, TensorSpec
+from ramp.measure.sensitivity_table import SensitivityTable
 from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 FORMATS = ["Q3_K", "Q4_K", "Q6_K"]  # on ffn_down's 320-wide rows: Q4_0, Q5_0, Q8_0
@@ -41,6 +42,10 @@ def head_input_mean_square(model: Model, tokens: torch.Tensor) -> np.ndarray:
     seen = []
     Forward(model).logits(tokens, capture=lambda name, x: seen.append(x.clone()) if name == "output.weight" else None)
     return torch.cat(seen).reshape(-1, seen[0].shape[-1]).double().square().mean(0).numpy()
+
+
+def cell(table: SensitivityTable, tensor: str, fmt: str) -> float:
+    return float(table.damage[table.tensors.index(tensor), table.formats.index(fmt)])
 
 
 def squared(error: np.ndarray) -> np.ndarray:
@@ -69,13 +74,13 @@ def test_imatrix_error_is_importance_weighted_squared_error(tiny_model, tied, wi
     table = estimates.imatrix_error_table(model, tokens, imatrix if with_imatrix else None, FORMATS,
                                           progress=False, use_cache=False)
     assert table.measure.startswith("imatrix-error") and "not KLD" in table.measure
-    assert table.extra["n_tokens"] == tokens.numel() and table.extra["tied_embedding"] == tied
+    assert table.extra["calibration"] == {"text": None, "tokens": tokens.numel(), "window": tokens.shape[1]} and table.extra["tied_embedding"] == tied
     for name in BLK:
         weights, importance = model.tensors[name], imatrix.importance(name)
         for fmt in FORMATS:
             # Q is llama.cpp's quantization with the importance llama-quantize --imatrix would pass, if any
             error = quantize_dequantize(weights, fmt, importance if with_imatrix else None, backend="ggml") - weights
-            assert table.of(name, fmt) == pytest.approx(float((importance * squared(error)).sum()), rel=1e-6)
+            assert cell(table, name, fmt) == pytest.approx(float((importance * squared(error)).sum()), rel=1e-6)
 
     share = np.bincount(tokens.reshape(-1).numpy(), minlength=model.tensors["token_embd.weight"].shape[0]) / tokens.numel()
     head = head_input_mean_square(model, tokens)
@@ -84,11 +89,11 @@ def test_imatrix_error_is_importance_weighted_squared_error(tiny_model, tied, wi
         error = squared(quantize_dequantize(embedding, fmt, None, backend="ggml") - embedding)
         lookup = float(share @ error.sum(axis=1))  # the tiny llama's embedding scale is 1
         head_term = float((error * head).sum())
-        assert table.of("token_embd.weight", fmt) == pytest.approx(lookup + (head_term if tied else 0.0), rel=1e-5)
+        assert cell(table, "token_embd.weight", fmt) == pytest.approx(lookup + (head_term if tied else 0.0), rel=1e-5)
         if not tied:
             output = model.tensors["output.weight"]
             out_error = squared(quantize_dequantize(output, fmt, None, backend="ggml") - output)
-            assert table.of("output.weight", fmt) == pytest.approx(float((out_error * head).sum()), rel=1e-5)
+            assert cell(table, "output.weight", fmt) == pytest.approx(float((out_error * head).sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("labels, samples", [("text", 1), ("model", 2)])
@@ -150,7 +155,7 @@ def test_fisher_table_is_half_the_fisher_weighted_squared_error_and_cached(tiny_
     for name in BLK:
         weights = tiny_model.tensors[name]
         error = quantize_dequantize(weights, "Q4_K", imatrix.importance(name), backend="ggml") - weights
-        assert table.of(name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].numpy() * squared(error)).sum()), rel=1e-5)
+        assert cell(table, name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].numpy() * squared(error)).sum()), rel=1e-5)
     # cached under a key of its own: the same call reads the file back, another estimate does not
     path = estimates._cache_path(tiny_model, tokens, FORMATS, imatrix, f"fisher|model|1|{seed}")
     assert path.is_file()
@@ -243,7 +248,7 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
     assert "--imatrix" in capsys.readouterr().err
     assert main([*common, "--imatrix", str(imatrix_path)]) == 0
     assert "target-bpw error" in capsys.readouterr().out
-    from ramp.allocation import Allocation
+    from ramp.allocate.allocation import Allocation
 
     allocation = Allocation.load(out)
     assert allocation.method == "target-bpw" and allocation.extra["reference"].startswith("llama.cpp PR 15550")
@@ -253,8 +258,8 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
 
 
 def test_estimate_check_agreement_and_regret(tiny_model):
-    from ramp.estimate_check import distinct_cells, rank_agreement, regret
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.evaluate.estimate_check import distinct_cells, rank_agreement, regret
+    from ramp.measure.sensitivity_table import SensitivityTable
 
     seed = 8
     print(f"seed {seed}")
@@ -286,10 +291,10 @@ def test_estimate_check_agreement_and_regret(tiny_model):
 def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_it_takes_hours():
     """SmolLM2's sweep is the 964 forwards docs/BENCHMARKS.md reports (7 minutes on two cores at 256 tokens):
     auto measures it; on 16x the tokens the same sweep would take hours, and auto picks the Fisher estimate."""
-    from ramp.allocate.problem import parse_ladder
-    from ramp.model import load_model
+    from ramp.measure.ladder import DEFAULT_LADDER
+    from ramp.models import load_model
 
-    model, ladder = load_model("smollm2-135m"), parse_ladder(None)
+    model, ladder = load_model("smollm2-135m"), DEFAULT_LADDER
     damage, why = estimates.choose_damage(model, ladder, 256)
     assert (damage, why) == ("kld", "the measured sweep takes 964 forwards of 256 tokens: minutes on two cores")
     damage, why = estimates.choose_damage(model, ladder, 4096)

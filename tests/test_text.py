@@ -8,8 +8,8 @@ import pytest
 
 from ramp.cli import main
 from ramp.errors import RampError
-from ramp.r_lazyload import read_lazyload
-from ramp.text import (AUSTEN_CALIBRATION, AUSTEN_EVALUATION, austen_dir, calibration_text, check_text, evaluation_text,
+from ramp.models.r_lazyload import read_lazyload
+from ramp.models.text import (AUSTEN_CALIBRATION, AUSTEN_EVALUATION, austen_dir, calibration_text, check_text, evaluation_text,
                        installed_texts)
 
 

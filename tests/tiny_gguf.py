@@ -10,7 +10,8 @@ import gguf
 import numpy as np
 import pytest
 
-from ramp.model import MetadataValue, Model, TensorSpec, default_model_path, role_of
+from ramp.models.model import MetadataValue, Model, TensorSpec, role_of
+from ramp.models.embedded import default_model_path
 
 N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_BLOCKS = 256, 320, 4, 2, 2
 

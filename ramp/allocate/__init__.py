@@ -4,29 +4,38 @@
 call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
 quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR
 15550's Lagrangian allocator, the closest competitor, on its own imatrix-weighted error table from
-`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.allocate.policy.allocate_with_policy`,
-another engineer's, imported only when asked for).
+`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.agent.policy.TrainedPolicy`, which
+the caller hands in: the agent comes later in the flow and allocation imports nothing of it).
 
 Submodules are imported when a method runs, so importing this package stays cheap.
 """
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ramp.allocation import Allocation
+from ramp.allocate.allocation import Allocation
 from ramp.errors import RampError
 
 if TYPE_CHECKING:
     from ramp.allocate.budget import Budget
-    from ramp.allocate.problem import Pin
+    from ramp.allocate.problem import Pin, Problem
     from ramp.allocate.quadratic import MeasurePair
-    from ramp.model import Model
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.models.model import Model
+    from ramp.measure.sensitivity_table import SensitivityTable
 
 METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")
 NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy", "target-bpw")
+
+
+class Policy(Protocol):
+    """A method from outside this package (the agent's trained policy): the ladder it allocates on, and its
+    choice of formats for a problem, with facts for `Allocation.extra`."""
+
+    ladder: tuple[str, ...]
+
+    def __call__(self, model: "Model", problem: "Problem", sensitivity: "SensitivityTable | None") -> tuple[dict[str, str], dict]:
+        ...
 
 
 def allocate(
@@ -42,12 +51,12 @@ def allocate(
     output_format: str = "Q6_K",
     measure_pair: "MeasurePair | None" = None,
     pairs_per_role: int = 2,
-    policy_path: str | Path | None = None,
+    policy: Policy | None = None,
 ) -> Allocation:
     """Allocate `model`'s quantizable tensors with `method` within `budget` (e.g. "3.65bpw", "60MB").
 
     `sensitivity` is required by ilp, quadratic and greedy, and reported on for the others; quadratic also
-    needs `measure_pair`, policy `policy_path`. Pins (`REGEX=FORMAT`) and groups (regexes whose matches
+    needs `measure_pair`, policy a `policy`. Pins (`REGEX=FORMAT`) and groups (regexes whose matches
     within one block share a format) apply to every method except that uniform ignores groups.
     """
     from ramp.allocate import budget as budgets
@@ -56,13 +65,14 @@ def allocate(
     if method not in METHODS:
         raise RampError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
-    if ladder is None and method == "policy" and policy_path is not None:
-        from ramp.agent import read_policy_record
-
-        # a policy acts on the ladder it was trained on (its table's formats, say): that is the default here
-        ladder = tuple(read_policy_record(policy_path).formats)
+    if method == "policy" and policy is None:
+        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+    if ladder is None and method == "policy":
+        ladder = policy.ladder  # a policy acts on the ladder it was trained on (its table's formats, say)
     elif ladder is None:  # an explicit ladder is taken as asked
-        ladder = problems.measured_ladder([sensitivity])
+        from ramp.measure.ladder import ladder_of
+
+        ladder = ladder_of([sensitivity])
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
     if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
         raise RampError("the sensitivity table was measured on another model file or --fold; re-run `ramp profile` for this one")
@@ -79,19 +89,18 @@ def allocate(
 
         formats, facts = uniform.solve(model, budget, ladder, pins, embedding_format, output_format)
     elif method == "policy":
-        chosen = _run_policy(model, budget, problem, sensitivity, policy_path)
-        formats, facts = chosen.formats, chosen.extra
+        formats, facts = policy(model, problem, sensitivity)
     else:
-        damage = problems.member_damage(model, items, sensitivity)
         if method == "quadratic":
             from ramp.allocate import quadratic
 
             if measure_pair is None:
                 raise RampError("--method quadratic needs a pair measurement (KLD of the model with two tensors quantized)")
+            damage = problems.member_damage(model, items, sensitivity)
             picks, facts = quadratic.solve(model, problem, damage, measure_pair, pairs_per_role)
         else:
             solver = importlib.import_module(f"ramp.allocate.{method.replace('-', '_')}")
-            picks, facts = solver.solve(problem, [d.sum(axis=1) for d in damage])
+            picks, facts = solver.solve(problem, problems.item_damage(model, items, sensitivity))
         formats = problem.formats(picks)
 
     allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha,
@@ -117,16 +126,3 @@ def predicted_damage(model: "Model", formats: dict[str, str], sensitivity: "Sens
 
     return sum(tensor_damage(sensitivity, spec.name, formats[spec.name], spec.row_length) or 0.0
                for spec in model.quantizable)
-
-
-def _run_policy(model: "Model", budget: "Budget", problem, sensitivity: "SensitivityTable | None",
-                policy_path: str | Path | None) -> Allocation:
-    if policy_path is None:
-        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
-    try:
-        from ramp.allocate.policy import allocate_with_policy
-    except ModuleNotFoundError as exc:
-        if exc.name != "ramp.allocate.policy":
-            raise
-        raise RampError("--method policy is not available in this build (no ramp.allocate.policy); use another method") from None
-    return allocate_with_policy(model, Path(policy_path), budget, problem=problem, sensitivity=sensitivity)

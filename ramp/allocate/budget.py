@@ -10,10 +10,11 @@ import math
 import re
 from dataclasses import dataclass
 
-from ramp.allocate.problem import DEFAULT_LADDER, Item, Pin, build_items
+from ramp.allocate.problem import Item, Pin, build_items
 from ramp.errors import RampError
 from ramp.kernels.formats import tensor_bytes
-from ramp.model import Model
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(bpw|b|kb|mb|gb|kib|mib|gib)\s*$", re.IGNORECASE)

@@ -15,12 +15,9 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.kernels.formats import get_format, resolve_format
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
-
-# The ladder allocators climb: llama.cpp's usual weight formats from 2.6 to 8.5 bits per weight.
-DEFAULT_LADDER: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0")
-
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 @dataclass(frozen=True)
 class Pin:
@@ -59,10 +56,6 @@ class Problem:
     def min_bytes(self) -> int:
         return sum(item.choices[0].nbytes for item in self.items)
 
-    @property
-    def max_bytes(self) -> int:
-        return sum(item.choices[-1].nbytes for item in self.items)
-
     def picks_bytes(self, picks: list[int]) -> int:
         return sum(item.choices[pick].nbytes for item, pick in zip(self.items, picks))
 
@@ -79,27 +72,6 @@ def _compile(regex: str, what: str) -> re.Pattern[str]:
         return re.compile(regex)
     except re.error as exc:
         raise RampError(f"{what} regex {regex!r} is invalid ({exc})") from None
-
-
-def parse_ladder(text: str | None) -> tuple[str, ...]:
-    """`Q2_K,Q4_K,Q8_0` -> canonical names in bits-per-weight order; None -> the default ladder."""
-    if text is None:
-        return DEFAULT_LADDER
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise RampError("--formats is empty; give a comma-separated list such as Q2_K,Q4_K,Q8_0")
-    formats = {get_format(name).name: get_format(name) for name in names}
-    return tuple(sorted(formats, key=lambda name: formats[name].bits_per_weight))
-
-
-def measured_ladder(tables: "list[SensitivityTable | None]") -> tuple[str, ...]:
-    """The default ladder limited to the formats every given table measured (`ramp profile`'s own default
-    skips Q5_0): a choice the table cannot answer for would look free to anything that minimises damage."""
-    measured = set(DEFAULT_LADDER)
-    for table in tables:
-        if table is not None:
-            measured &= set(table.formats)
-    return tuple(fmt for fmt in DEFAULT_LADDER if fmt in measured) or DEFAULT_LADDER
 
 
 def pinned_format(name: str, pins: list[Pin]) -> str | None:

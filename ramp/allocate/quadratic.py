@@ -27,34 +27,40 @@ item (a --group) only add to that item's own d.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ramp.allocate import ilp
 from ramp.allocate.problem import Problem
-from ramp.model import BLOCK_ROLES, Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import BLOCK_ROLES, Model
+from ramp.measure.sensitivity_table import SensitivityTable
+
+if TYPE_CHECKING:
+    from ramp.measure.imatrix import ImportanceMatrix
 
 # measure_pair({tensor: written format, ...}) -> damage (same measure and units as the sensitivity table)
 # of the model with exactly those tensors quantized.
 MeasurePair = Callable[[dict[str, str]], float]
 
 
-def kld_pair_measure(model: Model, table: SensitivityTable | None = None) -> MeasurePair:
-    """measure_pair by the torch forward: mean KLD (nats per token) of the model with only the given
-    tensors replaced by their dequantized formats, against the unquantized model, on the calibration
-    windows `table` was measured on (its extra's n_tokens and window; ramp's defaults without them), so
-    pair and single damages compare. Adjacent-block pairs re-run from their first block only, thanks to
-    the reference's block checkpoints."""
-    from ramp.forward import Forward, KLDReference, calibration_tokens
-    from ramp.kernels import DequantCache
+def kld_pair_measure(model: Model, table: SensitivityTable, imatrix: "ImportanceMatrix | None" = None) -> MeasurePair:
+    """measure_pair by the KLD oracle (`ramp.measure.oracle`) on the calibration windows `table` was measured on,
+    quantized with the same importance matrix, so pair and single damages compare. Adjacent-block pairs re-run
+    from their first block only, thanks to the oracle's block checkpoints."""
+    from ramp.measure.calibration import recorded_spec
+    from ramp.errors import RampError
+    from ramp.measure.oracle import KLDOracle
 
-    extra = table.extra if table is not None else {}
-    shape = {"n_tokens": int(extra["n_tokens"]), "window": int(extra["window"])} if {"n_tokens", "window"} <= set(extra) else {}
-    cache = DequantCache(model)
-    reference = KLDReference(Forward(model), calibration_tokens(model, **shape))
-    return lambda assignments: reference.kld({name: cache.get(name, fmt) for name, fmt in assignments.items()})
+    spec = recorded_spec(table.extra)
+    if spec is None:
+        raise RampError("the sensitivity table does not record the calibration text it was measured on, which the pair "
+                        "measure must share; measure it with `ramp profile`")
+    given = imatrix.content_sha256() if imatrix is not None else None
+    if table.extra.get("imatrix") != given:
+        raise RampError("the pair measure must quantize with the importance matrix the sensitivity table was measured "
+                        "with; pass that one with --imatrix (or none if the table used none)")
+    return KLDOracle(model, spec, imatrix)
 
 
 def adjacent_block_pairs(model: Model) -> list[tuple[str, str]]:

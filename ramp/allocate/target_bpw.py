@@ -40,9 +40,9 @@ from ramp.allocate.greedy import lower_hull
 from ramp.allocate.problem import Problem
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
-    from ramp.model import Model, TensorSpec
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.measure.imatrix import ImportanceMatrix
+    from ramp.models.model import Model, TensorSpec
+    from ramp.measure.sensitivity_table import SensitivityTable
 
 MEASURE = "target-bpw error (llama.cpp PR 15550: imatrix-weighted squared error relative to each row, trimmed mean x rows)"
 _IMPORTANT = (".attn_v.weight", ".ffn_down.weight", ".attn_output.weight")
@@ -69,7 +69,7 @@ def trimmed_mean(values: np.ndarray) -> float:
 def row_relative_error(weights: np.ndarray, error: np.ndarray, importance: np.ndarray | None) -> float:
     """The PR's per-tensor error: trimmed mean over rows of weighted squared error / weighted squared norm,
     times the number of rows."""
-    from ramp.sensitivity_estimates import row_weighted_squares
+    from ramp.measure.estimates import row_weighted_squares
 
     values = None if importance is None else np.maximum(importance, 0.0)
     relative = row_weighted_squares(error, values) / (row_weighted_squares(weights, values) + 1e-12)
@@ -79,7 +79,7 @@ def row_relative_error(weights: np.ndarray, error: np.ndarray, importance: np.nd
 def error_table(model: "Model", formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None",
                 progress: bool = True) -> "SensitivityTable":
     """Step 1: the PR's error of every quantizable tensor in every format, quantized with `imatrix`."""
-    from ramp.sensitivity_estimates import error_table as build
+    from ramp.measure.estimates import error_table as build
 
     def damage_of(spec: "TensorSpec", error: np.ndarray) -> float:
         importance = imatrix.importance(spec.name) if imatrix is not None else None

@@ -14,7 +14,7 @@ from ramp.allocate.budget import Budget, describe_bytes
 from ramp.allocate.problem import Pin, pinned_format
 from ramp.errors import RampError
 from ramp.kernels.formats import get_format, resolve_format, tensor_bytes
-from ramp.model import Model
+from ramp.models.model import Model
 
 SAME = "same"
 

@@ -6,8 +6,9 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
-    from ramp.model import Model
+    from ramp.measure.calibration import CalibrationSpec
+    from ramp.measure.imatrix import ImportanceMatrix
+    from ramp.models.model import Model
 
 
 def positive_int(text: str) -> int:
@@ -33,7 +34,7 @@ def add_fold_argument(parser: argparse.ArgumentParser, use: str) -> None:
 def check_fold_argument(args: argparse.Namespace) -> None:
     """A bad --fold fails before anything expensive."""
     if args.fold is not None:
-        from ramp.folding import check_alpha
+        from ramp.measure.folding import check_alpha
 
         check_alpha(args.fold)
 
@@ -43,24 +44,43 @@ def fold_as_asked(model: "Model", alpha: float | None) -> "Model":
     same default calibration tokens, so `ramp profile --fold A` and `ramp allocate --fold A` see one model."""
     if alpha is None:
         return model
-    from ramp.folding import DEFAULT_FOLD_TOKENS, fold_with_calibration
+    from ramp.measure.calibration import FOLD
+    from ramp.measure.folding import fold_with_calibration
 
-    folded = fold_with_calibration(model, alpha)
-    print(f"fold: Scale-Folded with alpha {alpha} on {DEFAULT_FOLD_TOKENS} calibration tokens")
+    folded = fold_with_calibration(model, alpha, FOLD)
+    print(f"fold: Scale-Folded with alpha {alpha} on {FOLD}")
     return folded
 
 
 def load_model_for(args: argparse.Namespace) -> "Model":
     """`args.model`, Scale-Folded when `args.fold` is given."""
-    from ramp.model import load_model
+    from ramp.models import load_model
 
     check_fold_argument(args)
     return fold_as_asked(load_model(args.model), args.fold)
 
 
+def add_calibration_arguments(parser: argparse.ArgumentParser, default: "CalibrationSpec", use: str,
+                              tokens_flag: str = "--tokens") -> None:
+    """`tokens_flag` and --window: the size of the calibration windows `use` reads (default: `default`'s)."""
+    parser.add_argument(tokens_flag, type=positive_int, default=default.tokens,
+                        help=f"calibration tokens for {use} (default {default.tokens}; whole windows only)")
+    parser.add_argument("--window", type=positive_int, default=default.window,
+                        help=f"tokens per calibration window (default {default.window})")
+
+
+def calibration_of(args: argparse.Namespace, tokens: int) -> "CalibrationSpec":
+    """The spec the command line asks for: `tokens` in windows of --window, on --text (the default text for
+    commands without --text)."""
+    from ramp.measure.calibration import CalibrationSpec
+    from ramp.models.text import DEFAULT_TEXT
+
+    return CalibrationSpec(getattr(args, "text", DEFAULT_TEXT), tokens, args.window)
+
+
 def add_text_argument(parser: argparse.ArgumentParser, use: str) -> None:
     """--text NAME: which real text (its calibration or held-out half) a command reads."""
-    from ramp.text import DEFAULT_TEXT, TEXTS
+    from ramp.models.text import DEFAULT_TEXT, TEXTS
 
     parser.add_argument("--text", default=DEFAULT_TEXT, choices=TEXTS,
                         help=f"text to {use} (default {DEFAULT_TEXT}: Jane Austen's novels, split by novel; "
@@ -77,7 +97,7 @@ def load_importance(path: str | None, model: "Model") -> "ImportanceMatrix | Non
     """The --imatrix file checked against `model` (None without --imatrix)."""
     if path is None:
         return None
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
     matrix = ImportanceMatrix.load(path)
     matrix.importances(model)  # a matrix made for another model fails here, before any work

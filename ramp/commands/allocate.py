@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from ramp.commands._options import (
     add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for, positive_int,
 )
-
-if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
-    from ramp.model import Model
-    from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
 
 METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
@@ -25,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "error from --imatrix (with --sensitivity, its solver on that table)")
     parser.add_argument("--budget", required=True,
                         help="bits per quantizable weight (3.65bpw) or bytes of their data (60MB, 57.2MiB, 123456789B)")
-    parser.add_argument("--formats", help="comma-separated candidate formats (default: Q2_K,Q3_K,Q4_0,Q4_K,Q5_0,Q5_K,Q6_K,Q8_0)")
+    parser.add_argument("--formats", help="comma-separated candidate formats (default: the formats the sensitivity table "
+                                          f"measured, {','.join(DEFAULT_LADDER)} without one)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (computed here when omitted)")
     parser.add_argument("--pin", action="append", default=[], metavar="REGEX=FORMAT",
                         help="force tensors whose name matches REGEX to FORMAT, as llama-quantize --tensor-type (repeatable)")
@@ -39,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs-per-role", type=positive_int, default=2,
                         help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
     parser.add_argument("--policy", metavar="FILE", help="policy: a policy file from `ramp train`")
+    parser.add_argument("--embeddings", metavar="FILE",
+                        help="policy: the model's embeddings.json from `ramp profile` (or a job folder), instead of "
+                             "profiling it again")
     parser.add_argument("--out", default="allocation.json", help="allocation JSON to write (default allocation.json)")
     parser.add_argument("--tensor-type-file", metavar="FILE", help="also write llama-quantize's --tensor-type-file")
     add_fold_argument(parser, "allocating for it")
@@ -49,18 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
-    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--policy": args.policy, "--imatrix": args.imatrix},
+    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--policy": args.policy, "--imatrix": args.imatrix,
+             "--embeddings": args.embeddings},
             {"--out": args.out, "--tensor-type-file": args.tensor_type_file})
 
 
 def run(args: argparse.Namespace) -> int:
     from ramp.allocate import NEEDS_SENSITIVITY, allocate
     from ramp.allocate.budget import Budget, describe_bytes
-    from ramp.allocate.problem import Pin, parse_ladder
+    from ramp.allocate.problem import Pin
     from ramp.allocate.quadratic import kld_pair_measure
     from ramp.errors import RampError
     from ramp.files import check_output_path
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.measure.ladder import parse_ladder
+    from ramp.measure.sensitivity_table import SensitivityTable
 
     # Everything that can be wrong with the command line fails before the model loads.
     budget = Budget.parse(args.budget)
@@ -69,8 +70,16 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.out, args.tensor_type_file):
         if path:
             check_output_path(path)
-    if args.method == "policy" and not args.policy:
-        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+    policy = None
+    if args.method == "policy":
+        if not args.policy:
+            raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
+        from ramp.agent.policy import TrainedPolicy
+        from ramp.measure.profile import Profile
+
+        policy = TrainedPolicy(args.policy, Profile.load(args.embeddings) if args.embeddings else None)
+    elif args.embeddings:
+        raise RampError("--embeddings feed a trained policy; pass --method policy --policy FILE, or drop --embeddings")
     if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):
         raise RampError("--method target-bpw weighs its error by an importance matrix; pass --imatrix FILE (`ramp imatrix`)")
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
@@ -79,16 +88,18 @@ def run(args: argparse.Namespace) -> int:
     imatrix = load_importance(args.imatrix, model)
     if table is None and args.method == "target-bpw":
         from ramp.allocate import target_bpw
-        from ramp.allocate.problem import DEFAULT_LADDER
 
         table = target_bpw.error_table(model, ladder or DEFAULT_LADDER, imatrix)
     elif table is None and args.method in NEEDS_SENSITIVITY:
-        table = _measure_sensitivity(model, ladder, imatrix, args.text)
+        from ramp.measure.calibration import SENSITIVITY
+        from ramp.measure.sensitivity import measure_sensitivity
+
+        table = measure_sensitivity(model, SENSITIVITY.sized(text=args.text), ladder or DEFAULT_LADDER, imatrix=imatrix)
     allocation = allocate(
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
-        measure_pair=kld_pair_measure(model, table) if args.method == "quadratic" else None,
-        pairs_per_role=args.pairs_per_role, policy_path=args.policy,
+        measure_pair=kld_pair_measure(model, table, imatrix) if args.method == "quadratic" else None,
+        pairs_per_role=args.pairs_per_role, policy=policy,
     )
     allocation.save(args.out)
     if args.tensor_type_file:
@@ -111,14 +122,3 @@ def _bits(fmt: str) -> float:
     from ramp.kernels.formats import get_format
 
     return get_format(fmt).bits_per_weight
-
-
-def _measure_sensitivity(model: "Model", ladder: tuple[str, ...] | None, imatrix: "ImportanceMatrix | None",
-                         text: str) -> "SensitivityTable":
-    """The sensitivity table by the profiling module, for runs without --sensitivity."""
-    from ramp.allocate.problem import DEFAULT_LADDER
-    from ramp.forward import calibration_tokens
-    from ramp.sensitivity import DEFAULT_TOKENS, measure_sensitivity
-
-    tokens = calibration_tokens(model, DEFAULT_TOKENS, text=text)
-    return measure_sensitivity(model, tokens, formats=ladder or DEFAULT_LADDER, imatrix=imatrix)

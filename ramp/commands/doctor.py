@@ -57,7 +57,7 @@ def _probe(problems: list[str], what: str, probe, fallback=None):
 
 def _texts() -> tuple[list[str], list[str]]:
     """(installed, not installed) text names."""
-    from ramp.text import TEXTS, installed_texts
+    from ramp.models.text import TEXTS, installed_texts
 
     installed = installed_texts()
     return installed, [name for name in TEXTS if name not in installed]
@@ -70,7 +70,7 @@ def diagnose() -> dict:
     import shutil
     from dataclasses import asdict
 
-    from ramp.embedded import embedded_models
+    from ramp.models.embedded import embedded_models
     from ramp.files import cache_dir, data_dir
     from ramp.llama_tools import BUILD_FIX, TOOLS, find_tool, llama_cpp_version
 

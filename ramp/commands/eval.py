@@ -5,7 +5,7 @@ import argparse
 
 from ramp.commands._options import add_text_argument, positive_int
 
-DEFAULT_N_CTX = 512  # mirrors ramp.llama_eval.DEFAULT_N_CTX, kept light
+DEFAULT_N_CTX = 512  # mirrors ramp.evaluate.llama_eval.DEFAULT_N_CTX, kept light
 
 
 def add_window_arguments(parser: argparse.ArgumentParser, default_windows: int | None) -> None:
@@ -35,11 +35,11 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
-    from ramp.llama_eval import (
-        check_same_model, evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result,
+    from ramp.evaluate.llama_eval import (
+        check_same_model, evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result, report_results,
     )
-    from ramp.referee import check_referee, format_agreement, referee
-    from ramp.text import evaluation_text
+    from ramp.evaluate.referee import check_referee, format_agreement, referee
+    from ramp.models.text import evaluation_text
 
     if args.json:
         check_output_path(args.json)
@@ -59,19 +59,3 @@ def run(args: argparse.Namespace) -> int:
     if args.referee:
         print(format_agreement(results, referee(args.reference, args.files, text, windows)))
     return 0
-
-
-def report_results(results, windows, json_path: str | None) -> None:
-    """Print the table (and write JSON) the same way for `ramp eval` and `ramp run`."""
-    import json
-
-    from ramp.files import atomic_output
-    from ramp.llama_eval import format_table
-
-    text = results[0].text if results and results[0].text else "held-out"
-    print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} ({text} text, held-out half)")
-    print(format_table(results))
-    if json_path:
-        with atomic_output(json_path, "w") as handle:
-            json.dump([result.as_dict() for result in results], handle, indent=1)
-            handle.write("\n")

@@ -25,7 +25,7 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ramp.allocation import Allocation
+    from ramp.allocate.allocation import Allocation
     from ramp.errors import RampError
     from ramp.export.gguf_writer import predict_file_size, reference_formats, write_gguf
     from ramp.files import check_output_path

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import positive_int
+from ramp.measure.calibration import FOLD
+from ramp.commands._options import add_calibration_arguments, calibration_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,8 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="migration strength in [0, 1]: 0 flattens weight columns, 1 flattens activations (default 0.5)")
     parser.add_argument("--out", required=True, help="folded GGUF to write")
-    parser.add_argument("--tokens", type=positive_int, default=2048, help="calibration tokens for activation maxima (default 2048)")
-    parser.add_argument("--window", type=positive_int, default=256, help="tokens per calibration window (default 256)")
+    add_calibration_arguments(parser, FOLD, "the activation maxima")
     parser.add_argument("--type", choices=("F32", "F16"), default="F32",
                         help="type of the folded weights in the file (default F32: folding is exact only before rounding)")
 
@@ -26,13 +26,14 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 def run(args: argparse.Namespace) -> int:
     from ramp.export.gguf_writer import write_reference
     from ramp.files import check_output_path
-    from ramp.folding import check_alpha, fold_with_calibration
-    from ramp.model import load_model
+    from ramp.measure.folding import check_alpha, fold_with_calibration
+    from ramp.models import load_model
 
     check_alpha(args.alpha)  # fail before loading the model
     check_output_path(args.out)
     model = load_model(args.model)
-    folded = fold_with_calibration(model, args.alpha, args.tokens, args.window)
+    calibration = calibration_of(args, args.tokens)
+    folded = fold_with_calibration(model, args.alpha, calibration)
     size = write_reference(folded, args.out, args.type)
-    print(f"folded with alpha {args.alpha} on {args.tokens} calibration tokens; wrote {args.out} ({size / 2**20:.1f} MiB, {args.type})")
+    print(f"folded with alpha {args.alpha} on {calibration}; wrote {args.out} ({size / 2**20:.1f} MiB, {args.type})")
     return 0

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import add_fold_argument, add_text_argument, load_model_for, positive_int
-from ramp.imatrix import DEFAULT_IMATRIX_TOKENS, DEFAULT_IMATRIX_WINDOW  # torch-free at import time
+from ramp.measure.calibration import IMATRIX
+from ramp.commands._options import add_calibration_arguments, add_fold_argument, add_text_argument, calibration_of, load_model_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="GGUF file or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--out", required=True, help="imatrix GGUF to write")
-    parser.add_argument("--tokens", type=positive_int, default=DEFAULT_IMATRIX_TOKENS,
-                        help=f"calibration tokens (default {DEFAULT_IMATRIX_TOKENS}; whole windows only)")
-    parser.add_argument("--window", type=positive_int, default=DEFAULT_IMATRIX_WINDOW,
-                        help=f"tokens per chunk, llama-imatrix's -c (default {DEFAULT_IMATRIX_WINDOW})")
+    add_calibration_arguments(parser, IMATRIX, "the statistics (the window is llama-imatrix's -c)")
     add_text_argument(parser, "calibrate on")
     add_fold_argument(parser, "measuring it")
 
@@ -30,16 +27,15 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ramp.files import atomic_path, check_output_path
-    from ramp.forward import calibration_tokens
-    from ramp.imatrix import cached_imatrix
-    from ramp.text import check_text
+    from ramp.measure.imatrix import cached_imatrix
+    from ramp.models.text import check_text
 
     check_output_path(args.out)
     check_text(args.text)
+    calibration = calibration_of(args, args.tokens)
     model = load_model_for(args)
     started = time.perf_counter()
-    tokens = calibration_tokens(model, args.tokens, args.window, args.text)
-    matrix, cached = cached_imatrix(model, tokens, f"{args.text} calibration half")
+    matrix, cached = cached_imatrix(model, calibration)
     with atomic_path(args.out) as tmp:
         shutil.copyfile(cached, tmp)
     print(f"wrote {args.out}: {len(matrix.sums)} tensors, {matrix.chunk_count} chunks of {matrix.chunk_size} tokens "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.embedded import KNOWN_MODELS  # importlib and dataclasses only: the parser stays quick
+from ramp.models.embedded import KNOWN_MODELS  # importlib and dataclasses only: the parser stays quick
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ramp.embedded import embedded_models
+    from ramp.models.embedded import embedded_models
     from ramp.errors import RampError
 
     if args.action == "install":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
+from ramp.evaluate.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ramp.files import check_output_path
-    from ramp.presets import ftype_of, quantize_preset
+    from ramp.evaluate.presets import ftype_of, quantize_preset
 
     names = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
     for name in names:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     check_output_path(out_dir / "preset.gguf")
     if args.imatrix:
-        from ramp.imatrix import ImportanceMatrix
+        from ramp.measure.imatrix import ImportanceMatrix
 
         ImportanceMatrix.load(args.imatrix)  # a wrong file fails here, not inside llama-quantize
     reference = Path(args.reference) if args.reference else _reference_of(args.model)
@@ -51,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _reference_of(model_path: str | None):
     from ramp.export.gguf_writer import cached_reference
-    from ramp.model import load_model
+    from ramp.models import load_model
 
     return cached_reference(load_model(model_path))

@@ -19,7 +19,7 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ramp.errors import RampError
-    from ramp.text import TEXTS, install_austen, installed_texts
+    from ramp.models.text import TEXTS, install_austen, installed_texts
 
     if args.action == "install":
         if args.name != "austen":

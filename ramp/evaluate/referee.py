@@ -1,5 +1,5 @@
 """llama.cpp's own referee: `llama-perplexity` measures the same files on the same text and windows as
-ramp's evaluation (ramp.llama_eval), so ramp's perplexity and KLD can be checked against llama.cpp's.
+ramp's evaluation (ramp.evaluate.llama_eval), so ramp's perplexity and KLD can be checked against llama.cpp's.
 
 llama-perplexity cuts its token stream into `-c` windows and scores the second half of each, as ramp does;
 `--chunks` caps the number of windows as ramp's max_windows does. It is run with the settings ramp's
@@ -22,7 +22,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.files import cache_dir
-from ramp.llama_eval import EvalResult, Windows, _check_gguf
+from ramp.evaluate.llama_eval import EvalResult, Windows, _check_gguf
 from ramp.llama_tools import last_error_line, require_tool, run_tool
 
 # llama-perplexity prints its final statistics only over at least this many scored tokens
@@ -91,7 +91,7 @@ def check_referee(windows: Windows) -> None:
 
 def referee(reference: str | os.PathLike, files: list[str | os.PathLike], text: str, windows: Windows) -> list[RefereeResult]:
     """llama-perplexity's perplexity of the reference and perplexity, mean KLD and top-token agreement of
-    each file against it, on `windows` (ramp.llama_eval.make_windows of the reference on `text`)."""
+    each file against it, on `windows` (ramp.evaluate.llama_eval.make_windows of the reference on `text`)."""
     check_referee(windows)
     reference = _check_gguf(reference)
     paths = [_check_gguf(path) for path in files]

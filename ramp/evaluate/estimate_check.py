@@ -1,4 +1,4 @@
-"""How far a cheap damage estimate (`ramp.sensitivity_estimates`, or llama.cpp PR 15550's error) can stand
+"""How far a cheap damage estimate (`ramp.measure.estimates`, or llama.cpp PR 15550's error) can stand
 in for the measured KLD table: rank agreement, and above all what the allocation chosen with it costs when
 the measured table judges it.
 
@@ -10,7 +10,7 @@ the measured table judges it.
   (1.0: no loss). llama.cpp PR 15550's own allocator (`target-bpw`, with its own error) and uniform are
   judged the same way.
 
-    python -m ramp.estimate_check --model M --measured TABLE.json --budgets 4.5bpw,5bpw [--estimate fisher ...]
+    python -m ramp.evaluate.estimate_check --model M --measured TABLE.json --budgets 4.5bpw,5bpw [--estimate fisher ...]
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
 
 
 def distinct_cells(model: Model, table: SensitivityTable) -> dict[tuple[str, str], float]:
@@ -101,7 +101,7 @@ def regret(model: Model, measured: SensitivityTable, tables: dict[str, Sensitivi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ramp.estimate_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ramp.evaluate.estimate_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF file (default: the embedded SmolLM2)")
     parser.add_argument("--measured", required=True,
                         help="measured KLD table (SensitivityTable JSON) of this model, or a sweep's .partial.json")
@@ -116,16 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ramp.allocate import target_bpw
-    from ramp.allocate.problem import DEFAULT_LADDER
+    from ramp.measure.calibration import ESTIMATE, IMATRIX, recorded_spec
     from ramp.errors import RampError
-    from ramp.forward import calibration_tokens
-    from ramp.imatrix import default_imatrix
-    from ramp.model import load_model
-    from ramp.sensitivity import DEFAULT_WINDOW
-    from ramp.sensitivity_estimates import DEFAULT_ESTIMATE_TOKENS, estimate_sensitivity
+    from ramp.measure.imatrix import cached_imatrix
+    from ramp.measure.ladder import DEFAULT_LADDER
+    from ramp.models import load_model
+    from ramp.measure.estimates import estimate_sensitivity
 
     model = load_model(args.model)
-    imatrix, _ = default_imatrix(model, args.text, progress=False)
+    imatrix, _ = cached_imatrix(model, IMATRIX.sized(text=args.text), progress=False)
     measured = None
     if args.measured.endswith(".partial.json"):  # a sweep still running: agreement on its cells, no regret
         truth, formats = partial_cells(args.measured), list(DEFAULT_LADDER)  # the ladder ramp run sweeps
@@ -137,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             raise RampError("the measured table was quantized with another importance matrix than the default one")
         imatrix = imatrix if measured.extra.get("imatrix") else None
         truth, formats = distinct_cells(model, measured), measured.formats
-    n_tokens = args.tokens or DEFAULT_ESTIMATE_TOKENS
-    tokens = calibration_tokens(model, n_tokens, min(DEFAULT_WINDOW, n_tokens), args.text)
+    n_tokens = args.tokens or ESTIMATE.tokens
+    calibration = ESTIMATE.sized(n_tokens, min(ESTIMATE.window, n_tokens), args.text)
+    measured_spec = recorded_spec(measured.extra) if measured else None
     report: dict = {"model": str(model.source_path), "model_sha256": model.sha256, "measured": args.measured,
-                    "measured_tokens": measured.extra.get("n_tokens") if measured else None, "measured_cells": len(truth),
+                    "measured_tokens": measured_spec.tokens if measured_spec else None, "measured_cells": len(truth),
                     "estimate_tokens": n_tokens,
                     "torch_threads": torch.get_num_threads(), "estimates": {}}
     tables = {}
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "target-bpw":
             table = target_bpw.error_table(model, formats, imatrix, progress=False)
         else:
-            table = estimate_sensitivity(name, model, tokens, imatrix, formats, progress=False)
+            table = estimate_sensitivity(name, model, calibration, imatrix, formats, progress=False)
         tables[name] = table
         report["estimates"][name] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
                                      "measure": table.measure, "agreement": rank_agreement(model, truth, table)}

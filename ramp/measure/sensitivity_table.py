@@ -54,9 +54,6 @@ class SensitivityTable:
             raise RampError(f"sensitivity table damage of {self.tensors[row]} as {self.formats[column]} is "
                             f"{self.damage[row, column]}, not a finite number >= 0; re-run `ramp profile`")
 
-    def of(self, tensor: str, fmt: str) -> float:
-        return float(self.damage[self.tensors.index(tensor), self.formats.index(fmt)])
-
     def save(self, path: str | Path) -> None:
         payload = {
             "tensors": self.tensors,

@@ -23,16 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ramp.measure.calibration import EMBEDDINGS, CalibrationSpec, calibration_tokens
 from ramp.errors import RampError
-from ramp.files import atomic_output
-from ramp.forward import Forward, tokens_sha256
-from ramp.model import ROLES, Model, TensorSpec
+from ramp.files import atomic_output, read_json
+from ramp.measure.forward import Forward, tokens_sha256
+from ramp.models.model import ROLES, Model, TensorSpec
 
 FEATURE_VERSION = 1
 
 FEATURE_DOCS: dict[str, str] = {
     "relative_depth": "block index / (blocks - 1), token_embd 0, output 1: early blocks' errors propagate through the whole residual stream.",
-    "role_ordinal": "position of the role in ramp.model.ROLES scaled to [0, 1]: roles differ systematically (v and down are fragile, q and k robust).",
+    "role_ordinal": "position of the role in ramp.models.model.ROLES scaled to [0, 1]: roles differ systematically (v and down are fragile, q and k robust).",
     "log_fan_ratio": "log2(fan_out / fan_in) (token_embd: width / vocabulary): expanding, square and contracting maps amplify error differently.",
     "w_log_kurtosis": "log of the weights' kurtosis E[w^4]/E[w^2]^2: heavy tails stretch block scales so that most weights get few levels.",
     "w_block_crest": "mean over 32-blocks of max|w| / rms(w): the absmax grid's step relative to a typical weight, the direct driver of rounding error.",
@@ -214,13 +215,10 @@ class Profile:
     features: np.ndarray  # [n_tensors, 11]
     model_sha256: str
     calibration_sha256: str
-    n_tokens: int
+    calibration: dict  # the calibration spec's record (`ramp.measure.calibration.calibration_tokens`)
     seed: int
     feature_names: tuple[str, ...] = FEATURE_NAMES
     feature_version: int = FEATURE_VERSION
-
-    def of(self, tensor: str) -> np.ndarray:
-        return self.features[self.tensors.index(tensor)]
 
     def save(self, json_path: str | Path, csv_path: str | Path | None = None) -> None:
         payload = {
@@ -228,7 +226,7 @@ class Profile:
             "feature_names": list(self.feature_names),
             "model_sha256": self.model_sha256,
             "calibration_sha256": self.calibration_sha256,
-            "n_tokens": self.n_tokens,
+            "calibration": self.calibration,
             "seed": self.seed,
             "tensors": {name: row.tolist() for name, row in zip(self.tensors, self.features)},
         }
@@ -242,28 +240,33 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise RampError(f"embedding table {path} does not exist; create it with `ramp profile`") from None
-        except json.JSONDecodeError as exc:
-            raise RampError(f"{path} is not a ramp embedding table ({exc}); re-run `ramp profile`") from None
+        data = read_json(path, "embedding table", "create it with `ramp profile`")
+        if not isinstance(data, dict):
+            raise RampError(f"{path} is not a ramp embedding table; re-run `ramp profile`")
         if data.get("feature_version") != FEATURE_VERSION or tuple(data.get("feature_names", ())) != FEATURE_NAMES:
             raise RampError(
                 f"{path} holds features of version {data.get('feature_version')}, this ramp computes version "
                 f"{FEATURE_VERSION}; re-run `ramp profile`"
             )
-        names = list(data["tensors"])
-        features = np.array([data["tensors"][n] for n in names], dtype=np.float64).reshape(len(names), len(FEATURE_NAMES))
-        return cls(names, features, data["model_sha256"], data["calibration_sha256"], data["n_tokens"], data["seed"])
+        try:
+            names = list(data["tensors"])
+            features = np.array([data["tensors"][n] for n in names], dtype=np.float64).reshape(len(names), len(FEATURE_NAMES))
+            # files written before the spec was recorded name only the token count
+            calibration = data.get("calibration") or {"text": None, "tokens": data["n_tokens"], "window": None}
+            return cls(names, features, data["model_sha256"], data["calibration_sha256"], calibration, data["seed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RampError(f"{path} is not a complete ramp embedding table ({type(exc).__name__}: {exc}); "
+                            "re-run `ramp profile`") from None
 
 
 def profile_model(
-    model: Model, tokens: torch.Tensor, seed: int = 0, forward: Forward | None = None, progress: bool = False
+    model: Model, calibration: "CalibrationSpec | torch.Tensor" = EMBEDDINGS, seed: int = 0,
+    forward: Forward | None = None, progress: bool = False,
 ) -> Profile:
-    """Embeddings of every quantizable tensor from activations on `tokens` [windows, window]."""
+    """Embeddings of every quantizable tensor from activations on the calibration windows."""
     from tqdm import tqdm
 
+    tokens, record = calibration_tokens(model, calibration)
     forward = forward or Forward(model)
     stats = collect_activation_stats(forward, tokens)
     vocab = model.tensors["token_embd.weight"].shape[0]
@@ -273,6 +276,5 @@ def profile_model(
         for spec in tqdm(model.quantizable, desc="features", unit="tensor", disable=not progress, leave=False)
     ]
     return Profile(
-        [spec.name for spec in model.quantizable], np.stack(rows), model.sha256, tokens_sha256(tokens),
-        int(tokens.numel()), seed,
+        [spec.name for spec in model.quantizable], np.stack(rows), model.sha256, tokens_sha256(tokens), record, seed,
     )

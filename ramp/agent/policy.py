@@ -1,18 +1,23 @@
-"""Zero-shot allocation with a trained policy: profile the model, then one deterministic rollout of the
-policy through the bit-allocation environment. The environment clips every step to what keeps the rest
-feasible, so the result is within budget whatever the policy asks for."""
+"""Zero-shot allocation with a trained policy: profile the model (or read its embeddings from `ramp profile`),
+then one deterministic rollout of the policy through the bit-allocation environment. The environment clips
+every step to what keeps the rest feasible, so the result is within budget whatever the policy asks for."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ramp.allocate.budget import Budget, describe_bytes
-from ramp.allocate.problem import Problem, build_problem, parse_ladder
-from ramp.allocation import Allocation
+from ramp.allocate.problem import Problem, build_problem
+from ramp.allocate.allocation import Allocation
 from ramp.errors import RampError
-from ramp.model import Model
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.ladder import ordered
+from ramp.models.model import Model
+from ramp.measure.sensitivity_table import SensitivityTable
+
+if TYPE_CHECKING:
+    from ramp.measure.profile import Profile
 
 
 def allocate_with_policy(
@@ -27,7 +32,7 @@ def allocate_with_policy(
     """Allocate `model` within `budget` (or `problem`'s items and budget: pins and groups included) with
     the policy in `policy_path`. `embedding` skips profiling when the caller already has it; `sensitivity`
     only adds the predicted damage to the result."""
-    from ramp.agent import load_policy, model_embedding, read_policy_record
+    from ramp.agent.sac import load_policy, model_embedding, read_policy_record
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig, rollout
 
     record = read_policy_record(policy_path)  # refuse a foreign file before the expensive profile
@@ -36,11 +41,11 @@ def allocate_with_policy(
         if budget is None:
             raise RampError("allocate_with_policy needs a budget (e.g. 4.5bpw) or a problem")
         budget = Budget.parse(budget) if isinstance(budget, str) else budget
-        problem = build_problem(model, budget.bytes_for(model), parse_ladder(",".join(ladder)))
+        problem = build_problem(model, budget.bytes_for(model), ordered(ladder))
     if embedding is None:
         embedding, feature_version = model_embedding(model)
     else:
-        from ramp.profile import FEATURE_VERSION as feature_version
+        from ramp.measure.profile import FEATURE_VERSION as feature_version
     context = ModelContext(model.sha256[:12] or "model", model, embedding, damage=sensitivity, items=problem.items)
     if problem.budget_bytes < problem.min_bytes:
         raise RampError(
@@ -65,3 +70,24 @@ def allocate_with_policy(
         fold_alpha=model.fold_alpha,
         origin_sha256=model.origin_sha256,
     )
+
+
+class TrainedPolicy:
+    """A policy file as an allocation method: `ramp.allocate.allocate(model, "policy", ..., policy=TrainedPolicy(path))`.
+    With `embeddings` (`ramp profile`'s embeddings.json of the same model) the model is not profiled again."""
+
+    def __init__(self, path: str | Path, embeddings: "Profile | None" = None) -> None:
+        from ramp.agent.sac import read_policy_record
+
+        self.path = Path(path)
+        self.ladder = tuple(read_policy_record(path).formats)  # a foreign file fails here, before any work
+        self.embeddings = embeddings
+
+    def __call__(self, model: Model, problem: Problem, sensitivity: SensitivityTable | None) -> tuple[dict[str, str], dict]:
+        embedding = None
+        if self.embeddings is not None:
+            if self.embeddings.model_sha256 != model.sha256 or self.embeddings.tensors != [spec.name for spec in model.quantizable]:
+                raise RampError("the embeddings were profiled on another model (or --fold); run `ramp profile` on this one")
+            embedding = self.embeddings.features
+        allocation = allocate_with_policy(model, self.path, problem=problem, sensitivity=sensitivity, embedding=embedding)
+        return allocation.formats, allocation.extra

@@ -21,17 +21,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ramp.cache_entries import trusted_entry, write_cache_entry
+from ramp.measure.calibration import IMATRIX, CalibrationSpec
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir
-from ramp.model import Model
+from ramp.models.model import Model
 
 if TYPE_CHECKING:  # torch loads only where the forward runs, so the CLI can read the defaults cheaply
     import torch
 
 # llama-imatrix's default: output.weight is left out unless asked for with --process-output
 IMATRIX_TENSOR_PREFIX = "blk."
-DEFAULT_IMATRIX_TOKENS = 8192
-DEFAULT_IMATRIX_WINDOW = 512  # llama-imatrix's default context
 
 
 @dataclass
@@ -97,7 +96,7 @@ class ImportanceMatrix:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImportanceMatrix":
         """Read an imatrix GGUF written by ramp or llama-imatrix (single-expert entries)."""
-        from ramp.model import read_gguf
+        from ramp.models.gguf import read_gguf
 
         reader = read_gguf(path)
         kind = reader.fields.get("general.type")
@@ -132,7 +131,7 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
     import torch
     from tqdm import tqdm
 
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise RampError("an importance matrix needs calibration windows shaped [windows, tokens]")
@@ -154,17 +153,19 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
                             int(tokens.shape[0]), int(tokens.shape[1]), [dataset] if dataset else [])
 
 
-def cached_imatrix(model: Model, tokens: "torch.Tensor", dataset: str, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
-    """`compute_imatrix` through the disk cache, keyed by the model's content and the tokens: (matrix, file)."""
-    from ramp.forward import tokens_sha256
+def cached_imatrix(model: Model, calibration: CalibrationSpec = IMATRIX, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
+    """`compute_imatrix` on the spec's windows through the disk cache, keyed by the model's content and the
+    tokens: (matrix, file). Its `datasets` names the text, its chunks the windows: the spec, in llama.cpp's terms."""
+    from ramp.measure.forward import tokens_sha256
 
     if not model.sha256:
         raise RampError("an importance matrix is cached by the model's file hash; load the model from a file")
+    tokens = calibration.windows(model)
     key = hashlib.sha256(f"{model.sha256}|{tokens_sha256(tokens)}|{model.fold_alpha}".encode()).hexdigest()[:32]
     path = cache_dir() / "imatrix" / f"{key}.gguf"
     if trusted_entry(path, validate=_readable):
         return ImportanceMatrix.load(path), path
-    matrix = compute_imatrix(model, tokens, dataset, progress=progress)
+    matrix = compute_imatrix(model, tokens, f"{calibration.text} calibration half", progress=progress)
     if not write_cache_entry(path, matrix.save):  # an unwritable cache: the callers still need a file
         import tempfile
 
@@ -178,12 +179,3 @@ def _readable(path: Path) -> bool:
         return True
     except RampError:
         return False
-
-
-def default_imatrix(model: Model, text: str, progress: bool = True) -> tuple[ImportanceMatrix, Path]:
-    """The importance matrix `ramp run` and the benchmarks use when none is given: DEFAULT_IMATRIX_TOKENS of
-    the text's calibration half in chunks of DEFAULT_IMATRIX_WINDOW (cached)."""
-    from ramp.forward import calibration_tokens
-
-    tokens = calibration_tokens(model, DEFAULT_IMATRIX_TOKENS, DEFAULT_IMATRIX_WINDOW, text)
-    return cached_imatrix(model, tokens, f"{text} calibration half", progress)

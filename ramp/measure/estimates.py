@@ -1,5 +1,5 @@
 """Damage per (tensor, format) estimated from a few passes over calibration text, instead of the measured
-sweep's one forward per (tensor, format) (`ramp.sensitivity`): cheap enough for models where the sweep would
+sweep's one forward per (tensor, format) (`ramp.measure.sensitivity`): cheap enough for models where the sweep would
 take hours. Every estimate is  sum over the weights of  weight x (Q(w) - w)^2, where Q(w) is llama.cpp's own
 quantization of the tensor with its importance-matrix entry (the weights `llama-quantize --imatrix` writes,
 the same `DequantCache` bytes the sweep and the export use); the estimates differ in the weight:
@@ -31,13 +31,15 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from ramp.model import Model, TensorSpec
-from ramp.sensitivity_table import SensitivityTable
+from ramp.measure.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model, TensorSpec
+from ramp.measure.sensitivity_table import SensitivityTable
 
 if TYPE_CHECKING:
     import torch
 
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
 IMATRIX_ERROR = "imatrix-error"
 FISHER = "fisher"
@@ -48,9 +50,6 @@ MEASURES = {
 }
 STAND_IN = "weight-error stand-in"
 FISHER_LABELS = ("model", "text")
-# Calibration tokens of the estimates' passes. The Fisher costs one forward and one backward per window
-# (about 3 forwards): 1024 tokens on SmolLM2-135M took about a minute on 2 busy cores.
-DEFAULT_ESTIMATE_TOKENS = 1024
 _CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of reductions stay at 32 MiB
 AUTO = "auto"
 # The measured sweep's work in forwards x quantizable weights x tokens, and what it cost on two idle cores:
@@ -64,7 +63,7 @@ SWEEP_WORK_LIMIT = 7e13
 def choose_damage(model: Model, formats: list[str] | tuple[str, ...], n_tokens: int) -> tuple[str, str]:
     """`--damage auto`: the measured KLD sweep ("kld") where it finishes in minutes on two cores, else the
     Fisher estimate; with the reason, for the user to read."""
-    from ramp.sensitivity import sweep_cells
+    from ramp.measure.sensitivity import sweep_cells
 
     forwards = len(sweep_cells(model, formats))
     sweep = f"the measured sweep takes {forwards} forwards of {n_tokens} tokens"
@@ -152,7 +151,7 @@ def output_statistics(model: Model, tokens: "torch.Tensor", device: str = "cpu",
     import torch
     from tqdm import tqdm
 
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     forward = Forward(model, device)
     total = torch.zeros(forward.weights[forward.output_name].shape[1], dtype=torch.float64)
@@ -170,18 +169,20 @@ def output_statistics(model: Model, tokens: "torch.Tensor", device: str = "cpu",
 
 
 def imatrix_error_table(
-    model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
-    formats: list[str] | tuple[str, ...] | None = None, device: str = "cpu", progress: bool = True, use_cache: bool = True,
+    model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE, imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] = DEFAULT_LADDER, device: str = "cpu", progress: bool = True,
+    use_cache: bool = True,
 ) -> SensitivityTable:
-    """The `imatrix-error` estimate (module docstring). `tokens` [windows, window] give the output projection's
+    """The `imatrix-error` estimate (module docstring). The calibration windows give the output projection's
     and the embedding's weights, and every blk tensor's importance where `imatrix` is None or lacks it."""
-    from ramp.forward import tokens_sha256
-    from ramp.imatrix import compute_imatrix
-    from ramp.sensitivity import cache_table, cached_table
+    from ramp.measure.forward import tokens_sha256
+    from ramp.measure.imatrix import compute_imatrix
+    from ramp.measure.sensitivity import cache_table, cached_table
 
+    tokens, record = calibration_tokens(model, calibration)
     formats = _formats(formats)
     path = _cache_path(model, tokens, formats, imatrix, IMATRIX_ERROR) if use_cache else None
-    if (cached := cached_table(path, model, formats)) is not None:
+    if (cached := cached_table(path, model, formats, record)) is not None:
         return cached
     stats = output_statistics(model, tokens, device, progress)
     fallback = imatrix  # llama-imatrix's statistic on these tokens, for blk tensors the file lacks
@@ -203,8 +204,7 @@ def imatrix_error_table(
         return float(row_weighted_squares(error, importance).sum())
 
     table = error_table(model, formats, imatrix, damage_of, MEASURES[IMATRIX_ERROR], tokens_sha256(tokens),
-                        {"estimate": IMATRIX_ERROR, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]),
-                         "tied_embedding": tied}, progress)
+                        {"estimate": IMATRIX_ERROR, "calibration": record, "tied_embedding": tied}, progress)
     cache_table(path, table)
     return table
 
@@ -220,7 +220,7 @@ def diagonal_fisher(
     from tqdm import tqdm
 
     from ramp.errors import RampError
-    from ramp.forward import Forward
+    from ramp.measure.forward import Forward
 
     if labels not in FISHER_LABELS:
         raise RampError(f"Fisher labels {labels!r} are not one of {', '.join(FISHER_LABELS)}")
@@ -264,55 +264,55 @@ def diagonal_fisher(
 
 
 def fisher_table(
-    model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
-    formats: list[str] | tuple[str, ...] | None = None, labels: str = "model", samples: int = 1, seed: int = 0,
+    model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE, imatrix: "ImportanceMatrix | None" = None,
+    formats: list[str] | tuple[str, ...] = DEFAULT_LADDER, labels: str = "model", samples: int = 1, seed: int = 0,
     device: str = "cpu", progress: bool = True, use_cache: bool = True,
 ) -> SensitivityTable:
-    """The `fisher` estimate (module docstring) on calibration windows `tokens`; `seed` draws the labels."""
-    from ramp.forward import tokens_sha256
+    """The `fisher` estimate (module docstring) on the calibration windows; `seed` draws the labels."""
+    from ramp.measure.forward import tokens_sha256
+    from ramp.measure.sensitivity import cache_table, cached_table
 
-    from ramp.sensitivity import cache_table, cached_table
-
+    tokens, record = calibration_tokens(model, calibration)
     formats = _formats(formats)
     path = _cache_path(model, tokens, formats, imatrix, f"{FISHER}|{labels}|{samples}|{seed}") if use_cache else None
-    if (cached := cached_table(path, model, formats)) is not None:
+    if (cached := cached_table(path, model, formats, record)) is not None:
         return cached
     fisher = diagonal_fisher(model, tokens, labels, samples, seed, device, progress)
     table = error_table(
         model, formats, imatrix,
         lambda spec, error: 0.5 * float(row_weighted_squares(error, fisher[spec.name].cpu().numpy()).sum()),
         MEASURES[FISHER], tokens_sha256(tokens),
-        {"estimate": FISHER, "n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]), "labels": labels,
-         "samples": samples, "seed": seed}, progress)
+        {"estimate": FISHER, "calibration": record, "labels": labels, "samples": samples, "seed": seed}, progress)
     cache_table(path, table)
     return table
 
 
 def estimate_sensitivity(
-    estimate: str, model: Model, tokens: "torch.Tensor", imatrix: "ImportanceMatrix | None" = None,
-    formats: list[str] | tuple[str, ...] | None = None, device: str = "cpu", progress: bool = True,
+    estimate: str, model: Model, calibration: "CalibrationSpec | torch.Tensor" = ESTIMATE,
+    imatrix: "ImportanceMatrix | None" = None, formats: list[str] | tuple[str, ...] = DEFAULT_LADDER,
+    device: str = "cpu", progress: bool = True, seed: int = 0,
 ) -> SensitivityTable:
-    """`imatrix_error_table` or `fisher_table` by name (`--damage`), both disk-cached."""
+    """`imatrix_error_table` or `fisher_table` by name (`--damage`), both disk-cached; `seed` draws the
+    Fisher's labels."""
     from ramp.errors import RampError
 
     if estimate == IMATRIX_ERROR:
-        return imatrix_error_table(model, tokens, imatrix, formats, device, progress)
+        return imatrix_error_table(model, calibration, imatrix, formats, device, progress)
     if estimate == FISHER:
-        return fisher_table(model, tokens, imatrix, formats, device=device, progress=progress)
+        return fisher_table(model, calibration, imatrix, formats, seed=seed, device=device, progress=progress)
     raise RampError(f"unknown damage estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
 
 
-def _formats(formats: list[str] | tuple[str, ...] | None) -> list[str]:
+def _formats(formats: list[str] | tuple[str, ...]) -> list[str]:
     from ramp.kernels import get_format
-    from ramp.sensitivity import DEFAULT_FORMATS
 
-    return [get_format(name).name for name in (formats or DEFAULT_FORMATS)]
+    return [get_format(name).name for name in formats]
 
 
 def _cache_path(model: Model, tokens: "torch.Tensor", formats: list[str], imatrix: "ImportanceMatrix | None",
                 estimate: str) -> Path | None:
-    from ramp.forward import tokens_sha256
-    from ramp.sensitivity import table_cache_path
+    from ramp.measure.forward import tokens_sha256
+    from ramp.measure.sensitivity import table_cache_path
 
-    return table_cache_path(model, tokens_sha256(tokens), formats, "ggml",
-                            imatrix.content_sha256() if imatrix is not None else None, estimate)
+    return table_cache_path(model, tokens_sha256(tokens), formats, imatrix.content_sha256() if imatrix is not None else None,
+                            estimate)

@@ -76,7 +76,7 @@ def install_austen(deb: str | Path | None = None) -> Path:
     import tempfile
 
     from ramp.files import atomic_output
-    from ramp.r_lazyload import read_lazyload
+    from ramp.models.r_lazyload import read_lazyload
 
     with tempfile.TemporaryDirectory(prefix="ramp-austen-") as scratch:
         work = Path(scratch)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from ramp.errors import RampError
 from ramp.files import atomic_output
 from ramp.kernels.formats import get_format, tensor_bytes
-from ramp.model import Model
+from ramp.models.model import Model
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
+    from ramp.measure.imatrix import ImportanceMatrix
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ramp.errors import RampError
-from ramp.model import Model
+from ramp.models.model import Model
 
 # llama.cpp's rope type per architecture (llama_model_rope_type): "norm" rotates pairs (2i, 2i+1),
 # "neox" rotates (i, i + d/2).
@@ -130,8 +130,6 @@ class Forward:
         if model.arch == "gemma3":
             self._configure_gemma3(model, global_layer, embd)
         self.output_name = "output.weight" if "output.weight" in self.weights else "token_embd.weight"
-        # kld_against_reference's cache: lives and dies with this forward
-        self.kld_references: dict[str, "KLDReference"] = {}
 
     def _configure_gemma3(self, model: Model, global_layer: _LayerAttention, embd: int) -> None:
         """llama.cpp's gemma3 hyper-parameters (llama_model_gemma3::load_arch_hparams)."""
@@ -321,30 +319,3 @@ class KLDReference:
 def tokens_sha256(tokens: torch.Tensor) -> str:
     """Identity of a set of token windows (ids and window shape), for cache keys."""
     return hashlib.sha256(tokens.cpu().numpy().astype(np.int64).tobytes() + str(tuple(tokens.shape)).encode()).hexdigest()
-
-
-def kld_against_reference(forward: Forward, overrides: Overrides | None, tokens: torch.Tensor) -> float:
-    """Mean per-token KLD of `forward` with `overrides` vs without, on `tokens` [windows, tokens].
-
-    The reference for a (forward, tokens) pair is computed on first use and kept, so each later call
-    costs one forward of the modified model.
-    """
-    key = tokens_sha256(tokens)
-    reference = forward.kld_references.get(key)
-    if reference is None:
-        reference = forward.kld_references[key] = KLDReference(forward, tokens)
-    return reference.kld(overrides)
-
-
-def calibration_tokens(model: Model, n_tokens: int = 1024, window: int = 256, text: str | None = None) -> torch.Tensor:
-    """Calibration windows [n_tokens // window, window] of `ramp.text.calibration_text(text)` (default: the
-    default text), tokenized and BOS-patched by llama.cpp exactly as `ramp.llama_eval` cuts evaluation windows."""
-    from ramp.llama_eval import make_windows
-    from ramp.text import DEFAULT_TEXT, calibration_text
-
-    if model.source_path is None or model.source_path.is_dir():
-        raise RampError("calibration tokens need the model's GGUF file for its tokenizer; load the model from a .gguf path")
-    if n_tokens < window:
-        raise RampError(f"need at least one window: {n_tokens} calibration tokens < window of {window}; raise the token count")
-    windows = make_windows(model.source_path, calibration_text(text or DEFAULT_TEXT), n_ctx=window, max_windows=n_tokens // window)
-    return torch.from_numpy(windows.tokens.astype(np.int64))

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     import torch
     from stable_baselines3 import SAC
 
+    from ramp.allocate.problem import Item
+    from ramp.measure.calibration import CalibrationSpec
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext
-    from ramp.model import Model
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.models.model import Model
+    from ramp.measure.sensitivity_table import SensitivityTable
 
 POLICY_RECORD = "ramp_policy.json"
 # nats: a table's best damage can be ~0 at generous budgets (Gemma's is flat above 5.8 bpw), where a bare
@@ -329,43 +331,36 @@ def train(
 
 
 class KLDEvaluator:
-    """The real quality of an allocation: the model with every quantizable tensor replaced by its cached
-    dequantized weights (the format llama.cpp would write), one forward over held calibration tokens,
-    mean KLD against the unquantized model's logits."""
+    """The real quality of an allocation for the environment: the KLD oracle (`ramp.measure.oracle`) over calibration
+    windows, run with every core while SAC's own updates keep to one (see `train`)."""
 
-    def __init__(self, model: "Model", tokens: "torch.Tensor", threads: int | None = None) -> None:
+    def __init__(self, model: "Model", calibration: "CalibrationSpec | torch.Tensor", threads: int | None = None) -> None:
         import torch
 
-        from ramp.forward import Forward, KLDReference
-        from ramp.kernels import DequantCache
+        from ramp.measure.oracle import KLDOracle
 
-        # libggml writes the same bytes as the torch backend (bit-exact) and is 20-50x faster on CPU for the
-        # K-quants (docs/BENCHMARKS.md, Kernels), and first-time quantization dominates early training.
-        self.cache = DequantCache(model, backend="ggml")
         # Every allocation touches token_embd, so block checkpoints would never save a block: skip them.
-        self.reference = KLDReference(Forward(model), tokens, checkpoint_blocks=False)
+        self.oracle = KLDOracle(model, calibration, checkpoint_blocks=False)
         self.threads = threads or torch.get_num_threads()
 
     def __call__(self, formats: dict[str, str]) -> float:
         import torch
 
-        overrides = {name: self.cache.get(name, fmt) for name, fmt in formats.items()}
-        # SAC's updates run single-threaded (see `train`); the forward is where the cores pay off.
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            return self.reference.kld(overrides)
+            return self.oracle(formats)
         finally:
             torch.set_num_threads(previous)
 
 
-def model_embedding(model: "Model", tokens: "torch.Tensor | None" = None) -> tuple["np.ndarray", int]:
-    """The model's per-tensor embedding (rows in `model.quantizable` order, profiled on calibration
-    tokens unless `tokens` are given) and the feature version."""
-    from ramp.forward import calibration_tokens
-    from ramp.profile import FEATURE_VERSION, profile_model
+def model_embedding(model: "Model", calibration: "CalibrationSpec | torch.Tensor | None" = None) -> tuple["np.ndarray", int]:
+    """The model's per-tensor embedding (rows in `model.quantizable` order, profiled on the embeddings'
+    calibration windows unless others are given) and the feature version."""
+    from ramp.measure.calibration import EMBEDDINGS
+    from ramp.measure.profile import FEATURE_VERSION, profile_model
 
-    return profile_model(model, calibration_tokens(model) if tokens is None else tokens).features, FEATURE_VERSION
+    return profile_model(model, EMBEDDINGS if calibration is None else calibration).features, FEATURE_VERSION
 
 
 def parse_budget_range(text: str, models: list["Model"]) -> tuple[float, float]:
@@ -387,35 +382,47 @@ def parse_budget_range(text: str, models: list["Model"]) -> tuple[float, float]:
 
 def load_tables(paths: list[str], n_models: int) -> list["SensitivityTable | None"]:
     """One sensitivity table per model from `--sensitivity` paths (same order), or None for each without."""
-    from ramp.sensitivity_table import SensitivityTable
+    from ramp.measure.sensitivity_table import SensitivityTable
 
     if paths and len(paths) != n_models:
         raise RampError("give one --sensitivity per --model, in the same order, or none")
     return [SensitivityTable.load(path) for path in paths] or [None] * n_models
 
 
+def episode_items(model: "Model", ladder: tuple[str, ...], grouping: str = "tensor") -> list["Item"]:
+    """The steps of an episode on `model`: its allocation items over `ladder`, grouped as `grouping` says
+    (`ramp.envs.bit_allocation.GROUPINGS`)."""
+    from ramp.allocate.problem import build_items
+    from ramp.envs.bit_allocation import GROUPINGS
+
+    if grouping not in GROUPINGS:
+        raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
+    return build_items(model, ladder, groups=list(GROUPINGS[grouping]))
+
+
 def build_contexts(
     models: list["Model"],
     names: list[str],
     sensitivity: list["SensitivityTable | None"],
-    n_tokens: int,
-    window: int,
+    calibration: "CalibrationSpec",
+    ladder: tuple[str, ...],
+    grouping: str,
 ) -> list["ModelContext"]:
-    """One training context per model: profiled embedding, real KLD evaluator on `n_tokens` calibration
-    tokens in windows of `window`, optional shaping table."""
+    """One training context per model: its episode items, profiled embedding, real KLD evaluator on the
+    calibration windows, optional shaping table."""
     from ramp.envs.bit_allocation import ModelContext
-    from ramp.forward import calibration_tokens
 
     contexts = []
     for model, name, table in zip(models, names, sensitivity):
         embedding, _ = model_embedding(model)
-        contexts.append(ModelContext(name, model, embedding, KLDEvaluator(model, calibration_tokens(model, n_tokens, window)), table))
+        contexts.append(ModelContext(name, model, embedding, KLDEvaluator(model, calibration), table,
+                                     items=episode_items(model, ladder, grouping)))
     return contexts
 
 
 def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig, seed: int) -> PolicyRecord:
     from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
-    from ramp.profile import FEATURE_NAMES, FEATURE_VERSION
+    from ramp.measure.profile import FEATURE_NAMES, FEATURE_VERSION
 
     return PolicyRecord(
         feature_version=FEATURE_VERSION,

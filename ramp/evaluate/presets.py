@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir, file_sha256
-from ramp.llama_eval import quiet_llama
+from ramp.llama_tools import quiet_llama
 
 if TYPE_CHECKING:
-    from ramp.model import Model
+    from ramp.models.model import Model
 
 DEFAULT_PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")
 PRESET_LADDER = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
@@ -62,7 +62,7 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
 
 def quantizable_bytes(path: str | os.PathLike, model: "Model") -> int:
     """Bytes a GGUF spends on `model`'s quantizable tensors: a preset's size on the scale budgets bound."""
-    from ramp.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     names = {spec.name for spec in model.quantizable}
     return sum(int(tensor.n_bytes) for tensor in read_gguf(path).tensors if tensor.name in names)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ramp.errors import RampError
-from ramp.model import Model
+from ramp.models.model import Model
 
 
 def source_match_share(path: str | os.PathLike, source: Model) -> float:
@@ -22,7 +22,7 @@ def source_match_share(path: str | os.PathLike, source: Model) -> float:
     float32 values (1.0 for the F32 reference of an unfolded model)."""
     import gguf
 
-    from ramp.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     names = {spec.name for spec in source.quantizable}
     equal = 0

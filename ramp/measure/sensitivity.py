@@ -1,6 +1,5 @@
 """Per-(tensor, format) sensitivity: the mean KLD vs the unquantized model when only that tensor is
-quantized, every other tensor at full precision, measured with the torch forward and llama.cpp's own
-dequantized weights (ramp.kernels.DequantCache).
+quantized, every other tensor at full precision, measured by the KLD oracle (`ramp.measure.oracle`).
 
 Formats that llama.cpp resolves to the same real format for a tensor's row length (Q2_K, Q3_K -> Q4_0 on
 576-wide rows) are measured once and the value is copied. Results are cached on disk under
@@ -17,37 +16,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ramp.cache_entries import discard_entry, remove_entry, trusted_entry, write_cache_entry
+from ramp.measure.calibration import SENSITIVITY, CalibrationSpec, calibration_tokens, recorded_spec
 from ramp.errors import RampError
 from ramp.files import atomic_output, cache_dir
-from ramp.forward import Forward, KLDReference, tokens_sha256
+from ramp.measure.forward import tokens_sha256
 from ramp.kernels.formats import get_format, resolve_format
-from ramp.model import Model
-from ramp.sensitivity_table import NEGATIVE_TOLERANCE, SensitivityTable
+from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.models.model import Model
+from ramp.measure.oracle import BACKEND, KLDOracle
+from ramp.measure.sensitivity_table import NEGATIVE_TOLERANCE, SensitivityTable
 
 if TYPE_CHECKING:
-    from ramp.imatrix import ImportanceMatrix
+    import torch
 
-DEFAULT_FORMATS = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-# Cost is linear in tokens: SmolLM2's default sweep (934 forwards of 512 tokens) took 2650 s wall, about
-# 35 CPU-minutes, on a 2-core VM shared with other jobs.
-DEFAULT_TOKENS = 512
-DEFAULT_WINDOW = 256
+    from ramp.measure.imatrix import ImportanceMatrix
+
 _SAVE_EVERY = 16
 
 
-def table_cache_path(model: Model, calibration_sha: str, formats: list[str], backend: str, imatrix_sha: str | None,
+def table_cache_path(model: Model, calibration_sha: str, formats: list[str], imatrix_sha: str | None,
                      estimate: str | None = None) -> Path | None:
-    """Where a table for these inputs is cached; `estimate` names a `ramp.sensitivity_estimates` table (None:
+    """Where a table for these inputs is cached; `estimate` names a `ramp.measure.estimates` table (None:
     the measured sweep's)."""
     if not model.sha256:
         return None  # a model built in memory has no identity to key a cache by
-    # tables measured before importance matrices (or estimates) existed keep their keys
+    # tables measured before importance matrices (or estimates) existed keep their keys; so do all tables
+    # from before the oracle fixed the kernel backend, which was libggml's for every one of them
     importance = f"|imatrix {imatrix_sha}" if imatrix_sha else ""
     kind = f"|estimate {estimate}" if estimate else ""
-    key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{backend}{importance}{kind}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{model.sha256}|{calibration_sha}|{','.join(formats)}|{BACKEND}{importance}{kind}".encode()).hexdigest()[:32]
     return cache_dir() / "sensitivity" / f"{key}.json"
 
 
@@ -59,15 +58,18 @@ def _readable_table(path: Path, model: Model, formats: list[str]) -> Sensitivity
     return table if table.tensors == [spec.name for spec in model.quantizable] and table.formats == formats else None
 
 
-def cached_table(path: Path | None, model: Model, formats: list[str]) -> SensitivityTable | None:
+def cached_table(path: Path | None, model: Model, formats: list[str], calibration: dict) -> SensitivityTable | None:
     """The table cached at `path` when its entry can be trusted (`ramp.cache_entries`) and it is a valid
     table of this model's tensors in these formats; else None, with a damaged entry removed so that the
-    caller measures it again instead of failing on it forever."""
+    caller measures it again instead of failing on it forever. `calibration` is the record of the tokens the
+    key was made from, given to tables cached before they recorded it."""
     if path is None or not trusted_entry(path, lambda entry: _readable_table(entry, model, formats) is not None):
         return None
     table = _readable_table(path, model, formats)
     if table is None:  # sealed but not valid: written by an older ramp that checked less
         discard_entry(path)
+        return None
+    table.extra.setdefault("calibration", calibration)
     return table
 
 
@@ -110,44 +112,36 @@ def sweep_cells(model: Model, formats: list[str] | tuple[str, ...]) -> list[tupl
 
 def measure_sensitivity(
     model: Model,
-    tokens: torch.Tensor | None = None,
-    formats: list[str] | tuple[str, ...] = DEFAULT_FORMATS,
-    backend: str = "ggml",  # libggml quantizes K-quants 20-50x faster than the torch port, bytes identical
+    calibration: "CalibrationSpec | torch.Tensor" = SENSITIVITY,
+    formats: list[str] | tuple[str, ...] = DEFAULT_LADDER,
     device: str = "cpu",
     progress: bool = True,
     use_cache: bool = True,
     imatrix: "ImportanceMatrix | None" = None,
 ) -> SensitivityTable:
-    """The sensitivity table of `model` on calibration windows `tokens` [windows, window] (default:
-    DEFAULT_TOKENS calibration tokens in windows of DEFAULT_WINDOW). With `imatrix`, every tensor that has
-    an entry is quantized with its importance, as `llama-quantize --imatrix` will quantize it."""
+    """The sensitivity table of `model` on the calibration windows of a spec (or windows given directly,
+    [windows, window]). With `imatrix`, every tensor that has an entry is quantized with its importance, as
+    `llama-quantize --imatrix` will quantize it."""
     from tqdm import tqdm
 
-    from ramp.forward import calibration_tokens
-    from ramp.kernels import DequantCache
-
-    if tokens is None:
-        tokens = calibration_tokens(model, DEFAULT_TOKENS, DEFAULT_WINDOW)
     formats = [get_format(name).name for name in formats]
+    tokens, record = calibration_tokens(model, calibration)
     calibration_sha = tokens_sha256(tokens)
     imatrix_sha = imatrix.content_sha256() if imatrix is not None else None
-    path = table_cache_path(model, calibration_sha, formats, backend, imatrix_sha) if use_cache else None
-    if (cached := cached_table(path, model, formats)) is not None:
+    path = table_cache_path(model, calibration_sha, formats, imatrix_sha) if use_cache else None
+    if (cached := cached_table(path, model, formats, record)) is not None:
         return cached
     partial_path = path.with_suffix(".partial.json") if path is not None else None
     done = _resumed(partial_path)
 
-    todo = [job for job in sweep_cells(model, formats) if f"{job[0]}|{job[1]}" not in done]
+    jobs = sweep_cells(model, formats)
+    todo = [job for job in jobs if f"{job[0]}|{job[1]}" not in done]
     if todo:
-        forward = Forward(model, device=device)
-        reference = KLDReference(forward, tokens)
-        # each (tensor, format) is used once: keep none in memory, the disk cache keeps the packed bytes
-        importance = imatrix.importances(model) if imatrix is not None else None
-        weights = DequantCache(model, backend=backend, importance=importance, device=device, max_memory_bytes=0)
+        oracle = KLDOracle(model, tokens, imatrix, device=device, keep_weights=False)
         bar = tqdm(todo, desc="sensitivity", unit="forward", disable=not progress)
         for count, (name, real) in enumerate(bar, 1):
             bar.set_postfix_str(f"{name} {real}", refresh=False)
-            value = reference.kld({name: weights.get(name, real)})
+            value = oracle({name: real})
             if not _measured(value):  # never cached: it would poison every allocation made from the table
                 raise RampError(f"measuring {name} as {real} gave a KLD of {value}; the model's forward is not finite "
                                 "on this text: check the model file (re-download it)")
@@ -160,8 +154,7 @@ def measure_sensitivity(
     ])
     table = SensitivityTable(
         [spec.name for spec in model.quantizable], formats, damage, "kld", model.sha256, calibration_sha,
-        {"n_tokens": int(tokens.numel()), "window": int(tokens.shape[1]), "backend": backend,
-         "n_measured": len(jobs), "imatrix": imatrix_sha},
+        {"calibration": record, "backend": BACKEND, "n_measured": len(jobs), "imatrix": imatrix_sha},
     )
     if path is not None:
         cache_table(path, table)
@@ -179,7 +172,7 @@ def plot_heatmap(table: SensitivityTable, model: Model, path: str | Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ramp.model import ROLES
+    from ramp.models.model import ROLES
 
     roles = [role for role in ROLES if any(spec.role == role for spec in model.quantizable)]
     n_formats = len(table.formats)
@@ -199,7 +192,8 @@ def plot_heatmap(table: SensitivityTable, model: Model, path: str | Path) -> Non
             axes.axvline(index * n_formats - 0.5, color="white", linewidth=1)
     axes.set_ylabel("block")
     figure.colorbar(image, ax=axes, label="log10 KLD (nats), only this tensor quantized")
-    figure.suptitle(f"sensitivity, {table.extra.get('n_tokens', '?')} calibration tokens", y=0.995)
+    spec = recorded_spec(table.extra)
+    figure.suptitle(f"sensitivity on {spec or 'calibration tokens'}", y=0.995)
     figure.tight_layout()
     with atomic_output(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)

@@ -18,10 +18,8 @@ reference's top-k tokens instead was measured and rejected: this model's distrib
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +28,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.files import cache_dir, file_sha256, text_sha256
+from ramp.models.tokenizer import token_windows
 
 DEFAULT_N_CTX = 512
 
@@ -98,66 +97,34 @@ def _check_gguf(path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def quiet_llama() -> Iterator[None]:
-    """Keep llama.cpp's load and quantize logs (hundreds of lines) off the terminal. They are written by C
-    code straight to file descriptor 2, past Python's logging, so the descriptor itself is pointed at
-    /dev/null for the duration; failures still surface as return codes that ramp turns into RampErrors."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX, vocab_only: bool = False):
+def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX):
     """A llama_cpp.Llama on the file, one batch per window, logits for every position, all cores."""
     import llama_cpp
+
+    from ramp.llama_tools import quiet_llama
 
     path = _check_gguf(path)
     try:
         with quiet_llama():
             return llama_cpp.Llama(
-                str(path), vocab_only=vocab_only, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=not vocab_only,
+                str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                 n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
             )
     except ValueError as exc:
         raise RampError(f"llama.cpp cannot load {path} ({exc}); is it a complete GGUF of a supported model? re-export it") from None
 
 
-def _tokens_and_bos(gguf_path: str | os.PathLike, text: str) -> tuple[np.ndarray, int | None]:
-    """Tokens as llama-perplexity makes them (special tokens added per the vocabulary, special-token text
-    not parsed), and the BOS id when the vocabulary asks for BOS, else None."""
-    llm = open_llama(gguf_path, vocab_only=True)
-    try:
-        tokens = np.asarray(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False), dtype=np.int32)
-        return tokens, (llm.token_bos() if llm._model.add_bos_token() else None)
-    finally:
-        llm.close()
-
-
-def tokenize(gguf_path: str | os.PathLike, text: str) -> np.ndarray:
-    """Token ids of `text` from the model's own tokenizer, exactly the stream the evaluation windows cut."""
-    return _tokens_and_bos(gguf_path, text)[0]
+def check_window_length(n_ctx: int) -> int:
+    """An evaluation window scores its second half: an even length of at least 4 tokens."""
+    if n_ctx < 4 or n_ctx % 2:
+        raise RampError(f"window length {n_ctx} must be an even number of at least 4 tokens")
+    return n_ctx
 
 
 def make_windows(gguf_path: str | os.PathLike, text: str, n_ctx: int = DEFAULT_N_CTX, max_windows: int | None = None) -> Windows:
-    if n_ctx < 4 or n_ctx % 2:
-        raise RampError(f"window length {n_ctx} must be an even number of at least 4 tokens")
-    tokens, bos = _tokens_and_bos(gguf_path, text)
-    n_windows = len(tokens) // n_ctx
-    if max_windows is not None:
-        n_windows = min(n_windows, max_windows)
-    if n_windows < 1:
-        raise RampError(f"the text has {len(tokens)} tokens, fewer than one window of {n_ctx}; use a shorter --ctx")
-    windows = tokens[: n_windows * n_ctx].reshape(n_windows, n_ctx).copy()
-    if bos is not None:
-        windows[:, 0] = bos
-    return Windows(windows, text_sha256(text))
+    """The evaluation windows of `text` (`ramp.models.tokenizer.token_windows`), scored from their second half."""
+    check_window_length(n_ctx)
+    return Windows(token_windows(gguf_path, text, n_ctx, max_windows), text_sha256(text))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -240,7 +207,7 @@ def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
 
 def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
     """(file bytes, bits per weight) where bits per weight is llama.cpp's: tensor data bits / parameters."""
-    from ramp.model import read_gguf
+    from ramp.models.gguf import read_gguf
 
     path = _check_gguf(path)
     reader = read_gguf(path)
@@ -256,7 +223,8 @@ def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
 def gguf_signature(path: str | os.PathLike) -> dict[str, object]:
     """What makes a GGUF the model it is, whatever its tensor types: architecture, tensor names and shapes,
     vocabulary (count and a hash of the tokens), and the checkpoint ramp recorded it was made from."""
-    from ramp.model import ORIGIN_KEY, read_gguf
+    from ramp.models.model import ORIGIN_KEY
+    from ramp.models.gguf import read_gguf
 
     reader = read_gguf(path)
     fields = reader.fields
@@ -347,3 +315,18 @@ def format_table(results: list[EvalResult]) -> str:
     if any(r.at_or_above_source for r in results):
         lines.append("* at or above the source checkpoint's size: its format can reproduce the source's grid, no claim is made there")
     return "\n".join(lines)
+
+
+def report_results(results: list[EvalResult], windows: Windows, json_path: str | None) -> None:
+    """Print the table (and write the rows as JSON) the same way for `ramp eval` and `ramp run`."""
+    import json
+
+    from ramp.files import atomic_output
+
+    text = results[0].text if results and results[0].text else "held-out"
+    print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} ({text} text, held-out half)")
+    print(format_table(results))
+    if json_path:
+        with atomic_output(json_path, "w") as handle:
+            json.dump([result.as_dict() for result in results], handle, indent=1)
+            handle.write("\n")

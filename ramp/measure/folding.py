@@ -29,11 +29,11 @@ from typing import Mapping
 
 import numpy as np
 
+from ramp.measure.calibration import FOLD, CalibrationSpec
 from ramp.errors import RampError
-from ramp.model import Model
+from ramp.models.model import Model
 
 DEFAULT_ALPHA = 0.5
-DEFAULT_FOLD_TOKENS, DEFAULT_FOLD_WINDOW = 2048, 256
 
 
 def check_alpha(alpha: float) -> None:
@@ -59,7 +59,7 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
     """A new Model computing the same function with activation outliers folded into weights.
 
     `activation_stats` maps a linear's tensor name to the per-input-channel max |activation| seen on
-    calibration text (`ramp.profile.collect_activation_stats(...)[name].absmax`); the ones needed are
+    calibration text (`ramp.measure.profile.collect_activation_stats(...)[name].absmax`); the ones needed are
     each block's attn_q, attn_output and ffn_gate (and ffn_down).
     """
     check_alpha(alpha)
@@ -126,13 +126,11 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
     return replace(model, tensors=tensors, sha256=digest.hexdigest(), fold_alpha=alpha)
 
 
-def fold_with_calibration(
-    model: Model, alpha: float = DEFAULT_ALPHA, n_tokens: int = DEFAULT_FOLD_TOKENS, window: int = DEFAULT_FOLD_WINDOW
-) -> Model:
-    """Fold with activation statistics measured on the calibration text (what `--fold` options call)."""
-    from ramp.forward import Forward, calibration_tokens
-    from ramp.profile import collect_activation_stats
+def fold_with_calibration(model: Model, alpha: float = DEFAULT_ALPHA, calibration: "CalibrationSpec" = FOLD) -> Model:
+    """Fold with activation statistics measured on the calibration windows (what `--fold` options call)."""
+    from ramp.measure.forward import Forward
+    from ramp.measure.profile import collect_activation_stats
 
     check_alpha(alpha)
-    stats = collect_activation_stats(Forward(model), calibration_tokens(model, n_tokens, window))
+    stats = collect_activation_stats(Forward(model), calibration.windows(model))
     return fold_model(model, {name: s.absmax for name, s in stats.items()}, alpha)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.files import file_sha256, text_sha256
-from ramp.model import MetadataValue, Model, TensorSpec, check_finite, role_of
+from ramp.models.model import MetadataValue, Model, TensorSpec, check_finite, role_of
 
 # Hugging Face class -> GGUF architecture whose weights need only renaming (and the q/k permutation).
 _ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
