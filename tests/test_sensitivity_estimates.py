@@ -126,7 +126,9 @@ def test_fisher_is_the_mean_squared_gradient_per_token(tiny_model, labels, sampl
             n_scored += targets.shape[0]
     for name in names:
         assert float(total[name].abs().max()) > 0
-        torch.testing.assert_close(fisher[name], total[name] / n_scored, rtol=1e-4, atol=1e-12)
+        # stored in bfloat16: each window's add and the final mean round once (relative 2^-8 each; two windows of two draws: five roundings)
+        assert fisher[name].dtype == torch.bfloat16
+        torch.testing.assert_close(fisher[name].float(), total[name] / n_scored, rtol=2e-2, atol=1e-12)
 
 
 def test_fisher_predicts_the_kld_of_a_small_random_perturbation(tiny_model):
@@ -140,7 +142,7 @@ def test_fisher_predicts_the_kld_of_a_small_random_perturbation(tiny_model):
         weights = tiny_model.tensors[name]
         delta = (rng.standard_normal(weights.shape) * 0.03 * weights.std()).astype(np.float32)
         kld = reference.kld({name: torch.from_numpy(weights + delta)})
-        predicted = 0.5 * float((fisher[name].numpy() * squared(delta)).sum())
+        predicted = 0.5 * float((fisher[name].float().numpy() * squared(delta)).sum())
         print(name, kld, predicted)
         assert 0.75 < predicted / kld < 1.33
 
@@ -155,7 +157,7 @@ def test_fisher_table_is_half_the_fisher_weighted_squared_error_and_cached(tiny_
     for name in BLK:
         weights = tiny_model.tensors[name]
         error = quantize_dequantize(weights, "Q4_K", imatrix.importance(name), backend="ggml") - weights
-        assert cell(table, name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].numpy() * squared(error)).sum()), rel=1e-5)
+        assert cell(table, name, "Q4_K") == pytest.approx(0.5 * float((fisher[name].float().numpy() * squared(error)).sum()), rel=1e-5)
     # cached under a key of its own: the same call reads the file back, another estimate does not
     path = estimates._cache_path(tiny_model, tokens, FORMATS, imatrix, f"fisher|model|1|{seed}")
     assert path.is_file()

@@ -213,7 +213,7 @@ def diagonal_fisher(
     model: Model, tokens: "torch.Tensor", labels: str = "model", samples: int = 1, seed: int = 0,
     device: str = "cpu", progress: bool = True,
 ) -> dict[str, "torch.Tensor"]:
-    """Per quantizable tensor, the mean per-token squared gradient of log q(label) (module docstring):
+    """Per quantizable tensor, the mean per-token squared gradient of log q(label) (module docstring), in bfloat16:
     one backward per window and label draw; labels drawn from the model's own prediction (`model`) or the
     text's next token (`text`). A tied embedding's entry covers both its uses."""
     import torch
@@ -229,11 +229,13 @@ def diagonal_fisher(
     forward = Forward(model, device)
     # leaves sharing the model's storage: gradients flow to them, the weights themselves are never copied
     params = {spec.name: forward.weights[spec.name].detach().requires_grad_() for spec in model.quantizable}
-    fisher = {name: torch.zeros_like(param) for name, param in params.items()}
+    # bfloat16 halves what the Fisher adds to the model (3.5 GB instead of 7.1 GB on a 1.5B model); each
+    # window's sum is formed in float32 and rounded once (relative 2^-8), and the damage sums millions of them
+    fisher = {name: torch.zeros_like(param, dtype=torch.bfloat16) for name, param in params.items()}
 
     def accumulate(name: str) -> Callable[["torch.Tensor"], None]:
         def hook(param: "torch.Tensor") -> None:
-            fisher[name].addcmul_(param.grad, param.grad)
+            fisher[name] = param.grad.square().add_(fisher[name]).bfloat16()
             param.grad = None  # one gradient alive at a time: peak memory is the model plus its Fisher
         return hook
 
@@ -258,8 +260,8 @@ def diagonal_fisher(
     finally:
         for handle in handles:
             handle.remove()
-    for value in fisher.values():
-        value /= n_scored
+    for name, value in fisher.items():  # in place, one tensor at a time: no second copy of the Fisher
+        fisher[name] = value.float().div_(n_scored).bfloat16()
     return fisher
 
 
@@ -280,7 +282,7 @@ def fisher_table(
     fisher = diagonal_fisher(model, tokens, labels, samples, seed, device, progress)
     table = error_table(
         model, formats, imatrix,
-        lambda spec, error: 0.5 * float(row_weighted_squares(error, fisher[spec.name].cpu().numpy()).sum()),
+        lambda spec, error: 0.5 * float(row_weighted_squares(error, fisher[spec.name].float().cpu().numpy()).sum()),
         MEASURES[FISHER], tokens_sha256(tokens),
         {"estimate": FISHER, "calibration": record, "labels": labels, "samples": samples, "seed": seed}, progress)
     cache_table(path, table)
