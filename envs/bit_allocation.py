@@ -5,7 +5,13 @@ The environment never touches weights itself, nor makes the allocation problem: 
 what one model contributes, its items (the episode's steps, a `ramp.allocate.problem` item list the caller
 built), the per-tensor embedding, an optional sensitivity table for shaped rewards and an optional evaluator
 that measures the real quality (KLD) of a finished allocation. Training may hold several contexts and sample
-one per episode, together with a budget drawn from a bits-per-weight range.
+one per episode, together with a budget drawn from its model's bits-per-weight range.
+
+A policy is to allocate for models it has never seen, so every number it reads is said in terms that mean
+the same in any model: the embedding standardised within its model, the step's share of the model's
+weights and its role, the budget context, and, when the contexts carry a cheap damage estimate
+(`ramp.measure.estimates`), that estimate per format relative to the model's own average, and the format the
+estimate's Lagrangian allocation of the remaining bytes would give this step.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import numpy as np
 
 from ramp.allocate.problem import Item, tensor_damage
 from ramp.errors import RampError
-from ramp.models.model import Model
+from ramp.models.model import ROLES, Model
 from ramp.measure.sensitivity_table import SensitivityTable
 
 # Steps of an episode, as the caller groups the items: `tensor` is one step per tensor; `block` one per
@@ -38,8 +44,22 @@ CONTEXT_FEATURES = (
     "budget_bpw_over_8",  # the episode's budget in bits per weight, divided by 8
 )
 
+# Per-step entries after the embedding, the same in every model.
+STEP_FEATURES = (
+    "weight_share",  # the step's weights / all quantizable weights (Gemma's tied embedding: 0.62)
+    "log_weight_share",  # log10 of it: small tensors differ by decades
+    *(f"role_{role}" for role in ROLES),  # one-hot role (a group's largest member's)
+)
+# With an estimate: per ladder format, log10 of the step's estimated damage per weight over the model's
+# (how much more this step suffers than the model's average weight, at that format); then the action that
+# would give the step the estimate's own Lagrangian choice for the bytes left (`index_action`).
+ESTIMATE_SUGGESTION = "estimate_action"
+
 # Observation entries are clipped here so the space is bounded (check_env, and SAC's scaling).
 OBS_LIMIT = 5.0
+# Bumped whenever what an observation holds changes: a policy trained on another layout reads numbers
+# that mean something else, so loading refuses it. 2: step features and the estimate (issue 12).
+OBSERVATION_VERSION = 2
 
 
 class Evaluator(Protocol):
@@ -83,9 +103,9 @@ class RewardConfig:
     kld_scale: float = 0.05  # nats; the KLD at which the quality term reaches -log 2
     over_weight: float = 20.0
     under_weight: float = 1.0
-    shaping_weight: float = 0.5
+    shaping_weight: float = 1.0
     lookahead_weight: float = 1.0
-    regret_scale: float = 0.0  # nats; 0 = linear shaping
+    regret_scale: float = 0.001  # nats; 0 = linear shaping. The defaults are the recipe that trained best
 
     def quality(self, kld: float) -> float:
         return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
@@ -128,8 +148,9 @@ class ModelContext:
     model: Model  # only its tensor specs are read here; weights stay with the evaluator
     embedding: np.ndarray  # [len(model.quantizable), n_features], raw; normalised on construction
     evaluate: Evaluator | None = None
-    damage: SensitivityTable | None = None
+    damage: SensitivityTable | None = None  # shapes the reward (training); the best table available
     items: list[Item] = field(kw_only=True)
+    estimate: SensitivityTable | None = field(default=None, kw_only=True)  # read by the policy (observation)
     cache_size: int = 256  # finished allocations whose KLD is remembered (deterministic policies repeat)
     _kld_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
@@ -162,60 +183,94 @@ class ModelContext:
 class _Plan:
     """Per context: the steps, their per-choice damage, features and suffix byte bounds, computed once."""
 
-    def __init__(self, context: ModelContext) -> None:
+    def __init__(self, context: ModelContext, ladder: tuple[str, ...]) -> None:
         model = context.model
         self.items = context.items
         index = {spec.name: i for i, spec in enumerate(model.quantizable)}
         specs = [[model.spec(name) for name in item.members] for item in self.items]
         self.params = np.array([sum(spec.n_params for spec in group) for group in specs], dtype=np.int64)
-        self.features = np.stack(
+        embedding = np.stack(
             [
                 np.average(context.features[[index[s.name] for s in group]], axis=0, weights=[s.n_params for s in group])
                 for group in specs
             ]
-        ).astype(np.float32)
+        )
+        share = self.params / self.params.sum()
+        roles = np.zeros((len(specs), len(ROLES)))
+        for i, group in enumerate(specs):
+            roles[i, ROLES.index(max(group, key=lambda s: s.n_params).role)] = 1.0
+        parts = [embedding, share[:, None], np.log10(share)[:, None], roles]
         # damage[step, choice]: summed single-tensor damage of the members (zero where unmeasured or without
         # a table); padded to the widest step, where a missing choice costs infinite damage and no bytes.
         width = max(len(item.choices) for item in self.items)
-        self.damage = np.full((len(self.items), width), np.inf)
         self.nbytes = np.zeros((len(self.items), width))
-        for i, (item, group) in enumerate(zip(self.items, specs)):
-            self.damage[i, : len(item.choices)] = [
-                sum(tensor_damage(context.damage, s.name, fmt, s.row_length) or 0.0 for s, fmt in zip(group, choice.formats))
-                if context.damage is not None else 0.0
-                for choice in item.choices
-            ]
+        for i, item in enumerate(self.items):
             self.nbytes[i, : len(item.choices)] = [choice.nbytes for choice in item.choices]
+        self.damage = self._choice_damage(context.damage, specs, width)
+        self.estimate = None if context.estimate is None else self._choice_damage(context.estimate, specs, width)
+        if context.estimate is not None:
+            parts.append(_relative_damage(context.estimate, specs, ladder, self.params))
+        self.features = np.clip(np.concatenate(parts, axis=1), -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
         lows = np.array([item.choices[0].nbytes for item in self.items], dtype=np.int64)
         # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
         self.min_after = np.concatenate([np.cumsum(lows[::-1])[::-1], [0]])
         self.n_params = int(self.params.sum())
 
+    def _choice_damage(self, table: SensitivityTable | None, specs: list[list], width: int) -> np.ndarray:
+        damage = np.full((len(self.items), width), np.inf)
+        for i, (item, group) in enumerate(zip(self.items, specs)):
+            damage[i, : len(item.choices)] = [
+                sum(tensor_damage(table, s.name, fmt, s.row_length) or 0.0 for s, fmt in zip(group, choice.formats))
+                if table is not None else 0.0
+                for choice in item.choices
+            ]
+        return damage
+
     def min_bpw(self) -> float:
         return 8.0 * self.min_after[0] / self.n_params
 
     def best_damage(self, start: int, budget: int) -> float:
-        """Least summed damage steps start.. can have within `budget` bytes, by the Lagrangian relaxation:
-        the smallest price per byte at which every step choosing argmin(damage + price * bytes) on its
-        own fits, bisected in log space (damages span many decades). 0 without a table or steps: every
-        step then takes its smallest choice, which reset() checked fits."""
-        damage, nbytes = self.damage[start:], self.nbytes[start:]
-        rows = np.arange(len(damage))
+        """Least summed damage steps start.. can have within `budget` bytes (`lagrangian_choices`). 0
+        without a table or steps: every step then takes its smallest choice, which reset() checked fits."""
+        damage = self.damage[start:]
+        chosen = lagrangian_choices(damage, self.nbytes[start:], budget)
+        return float(damage[np.arange(len(damage)), chosen].sum())
 
-        def pick(price: float) -> tuple[float, float]:
-            chosen = np.argmin(damage + price * nbytes, axis=1)
-            return float(damage[rows, chosen].sum()), float(nbytes[rows, chosen].sum())
+    def estimate_choice(self, start: int, budget: int) -> int:
+        """The choice the estimate's Lagrangian allocation of `budget` bytes over steps start.. gives step `start`."""
+        return int(lagrangian_choices(self.estimate[start:], self.nbytes[start:], budget)[0])
 
-        least, spent = pick(0.0)
-        if spent <= budget:
-            return least
-        low, high = 1e-16, 1.0
-        while pick(high)[1] > budget and high < 1e6:
-            high *= 10.0
-        for _ in range(50):
-            middle = float(np.sqrt(low * high))
-            low, high = (middle, high) if pick(middle)[1] > budget else (low, middle)
-        return pick(high)[0]
+
+def lagrangian_choices(damage: np.ndarray, nbytes: np.ndarray, budget: float) -> np.ndarray:
+    """Per row, the choice argmin(damage + price * bytes) at the smallest price per byte at which the rows'
+    choices together fit `budget`: the Lagrangian relaxation of the knapsack, exact up to one row near the
+    budget, bisected in log space (damages span many decades)."""
+    def pick(price: float) -> np.ndarray:
+        return np.argmin(damage + price * nbytes, axis=1)
+
+    def spent(chosen: np.ndarray) -> float:
+        return float(nbytes[np.arange(len(nbytes)), chosen].sum())
+
+    if spent(chosen := pick(0.0)) <= budget:
+        return chosen
+    low, high = 1e-16, 1.0
+    while spent(pick(high)) > budget and high < 1e6:
+        high *= 10.0
+    for _ in range(50):
+        middle = float(np.sqrt(low * high))
+        low, high = (middle, high) if spent(pick(middle)) > budget else (low, middle)
+    return pick(high)
+
+
+def _relative_damage(estimate: SensitivityTable, specs: list[list], ladder: tuple[str, ...], params: np.ndarray) -> np.ndarray:
+    """[steps, formats]: log10 of the step's estimated damage per weight over the model's, per ladder format."""
+    from ramp.kernels.formats import resolve_format
+
+    damage = np.array([[sum(tensor_damage(estimate, s.name, resolve_format(fmt, s.row_length).name, s.row_length) or 0.0
+                            for s in group) for fmt in ladder] for group in specs])
+    mean = damage.sum(axis=0) / params.sum()
+    floor = 1e-6 * np.where(mean > 0, mean, 1.0)  # a format that writes the source back costs nothing
+    return np.log10(np.maximum(damage / params[:, None], floor) / np.maximum(mean, floor))
 
 
 def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) -> int:
@@ -238,6 +293,16 @@ def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) ->
     return int(np.clip(np.floor(position + 1e-9), 0, top))
 
 
+def index_action(index: int, option_bpw: Sequence[float], pace_bpw: float) -> float:
+    """The action in [-1, 1] at the middle of the interval `action_index` maps onto option `index`: how the
+    observation states a suggested choice in the action's own terms."""
+    top = len(option_bpw) - 1
+    pace = float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
+    middle = min(index, top) + 0.5
+    span = pace if middle < pace else top + 1 - pace
+    return float(np.clip((middle - pace) / span, -1.0, 1.0)) if span > 0 else 0.0
+
+
 # Bumped whenever `action_index` changes what an action means: a policy trained under another mapping
 # would allocate differently from what it learned, so loading refuses it.
 ACTION_MAPPING_VERSION = 2
@@ -246,13 +311,14 @@ ACTION_MAPPING_VERSION = 2
 class BitAllocationEnv(gym.Env):
     """Pick a format per step; the episode always ends within budget (see `RewardConfig` for rewards).
 
-    Observation: the step's embedding (per-model standardised; parameter-weighted mean over a group)
-    followed by `CONTEXT_FEATURES`. Action: one number in [-1, 1] on the step's ordered choices, centred
+    Observation: the step's embedding (per-model standardised; parameter-weighted mean over a group),
+    `STEP_FEATURES`, with an estimate its per-format relative damage and suggested action, then
+    `CONTEXT_FEATURES` (`feature_names`). Action: one number in [-1, 1] on the step's ordered choices, centred
     on the budget's pace (`action_index`); a request that would leave later steps less than their
     minimum is lowered to the largest choice that does not.
 
-    `budget_bpw` is a (low, high) range in bits per quantizable weight; each episode draws its budget
-    uniformly from it (low == high fixes it). `reset(options=...)` pins the model (`context`: index) and
+    `budget_bpw` is a (low, high) range in bits per quantizable weight, or one range per context; each
+    episode draws its budget uniformly from its model's range (low == high fixes it). `reset(options=...)` pins the model (`context`: index) and
     the budget (`budget_bpw`, or `budget_bytes` exactly), which is how deterministic allocation rollouts run.
     `ladder` and `grouping` name how the contexts' items were built (a policy file records them).
     """
@@ -262,7 +328,7 @@ class BitAllocationEnv(gym.Env):
     def __init__(
         self,
         contexts: Sequence[ModelContext],
-        budget_bpw: tuple[float, float],
+        budget_bpw: tuple[float, float] | Sequence[tuple[float, float]],
         ladder: Sequence[str],
         grouping: str = "tensor",
         reward: RewardConfig = RewardConfig(),
@@ -272,34 +338,48 @@ class BitAllocationEnv(gym.Env):
         sizes = {context.embedding_size for context in contexts}
         if len(sizes) != 1:
             raise RampError(f"model contexts disagree on embedding size ({sorted(sizes)}); profile them with the same ramp version")
-        low, high = float(budget_bpw[0]), float(budget_bpw[1])
-        if not 0 < low <= high:
-            raise RampError(f"budget range {low}..{high} bpw is empty; give low..high with 0 < low <= high")
+        if len({context.estimate is None for context in contexts}) != 1:
+            raise RampError("some model contexts carry a damage estimate and some do not; give every model one or none")
+        ranges = [budget_bpw] * len(contexts) if np.ndim(budget_bpw) == 1 else list(budget_bpw)
+        if len(ranges) != len(contexts):
+            raise RampError(f"{len(ranges)} budget ranges for {len(contexts)} models; give one range, or one per model")
+        self.budget_ranges = [(float(low), float(high)) for low, high in ranges]
+        for low, high in self.budget_ranges:
+            if not 0 < low <= high:
+                raise RampError(f"budget range {low}..{high} bpw is empty; give low..high with 0 < low <= high")
         self.contexts = list(contexts)
         self.ladder = tuple(ladder)
         self.grouping = grouping
         self.reward_config = reward
-        self.budget_bpw = (low, high)
+        self.budget_bpw = (min(low for low, _ in self.budget_ranges), max(high for _, high in self.budget_ranges))
         self.embedding_size = sizes.pop()
+        self.reads_estimate = contexts[0].estimate is not None
         if grouping not in GROUPINGS:
             raise RampError(f"unknown grouping {grouping!r}; choose one of {', '.join(GROUPINGS)}")
-        self._plans = [_Plan(context) for context in self.contexts]
-        for context, plan in zip(self.contexts, self._plans):
+        self._plans = [_Plan(context, self.ladder) for context in self.contexts]
+        for context, plan, (low, _) in zip(self.contexts, self._plans, self.budget_ranges):
             if low < plan.min_bpw():
                 raise RampError(
                     f"budget {low:.3f} bpw is below the smallest allocation of {context.name} "
                     f"({plan.min_bpw():.3f} bpw with formats {','.join(self.ladder)} after llama.cpp's row-length fallbacks); "
                     "raise the budget"
                 )
-        n_obs = self.embedding_size + len(CONTEXT_FEATURES)
+        n_obs = self._plans[0].features.shape[1] + self.reads_estimate + len(CONTEXT_FEATURES)
         self.observation_space = gym.spaces.Box(-OBS_LIMIT, OBS_LIMIT, shape=(n_obs,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self._context_index = 0
         self._budget = 1
         self._best_left = 0.0  # best_damage of the steps still to place, within the bytes still left
         self._best_at_start = 0.0
-        self._budget_bpw = low
+        self._budget_bpw = self.budget_ranges[0][0]
         self._begin_episode()
+
+    def feature_names(self) -> list[str]:
+        """Names of the observation's entries, in order (the policy file records them)."""
+        from ramp.measure.profile import FEATURE_NAMES
+
+        estimate = [f"estimate_{fmt}" for fmt in self.ladder] + [ESTIMATE_SUGGESTION] if self.reads_estimate else []
+        return [*FEATURE_NAMES[: self.embedding_size], *STEP_FEATURES, *estimate, *CONTEXT_FEATURES]
 
     def _begin_episode(self) -> None:
         self._step = 0
@@ -317,7 +397,7 @@ class BitAllocationEnv(gym.Env):
         if "budget_bytes" in options:
             self._budget = int(options["budget_bytes"])
         else:
-            low, high = self.budget_bpw
+            low, high = self.budget_ranges[self._context_index]
             bpw = float(options.get("budget_bpw", low if low == high else self.np_random.uniform(low, high)))
             self._budget = int(bpw * plan.n_params / 8)
         self._budget_bpw = 8.0 * self._budget / plan.n_params
@@ -340,6 +420,10 @@ class BitAllocationEnv(gym.Env):
         step_params = plan.params[step]
         low_bpw, high_bpw = 8.0 * choices[0].nbytes / step_params, 8.0 * choices[-1].nbytes / step_params
         position = 0.0 if high_bpw == low_bpw else (bpw_left - low_bpw) / (high_bpw - low_bpw)
+        suggestion = []
+        if self.reads_estimate:
+            pick = plan.estimate_choice(step, self._budget - self._spent)
+            suggestion = [index_action(pick, [8.0 * choice.nbytes / step_params for choice in choices], bpw_left)]
         context = np.array(
             [
                 self._spent / self._budget,
@@ -353,7 +437,7 @@ class BitAllocationEnv(gym.Env):
             ],
             dtype=np.float32,
         )
-        observation = np.concatenate([plan.features[step], context])
+        observation = np.concatenate([plan.features[step], suggestion, context])
         return np.clip(observation, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:

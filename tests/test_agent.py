@@ -14,7 +14,7 @@ from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  #
 from ramp.agent import sac as agent
 from ramp.allocate.budget import Budget
 from ramp.envs import BitAllocationEnv
-from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
+from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, CONTEXT_FEATURES, OBSERVATION_VERSION
 from ramp.errors import RampError
 from ramp.measure.ladder import DEFAULT_LADDER
 from ramp.measure.sensitivity_table import SensitivityTable
@@ -40,6 +40,7 @@ def record(env: BitAllocationEnv, model) -> agent.PolicyRecord:
         embedding_size=env.embedding_size, observation_size=int(env.observation_space.shape[0]),
         formats=list(env.ladder), grouping=env.grouping, models=[{"name": "tiny", "sha256": model.sha256}],
         budget_bpw=list(env.budget_bpw), reward={}, sac={}, seed=0, action_mapping=ACTION_MAPPING_VERSION,
+        observation_version=OBSERVATION_VERSION,
     )
 
 
@@ -104,6 +105,10 @@ def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_p
     agent.save_policy(sac, tmp_path / "old.zip", stored)
     with pytest.raises(RampError, match="action mapping"):
         agent.load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
+    stored.action_mapping, stored.observation_version = ACTION_MAPPING_VERSION, 1  # before issue 12's features
+    agent.save_policy(sac, tmp_path / "old.zip", stored)
+    with pytest.raises(RampError, match="reads observation layout 1, this ramp builds layout 2"):
+        agent.load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
     (tmp_path / "notes.txt").write_text("not a zip")
     with pytest.raises(RampError, match="not a ramp policy file"):
         agent.read_policy_record(tmp_path / "notes.txt")
@@ -127,6 +132,29 @@ def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp
     assert first.method == "policy" and first.extra["policy_timesteps"] == 60
 
 
+def test_a_policy_that_reads_an_estimate_gets_the_new_models_own(model, tmp_path) -> None:
+    from test_env import damage_table
+
+    from ramp.agent.policy import allocate_with_policy
+
+    env = BitAllocationEnv([tiny_context(model, damage=damage_table(model), estimate=damage_table(model, seed=1))],
+                           (4.0, 6.0), DEFAULT_LADDER)
+    path = tmp_path / "policy.zip"
+    agent.train(env, agent.new_record(env, [model], CONFIG, 0, "fisher"), path, 40, CONFIG, checkpoint_every=0, progress_bar=False)
+    stored = agent.read_policy_record(path)
+    assert stored.estimate == "fisher" and stored.feature_names[-len(CONTEXT_FEATURES) - 1] == "estimate_action"
+    other = tiny_llama(seed=1, n_blocks=3)
+    embedding = random_embedding(other, seed=1)
+    # the policy's observations differ with the estimate it is given, so the estimate is really read
+    allocations = [allocate_with_policy(other, path, "4.6bpw", embedding=embedding, estimate=damage_table(other, seed=seed))
+                   for seed in range(4)]
+    for allocation in allocations:
+        assert allocation.data_bytes(other) <= Budget.parse("4.6bpw").bytes_for(other)
+    assert len({tuple(sorted(allocation.formats.items())) for allocation in allocations}) > 1
+    with pytest.raises(RampError, match="name the damage estimate"):
+        agent.new_record(env, [model], CONFIG, 0)
+
+
 def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, tmp_path, capsys) -> None:
     from test_env import damage_table
 
@@ -146,6 +174,7 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     assert main(common + ["--sensitivity", str(tmp_path / "table.json")]) == 0
     record = agent.read_policy_record(out)
     assert record.formats == measured and record.timesteps == 40 and record.models[0]["sha256"] == model.sha256
+    assert record.estimate == "fisher" and record.models[0]["budget_bpw"] == [5.0, 6.0]
 
     out.unlink()
     capsys.readouterr()

@@ -161,11 +161,12 @@ def damage_table(model: Model, seed: int = 0) -> SensitivityTable:
 
 def test_shaped_rewards_sum_to_the_regret_against_the_tables_best(model: Model) -> None:
     """Potential-based shaping: whatever the agent does, the shaped step rewards add up to minus its
-    allocation's table damage above the best the table allows within the budget."""
+    allocation's table damage above the best the table allows within the budget (linear regret: the
+    default logarithmic one keeps each step's ranking but not the sum)."""
     from ramp.allocate import allocate, predicted_damage
 
     table = damage_table(model)
-    config = RewardConfig()
+    config = RewardConfig(regret_scale=0.0)
     env = BitAllocationEnv([tiny_context(model, damage=table)], (4.5, 4.5), DEFAULT_LADDER, reward=config)
     rng = np.random.default_rng(0)
     for actions in (np.zeros(len(model.quantizable)), rng.uniform(-1, 1, len(model.quantizable))):
@@ -194,3 +195,58 @@ def test_every_option_owns_an_interval_of_actions() -> None:
         assert action_index(0.0, options, pace) == int(np.searchsorted(options, pace, side="right")) - 1
         # the highest option is not a single point at +1: a tanh-squashed actor must be able to land on it
         assert sum(pick == 3 for pick in picks) > 100
+
+
+# --- what a policy reads to transfer: the step's share and role, the estimate, the estimate's suggestion ---
+
+
+@given(st.lists(st.floats(1.0, 9.0), min_size=2, max_size=8, unique=True), st.floats(0.5, 10.0))
+@settings(max_examples=80, deadline=None)
+def test_index_action_is_the_middle_of_the_options_action_interval(bpws, pace):
+    from ramp.envs.bit_allocation import action_index, index_action
+
+    options = sorted(bpws)
+    for index in range(len(options)):
+        assert action_index(index_action(index, options, pace), options, pace) == index
+
+
+def test_the_estimate_is_read_relative_to_the_model_and_its_suggestion_allocates_like_the_ilp(model: Model) -> None:
+    from ramp.allocate import allocate, predicted_damage
+    from ramp.allocate.budget import Budget
+    from ramp.envs.bit_allocation import CONTEXT_FEATURES, STEP_FEATURES
+
+    estimate = damage_table(model, seed=1)
+    env = BitAllocationEnv([tiny_context(model, estimate=estimate)], (4.6, 4.6), DEFAULT_LADDER)
+    names = env.feature_names()
+    assert len(names) == env.observation_space.shape[0] == EMBEDDING_SIZE + len(STEP_FEATURES) + len(DEFAULT_LADDER) + 1 + len(CONTEXT_FEATURES)
+    observation, _ = env.reset()
+    first = model.quantizable[0]  # token_embd: 96 x 256 of the tiny model's weights
+    share = first.n_params / model.n_quantizable_params
+    assert observation[names.index("weight_share")] == pytest.approx(share, rel=1e-6)
+    assert observation[names.index("role_token_embd")] == 1 and observation[names.index("role_output")] == 0
+    per_weight = estimate.damage[:, estimate.formats.index("Q4_K")].sum() / model.n_quantizable_params
+    expected = np.log10(estimate.damage[0, estimate.formats.index("Q4_K")] / first.n_params / per_weight)
+    assert observation[names.index("estimate_Q4_K")] == pytest.approx(expected, rel=1e-5)
+
+    # following the suggestion at every step re-solves the estimate's Lagrangian for the bytes left: the
+    # allocation comes out as good as the exact ILP over the estimate, within one tensor's step near the budget
+    while True:
+        observation, _, terminated, _, info = env.step(np.array([observation[names.index("estimate_action")]]))
+        if terminated:
+            break
+    ilp = allocate(model, "ilp", Budget.parse(f"{info['budget_bytes']}B"), estimate, ladder=DEFAULT_LADDER)
+    followed, best = predicted_damage(model, info["formats"], estimate), ilp.extra["predicted_damage"]
+    print("suggestion", followed, "ilp", best)
+    assert info["bytes"] <= info["budget_bytes"] and followed <= 1.05 * best
+
+
+def test_contexts_carry_an_estimate_all_or_none_and_budgets_per_model(model: Model) -> None:
+    with_estimate = tiny_context(model, estimate=damage_table(model))
+    with pytest.raises(RampError, match="some model contexts carry a damage estimate"):
+        BitAllocationEnv([with_estimate, tiny_context(model)], (4.6, 4.6), DEFAULT_LADDER)
+    env = BitAllocationEnv([tiny_context(model), tiny_context(model)], [(4.5, 4.5), (6.0, 6.0)], DEFAULT_LADDER)
+    for index, bpw in ((0, 4.5), (1, 6.0)):
+        env.reset(options={"context": index})
+        assert env._budget_bpw == pytest.approx(bpw, abs=1e-3)
+    with pytest.raises(RampError, match="2 budget ranges for 1 models"):
+        BitAllocationEnv([tiny_context(model)], [(4.5, 4.5), (6.0, 6.0)], DEFAULT_LADDER)

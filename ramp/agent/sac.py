@@ -39,12 +39,12 @@ class SACConfig:
     """SAC hyper-parameters `ramp train` uses and `ramp tune` searches. Episodes are short and few, so the
     defaults favour learning early (small warm-up, small batches) over asymptotic stability."""
 
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     buffer_size: int = 100_000
     learning_starts: int = 100
     batch_size: int = 64
     tau: float = 0.005
-    gamma: float = 0.99
+    gamma: float = 0.0  # each step's reward already prices the future (RewardConfig's lookahead shaping)
     train_freq: int = 1
     gradient_steps: int = 1
     ent_coef: str | float = "auto"
@@ -61,7 +61,7 @@ class PolicyRecord:
     observation_size: int
     formats: list[str]  # the format ladder, lowest first
     grouping: str
-    models: list[dict[str, str]]  # name and sha256 of each training model
+    models: list[dict[str, Any]]  # name, sha256 and budget range (bpw) of each training model
     budget_bpw: list[float]  # [low, high] of the training budgets
     reward: dict[str, float]
     sac: dict[str, Any]
@@ -69,10 +69,17 @@ class PolicyRecord:
     timesteps: int = 0  # environment steps trained so far
     extra: dict[str, Any] = field(default_factory=dict)
     action_mapping: int = 1  # ramp.envs.bit_allocation.ACTION_MAPPING_VERSION it was trained under; files before it had 1
+    observation_version: int = 1  # ramp.envs.bit_allocation.OBSERVATION_VERSION; files before it had 1
+    estimate: str | None = None  # the damage estimate the observation reads (`ramp.measure.estimates`), if any
 
     def check_compatible(self, embedding_size: int, formats: list[str], feature_version: int, path: str | Path) -> None:
-        from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
+        from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, OBSERVATION_VERSION
 
+        if self.observation_version != OBSERVATION_VERSION:
+            raise RampError(
+                f"policy {path} reads observation layout {self.observation_version}, this ramp builds layout "
+                f"{OBSERVATION_VERSION} (see ramp.envs.bit_allocation); retrain it with `ramp train`"
+            )
         if self.action_mapping != ACTION_MAPPING_VERSION:
             raise RampError(
                 f"policy {path} was trained under action mapping {self.action_mapping}, this ramp uses "
@@ -219,18 +226,20 @@ def table_regret(env: "BitAllocationEnv", points: int = 4) -> "Callable[[SAC], f
 
     from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, rollout
 
-    with_table = [context for context in env.contexts if context.damage is not None]
+    with_table = [index for index, context in enumerate(env.contexts) if context.damage is not None]
     if not with_table:
         return None
-    quiet = BitAllocationEnv([ModelContext(c.name, c.model, c.embedding, damage=c.damage, items=c.items) for c in with_table],
-                             env.budget_bpw, env.ladder, env.grouping, env.reward_config)
-    budgets = np.linspace(*env.budget_bpw, points)
+    quiet = BitAllocationEnv(
+        [ModelContext(c.name, c.model, c.embedding, damage=c.damage, items=c.items, estimate=c.estimate)
+         for c in (env.contexts[index] for index in with_table)],
+        [env.budget_ranges[index] for index in with_table], env.ladder, env.grouping, env.reward_config)
+    budgets = [np.linspace(*quiet.budget_ranges[index], points) for index in range(len(with_table))]
 
     def score(sac: "SAC") -> float:
         act = lambda observation: sac.predict(observation, deterministic=True)[0]  # noqa: E731
         ratios = []
         for index in range(len(with_table)):
-            for bpw in budgets:
+            for bpw in budgets[index]:
                 info = rollout(quiet, act, context=index, budget_bpw=float(bpw))
                 ratios.append((info["table_damage"] - info["best_damage"]) / (info["best_damage"] + SELECTION_FLOOR))
         return float(np.mean(ratios))
@@ -404,39 +413,49 @@ def build_contexts(
     models: list["Model"],
     names: list[str],
     sensitivity: list["SensitivityTable | None"],
-    calibration: "CalibrationSpec",
+    calibration: "CalibrationSpec | None",
     ladder: tuple[str, ...],
     grouping: str,
+    estimates: list["SensitivityTable"] | None = None,
 ) -> list["ModelContext"]:
-    """One training context per model: its episode items, profiled embedding, real KLD evaluator on the
-    calibration windows, optional shaping table."""
+    """One training context per model: its episode items, profiled embedding, optional shaping table, the
+    damage estimate its observations read (if given), and a real KLD evaluator on the calibration windows
+    when `calibration` is given (without one, episodes are scored by the tables alone)."""
     from ramp.envs.bit_allocation import ModelContext
 
     contexts = []
-    for model, name, table in zip(models, names, sensitivity):
+    for index, (model, name, table) in enumerate(zip(models, names, sensitivity)):
         embedding, _ = model_embedding(model)
-        contexts.append(ModelContext(name, model, embedding, KLDEvaluator(model, calibration), table,
-                                     items=episode_items(model, ladder, grouping)))
+        evaluate = KLDEvaluator(model, calibration) if calibration is not None else None
+        contexts.append(ModelContext(name, model, embedding, evaluate, table, items=episode_items(model, ladder, grouping),
+                                     estimate=estimates[index] if estimates else None))
     return contexts
 
 
-def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig, seed: int) -> PolicyRecord:
-    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
-    from ramp.measure.profile import FEATURE_NAMES, FEATURE_VERSION
+def new_record(env: "BitAllocationEnv", models: list["Model"], config: SACConfig, seed: int,
+               estimate: str | None = None) -> PolicyRecord:
+    """The record of a policy about to be trained on `env` (whose observations read `estimate`, if any)."""
+    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, OBSERVATION_VERSION
+    from ramp.measure.profile import FEATURE_VERSION
 
+    if env.reads_estimate != (estimate is not None):
+        raise RampError("name the damage estimate the observations read, and only when the models carry one")
     return PolicyRecord(
         feature_version=FEATURE_VERSION,
-        feature_names=list(FEATURE_NAMES),
+        feature_names=env.feature_names(),
         embedding_size=env.embedding_size,
         observation_size=int(env.observation_space.shape[0]),
         formats=list(env.ladder),
         grouping=env.grouping,
-        models=[{"name": context.name, "sha256": model.sha256} for context, model in zip(env.contexts, models)],
+        models=[{"name": context.name, "sha256": model.sha256, "budget_bpw": list(bounds)}
+                for context, model, bounds in zip(env.contexts, models, env.budget_ranges)],
         budget_bpw=list(env.budget_bpw),
         reward=asdict(env.reward_config),
         sac=asdict(config),
         seed=seed,
         action_mapping=ACTION_MAPPING_VERSION,
+        observation_version=OBSERVATION_VERSION,
+        estimate=estimate,
     )
 
 

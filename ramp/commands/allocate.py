@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "format is larger; llama.cpp's default Q6_K, 'same' = the uniform format")
     parser.add_argument("--pairs-per-role", type=positive_int, default=2,
                         help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
-    parser.add_argument("--policy", metavar="FILE", help="policy: a policy file from `ramp train`")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="policy: a policy file from `ramp train` (default: the policy that ships with ramp, trained on every family it loads)")
     parser.add_argument("--embeddings", metavar="FILE",
                         help="policy: the model's embeddings.json from `ramp profile` (or a job folder), instead of "
                              "profiling it again")
@@ -70,14 +71,11 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.out, args.tensor_type_file):
         if path:
             check_output_path(path)
-    policy = None
     if args.method == "policy":
-        if not args.policy:
-            raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
-        from ramp.agent.policy import TrainedPolicy
-        from ramp.measure.profile import Profile
+        from ramp.agent.policy import DEFAULT_POLICY, TrainedPolicy
+        from ramp.agent.sac import read_policy_record
 
-        policy = TrainedPolicy(args.policy, Profile.load(args.embeddings) if args.embeddings else None)
+        read_policy_record(args.policy or DEFAULT_POLICY)  # a foreign file fails before the model loads
     elif args.embeddings:
         raise RampError("--embeddings feed a trained policy; pass --method policy --policy FILE, or drop --embeddings")
     if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):
@@ -86,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model_for(args)
     imatrix = load_importance(args.imatrix, model)
+    policy = None
+    if args.method == "policy":
+        from ramp.measure.profile import Profile
+
+        policy = TrainedPolicy(args.policy or DEFAULT_POLICY, Profile.load(args.embeddings) if args.embeddings else None, imatrix)
     if table is None and args.method == "target-bpw":
         from ramp.allocate import target_bpw
 
