@@ -88,7 +88,7 @@ def sweep(args: argparse.Namespace) -> dict:
     from ramp.evaluate.presets import preset_path, quantizable_bytes
     from ramp.measure.sensitivity import measure_sensitivity
     from ramp.measure.estimates import ESTIMATES, estimate_sensitivity
-    from ramp.evaluate.source_grid import source_file_bytes, source_match_share
+    from ramp.evaluate.source_grid import source_match_share
     from ramp.models.text import evaluation_text
 
     clock = StageClock()
@@ -117,7 +117,7 @@ def sweep(args: argparse.Namespace) -> dict:
     with clock("reference log-probs (llama.cpp)"):
         windows = make_windows(reference, evaluation_text(args.text), max_windows=args.max_windows)
         reference_lp = reference_logprobs(reference, windows)
-    source_bytes = source_file_bytes(model)
+    source_bytes = model.source_file_bytes
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from ramp.errors import RampError
+
+Loaded = TypeVar("Loaded")
 
 
 def cache_dir() -> Path:
@@ -158,3 +161,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     with _replacing(target, tmp_name):
         yield Path(tmp_name)
+
+
+def load_json_object(path: str | os.PathLike, what: str, remedy: str, build: Callable[[dict], Loaded]) -> Loaded:
+    """`build` applied to the JSON object in `path`; a missing file, bytes that are not a JSON object, fields
+    `build` rejects (TypeError) or values it refuses (RampError) each end as one RampError that names `what`
+    the file should be and the `remedy`."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds no {what} object")
+        return build(data)
+    except FileNotFoundError:
+        raise RampError(f"{what} file {path} does not exist; {remedy}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+        raise RampError(f"{path} is not a ramp {what} file ({exc}); {remedy}") from None
+    except RampError as exc:
+        raise RampError(f"{what} {path}: {exc}") from None

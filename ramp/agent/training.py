@@ -63,11 +63,10 @@ def default_budget_range(model: "Model", ladder: tuple[str, ...]) -> tuple[float
     weight (or 8): the sizes a user of such a model picks from, and where claims are made."""
     from ramp.allocate.budget import items_range
     from ramp.allocate.problem import build_items
-    from ramp.evaluate.source_grid import source_file_bytes
 
     smallest, _ = items_range(model, build_items(model, ladder))
     low = 8.0 * smallest / model.n_quantizable_params * 1.01
-    source = source_file_bytes(model)
+    source = model.source_file_bytes
     all_weights = sum(array.size for array in model.tensors.values())
     high = 8.0 * source / all_weights if source else 8.0
     return low, max(high, low)

@@ -99,19 +99,14 @@ class Allocation:
 
     @classmethod
     def load(cls, path: str | Path) -> "Allocation":
-        try:
-            data = json.loads(Path(path).read_text())
-            if not isinstance(data, dict):
-                raise TypeError("it holds no allocation object")
+        from ramp.files import load_json_object
+
+        def build(data: dict) -> "Allocation":
             allocation = cls(**data)
             allocation._check_fields()
             return allocation
-        except FileNotFoundError:
-            raise RampError(f"allocation file {path} does not exist; create it with `ramp allocate`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
-            raise RampError(f"{path} is not a ramp allocation file ({exc}); create it with `ramp allocate`") from None
-        except RampError as exc:
-            raise RampError(f"allocation {path}: {exc}") from None
+
+        return load_json_object(path, "allocation", "create it with `ramp allocate`", build)
 
     def _check_fields(self) -> None:
         """A file read from disk holds what the fields say (TypeError otherwise): a mapping of tensor names to

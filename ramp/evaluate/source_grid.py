@@ -9,7 +9,6 @@ quantizable weights whose dequantized values equal the source's bit for bit.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -37,9 +36,3 @@ def source_match_share(path: str | os.PathLike, source: Model) -> float:
         expected = source.tensors[tensor.name]
         equal += int(np.count_nonzero(np.asarray(values, dtype=np.float32).reshape(expected.shape) == expected))
     return equal / source.n_quantizable_params
-
-
-def source_file_bytes(source: Model) -> int | None:
-    """Size of the checkpoint the model was loaded from (None for a model built in memory or a folder)."""
-    path = source.source_path
-    return Path(path).stat().st_size if path is not None and Path(path).is_file() else None

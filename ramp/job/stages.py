@@ -220,7 +220,7 @@ class Job:
         from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, report_results
         from ramp.evaluate.presets import preset_path
         from ramp.measure.estimates import STAND_IN
-        from ramp.evaluate.source_grid import source_file_bytes, source_match_share
+        from ramp.evaluate.source_grid import source_match_share
         from ramp.models.text import evaluation_text
 
         settings = self.settings
@@ -236,7 +236,7 @@ class Job:
         presets = [evaluate(preset_path(self.reference, name, imatrix_file), reference_logits, windows, name + suffix)
                    for name in settings.presets]
         ours = evaluate(self.folder / RAMP_GGUF, reference_logits, windows, label + suffix)
-        source_bytes = source_file_bytes(self.source)
+        source_bytes = self.source.source_file_bytes
 
         def annotated(result: "EvalResult") -> "EvalResult":
             return result.annotate(settings.text, None if result is reference else used,

@@ -69,14 +69,6 @@ class SensitivityTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "SensitivityTable":
-        try:
-            data = json.loads(Path(path).read_text())
-            if not isinstance(data, dict):
-                raise TypeError("it holds no table object")
-            return cls(**data)
-        except FileNotFoundError:
-            raise RampError(f"sensitivity table {path} does not exist; create it with `ramp profile`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
-            raise RampError(f"{path} is not a ramp sensitivity table ({exc}); re-run `ramp profile`") from None
-        except RampError as exc:
-            raise RampError(f"{path}: {exc}") from None
+        from ramp.files import load_json_object
+
+        return load_json_object(path, "sensitivity table", "create it with `ramp profile`", lambda data: cls(**data))

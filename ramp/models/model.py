@@ -75,6 +75,12 @@ class Model:
     def n_quantizable_params(self) -> int:
         return sum(spec.n_params for spec in self.quantizable)
 
+    @property
+    def source_file_bytes(self) -> int | None:
+        """Size of the checkpoint the model was loaded from (None for a model built in memory or a folder)."""
+        path = self.source_path
+        return Path(path).stat().st_size if path is not None and Path(path).is_file() else None
+
     def spec(self, name: str) -> TensorSpec:
         for spec in self.quantizable:
             if spec.name == name:
