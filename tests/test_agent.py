@@ -182,6 +182,16 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "one --sensitivity per --model" in err and not out.exists()
 
+    # two models, a budget range each; rewards shaped by the estimate where no table is given
+    two = [arg for arg in common if arg not in ("--budget", "5bpw..6bpw")] + ["--model", str(tiny_reference)]
+    assert main(two + ["--budget", "5bpw..6bpw", "--budget", "5.5bpw..7bpw"]) == 0
+    record = agent.read_policy_record(out)
+    assert [entry["budget_bpw"] for entry in record.models] == [[5.0, 6.0], [5.5, 7.0]] and record.budget_bpw == [5.0, 7.0]
+    capsys.readouterr()
+    code = main(two + ["--budget", "5bpw..6bpw"] * 3)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "give one --budget for every model or one per --model (2), not 3" in err
+
 
 def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
     from test_env import damage_table
