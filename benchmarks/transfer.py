@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,8 +127,8 @@ def measured(family: Family, allocation, work: Path, clock: StageClock) -> dict:
     return row
 
 
-def held_out_rows(family: Family, zero_shot: Path | None, own: Path, work: Path, clock: StageClock) -> list[dict]:
-    """Every row of the held-out model's table (`zero_shot` None: all but the zero-shot policy's)."""
+def held_out_rows(family: Family, zero_shot: Path | None, own: Path | None, work: Path, clock: StageClock) -> list[dict]:
+    """Every row of the held-out model's table (a policy given as None: without its rows)."""
     from ramp.agent.policy import TrainedPolicy
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
@@ -141,7 +140,8 @@ def held_out_rows(family: Family, zero_shot: Path | None, own: Path, work: Path,
     reuse.update({("uniform", r["budget"]): r for r in family.baselines["rows"] if r["method"] == "uniform"})
     methods = {"policy (zero-shot)": ("policy", TrainedPolicy(zero_shot, imatrix=family.imatrix) if zero_shot else None, None),
                "ILP (measured)": ("ilp", None, family.measured), "ILP (estimate)": ("ilp", None, family.estimate),
-               "policy (own)": ("policy", TrainedPolicy(own, imatrix=family.imatrix), None), "uniform": ("uniform", None, None)}
+               "policy (own)": ("policy", TrainedPolicy(own, imatrix=family.imatrix) if own else None, None),
+               "uniform": ("uniform", None, None)}
     rows = []
     for label, budget in family.budgets():
         for name, (method, policy, table) in methods.items():
@@ -223,6 +223,9 @@ def markdown(results: dict, command: str) -> str:
         worst = entry["worst_ratio"]
         cells = [f"{worst[goal]:.2f}x" if worst.get(goal) is not None else "n/a" for goal in GOALS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results.get("shipped"):
+        lines += ["", f"The policy that ships (`{results['shipped']['path']}`, used by `ramp allocate --method policy` without "
+                  f"`--policy`) was trained the same way on all of {', '.join(results['shipped']['trained_on'])}."]
     if results.get("stages"):
         lines += ["", "| stage | runs | wall | CPU | peak RSS |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {stage['stage']} | {stage['runs']} | {stage['wall_s']:.0f} s | {stage['cpu_s']:.0f} s | "
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     from ramp.agent.policy import DEFAULT_POLICY
-    from ramp.files import atomic_output, cache_dir
+    from ramp.files import cache_dir
     from ramp.kernels import get_format
     from ramp.measure.ladder import DEFAULT_LADDER
     from ramp.models.text import DEFAULT_TEXT
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=4, help="held-out windows, as the baselines JSON (default 4)")
     parser.add_argument("--work", default=str(cache_dir() / "transfer"), help="policies and measured files (resumable)")
     parser.add_argument("--ship", action="store_true", help="also train on all three families and install it as the default policy")
+    parser.add_argument("--own", action="append", choices=FAMILIES,
+                        help="held-out families that also get a policy trained on themselves (default all)")
     parser.add_argument("--families", action="append", choices=FAMILIES,
                         help="load only these (default all): rotations missing a training family skip the zero-shot rows "
                              "and write no docs, which lets the other rows be measured ahead into --work")
@@ -272,31 +277,37 @@ def main(argv: list[str] | None = None) -> int:
     families = {name: Family(name, ladder, clock, DEFAULT_TEXT, args.windows) for name in args.families or FAMILIES}
     complete = len(families) == len(FAMILIES)
     results = {"timesteps": args.timesteps, "seed": args.seed, "held_out": {}}
+    if args.ship and complete:  # first: the policy users get exists even if a rotation is cut short
+        shipped = train(list(families.values()), work / f"all-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed, ladder, clock)
+        shutil.copyfile(shipped, DEFAULT_POLICY)
+        results["shipped"] = {"path": str(DEFAULT_POLICY.relative_to(REPO)), "trained_on": list(families)}
     for name in [name for name in args.held_out or FAMILIES if name in families]:
         others = [family for other, family in families.items() if other != name]
         zero_shot = train(others, work / f"without-{name}-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed,
                           ladder, clock) if complete else None
-        own = train([families[name]], work / f"only-{name}-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed, ladder, clock)
+        own = train([families[name]], work / f"only-{name}-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed,
+                    ladder, clock) if name in (args.own or FAMILIES) else None
         rows = held_out_rows(families[name], zero_shot, own, work, clock)
         presets = [p for p in families[name].baselines["presets"] if not p["at_or_above_source"]]
         results["held_out"][name] = {"trained_on": [family.name for family in others], "rows": rows, "presets": presets,
                                      "worst_ratio": worst_ratios(rows, presets)}
+        if complete:  # after every rotation, so a cut-short run still documents what it measured
+            results["stages"] = list(clock.stages.values())
+            write_docs(results, argv)
     if not complete:
         print("measured ahead into the work folder; run again with every family for the zero-shot rows and the docs")
-        return 0
-    if args.ship:
-        shipped = train(list(families.values()), work / f"all-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed, ladder, clock)
-        shutil.copyfile(shipped, DEFAULT_POLICY)
-        results["shipped"] = str(DEFAULT_POLICY.relative_to(REPO))
-    results["stages"] = list(clock.stages.values())
+    return 0
+
+
+def write_docs(results: dict, argv: list[str] | None) -> None:
+    from ramp.files import atomic_output
+
     docs = REPO / "docs"
     with atomic_output(docs / "transfer.json", "w") as handle:
         handle.write(json.dumps(results, indent=1) + "\n")
     plot(results, docs / "transfer.png")
     command = "python benchmarks/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section(docs / "BENCHMARKS.md", HEADING, markdown(results, command.strip()))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
