@@ -298,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     results = sweep(args)
     model_name = args.model or "smollm2-135m"
     variant = "imatrix" if results["imatrix"] else "no-imatrix"
-    stem = f"baselines-{Path(model_name).stem}-{variant}"
+    # a short name from `ramp models` is the label as it is ("qwen2.5-coder-1.5b" has no suffix to strip)
+    label = model_name if not model_name.endswith(".gguf") else Path(model_name).stem
+    stem = f"baselines-{label}-{variant}"
     with atomic_output(out / f"{stem}.json", "w") as handle:
         handle.write(json.dumps(results, indent=1) + "\n")
     png = out / f"{stem}.png"
-    title = f"{Path(model_name).stem}: ramp vs llama.cpp presets, {'with' if results['imatrix'] else 'without'} imatrix, {args.text}"
+    title = f"{label}: ramp vs llama.cpp presets, {'with' if results['imatrix'] else 'without'} imatrix, {args.text}"
     plot(results, png, title)
-    heading = f"## Baselines: {Path(model_name).stem}, {'imatrix' if results['imatrix'] else 'no imatrix'}"
+    heading = f"## Baselines: {label}, {'imatrix' if results['imatrix'] else 'no imatrix'}"
     command = "python benchmarks/baselines.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section(out / "BENCHMARKS.md", heading, markdown(results, png, command.strip(), heading, args.goal))
     return 0

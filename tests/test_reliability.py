@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from ramp.allocate.allocation import Allocation
+from ramp.allocate.budget import Budget
 from ramp.cache_entries import remove_entry, seal_path
 from ramp.cli import main
 from ramp.errors import RampError
@@ -270,6 +271,21 @@ def test_a_policy_trained_on_a_table_allocates_without_formats(tiny_reference, t
     assert main(["allocate", "--model", str(tiny_reference), "--method", "policy", "--policy", str(policy),
                  "--budget", "5.5bpw", "--out", str(out)]) == 0
     assert Allocation.load(out).extra["ladder"] == measured  # the policy's own ladder, Q5_0 left out
+
+
+def test_the_shipped_policy_allocates_for_a_model_it_never_saw(tiny_reference, tmp_path):
+    """`ramp allocate --method policy` without --policy: the policy in the package, trained on the three real
+    families, allocates for the tiny llama within budget from its profile and its own Fisher estimate."""
+    from ramp.agent.policy import DEFAULT_POLICY
+    from ramp.agent.sac import read_policy_record
+
+    record = read_policy_record(DEFAULT_POLICY)
+    assert record.estimate == "fisher" and len(record.models) == 3
+    out = tmp_path / "allocation.json"
+    assert main(["allocate", "--model", str(tiny_reference), "--method", "policy", "--budget", "5.5bpw", "--out", str(out)]) == 0
+    allocation = Allocation.load(out)
+    model = load_model(tiny_reference)
+    assert allocation.extra["policy"] == str(DEFAULT_POLICY) and allocation.data_bytes(model) <= Budget.parse("5.5bpw").bytes_for(model)
 
 
 # --- 7. file-system failures: before the work where they can be seen, one line where they cannot -----------
