@@ -144,17 +144,12 @@ def predict_file_size(model: Model, formats: Mapping[str, str]) -> int:
     return size + sum(_pad(plan.n_bytes, alignment) for plan in plans)
 
 
-def encode_tensor(weights: np.ndarray, fmt: Format, importance: np.ndarray | None = None, name: str | None = None) -> np.ndarray:
-    """A tensor's bytes as llama.cpp stores them in `fmt` (already resolved for its row length), quantized
-    with the per-column `importance` when given, as llama-quantize --imatrix does. `name` labels errors."""
+def encode_reference(weights: np.ndarray, fmt: Format) -> np.ndarray:
+    """A tensor's bytes as llama.cpp stores them in an unquantized `fmt` (F32 or F16)."""
     if fmt.name == "F32":
         return np.ascontiguousarray(weights, dtype=np.float32)
-    if fmt.name == "F16":
-        # numpy rounds to nearest even, as ggml_fp32_to_fp16 does
-        return np.ascontiguousarray(weights, dtype=np.float16)
-    from ramp.kernels import quantize
-
-    return np.asarray(quantize(weights, fmt.name, importance, backend="ggml", name=name), dtype=np.uint8)
+    # numpy rounds to nearest even, as ggml_fp32_to_fp16 does
+    return np.ascontiguousarray(weights, dtype=np.float16)
 
 
 def _check_f16_range(model: Model, plans: list[TensorPlan]) -> None:
@@ -174,6 +169,8 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
     where given); return the file's byte count."""
     from tqdm import tqdm
 
+    from ramp.kernels import DequantCache
+
     plans = plan_tensors(model, formats)
     _check_f16_range(model, plans)
     metadata = file_metadata(model, plans)
@@ -189,10 +186,14 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        # quantized bytes come from the same disk cache the measurement filled (identical libggml calls)
+        quantized = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
         bar = tqdm(plans, desc=f"writing {Path(path).name}", unit="tensor", disable=not progress, leave=False)
         for plan in bar:
-            weights = (importance or {}).get(plan.name) if plan.fmt.name not in REFERENCE_TYPES else None
-            writer.write_tensor_data(encode_tensor(model.tensors[plan.name], plan.fmt, weights, plan.name))
+            if plan.fmt.name in REFERENCE_TYPES:
+                writer.write_tensor_data(encode_reference(model.tensors[plan.name], plan.fmt))
+            else:
+                writer.write_tensor_data(quantized.packed(plan.name, plan.fmt.name))
         writer.close()
         return os.path.getsize(tmp)
 

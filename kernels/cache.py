@@ -71,18 +71,27 @@ class DequantCache:
         self._remember(key, result)
         return result
 
-    def _dequantized(self, tensor_name: str, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
+    def packed(self, tensor_name: str, fmt: str) -> np.ndarray:
+        """llama.cpp's packed bytes of the tensor as `fmt` writes it (after the row-length fallback): from the
+        disk cache when an earlier quantization left them there, else quantized now and kept. The export
+        writes these very bytes, so a file never costs a second quantization of what was measured."""
+        spec = self.model.spec(tensor_name)
+        resolved = resolve_format(fmt, spec.row_length).name
         importance = self.importance.get(tensor_name)
-        path = self._disk_path(tensor_name, fmt, importance)
+        path = self._disk_path(tensor_name, resolved, importance)
         # unsealed entries (written before seals) are kept when their size is right
-        if path is not None and trusted_entry(path, lambda entry: entry.stat().st_size == tensor_bytes(shape, fmt)):
+        if path is not None and trusted_entry(path, lambda entry: entry.stat().st_size == tensor_bytes(spec.shape, resolved)):
             self.disk_hits += 1
-            return dequantize(np.fromfile(path, dtype=np.uint8), fmt, shape, self.backend)
+            return np.fromfile(path, dtype=np.uint8)
         self.misses += 1
-        packed = quantize(self.model.tensors[tensor_name], fmt, importance, self.backend, name=tensor_name)
+        packed = np.asarray(quantize(self.model.tensors[tensor_name], resolved, importance, self.backend, name=tensor_name),
+                            dtype=np.uint8)
         if path is not None:
-            write_cache_entry(path, lambda tmp: np.asarray(packed, dtype=np.uint8).tofile(tmp))
-        return dequantize(packed, fmt, shape, self.backend)
+            write_cache_entry(path, packed.tofile)
+        return packed
+
+    def _dequantized(self, tensor_name: str, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
+        return dequantize(self.packed(tensor_name, fmt), fmt, shape, self.backend)
 
     def _disk_path(self, tensor_name: str, fmt: str, importance: np.ndarray | None) -> Path | None:
         if self.disk_root is None:
