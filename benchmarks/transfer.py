@@ -129,7 +129,7 @@ def measured(family: Family, allocation, work: Path, clock: StageClock) -> dict:
 
 def held_out_rows(family: Family, zero_shot: Path | None, own: Path | None, work: Path, clock: StageClock) -> list[dict]:
     """Every row of the held-out model's table (a policy given as None: without its rows)."""
-    from ramp.agent.policy import TrainedPolicy
+    from ramp.agent.policy import allocate_with_policy
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
     from ramp.errors import RampError
@@ -138,9 +138,8 @@ def held_out_rows(family: Family, zero_shot: Path | None, own: Path | None, work
     reuse = {("ILP (estimate)" if family.baselines["sensitivity_measure"] == MEASURES["fisher"] else "ILP (measured)", r["budget"]): r
              for r in family.baselines["rows"] if r["method"] == "ilp"}
     reuse.update({("uniform", r["budget"]): r for r in family.baselines["rows"] if r["method"] == "uniform"})
-    methods = {"policy (zero-shot)": ("policy", TrainedPolicy(zero_shot, imatrix=family.imatrix) if zero_shot else None, None),
-               "ILP (measured)": ("ilp", None, family.measured), "ILP (estimate)": ("ilp", None, family.estimate),
-               "policy (own)": ("policy", TrainedPolicy(own, imatrix=family.imatrix) if own else None, None),
+    methods = {"policy (zero-shot)": ("policy", zero_shot, None), "ILP (measured)": ("ilp", None, family.measured),
+               "ILP (estimate)": ("ilp", None, family.estimate), "policy (own)": ("policy", own, None),
                "uniform": ("uniform", None, None)}
     rows = []
     for label, budget in family.budgets():
@@ -153,8 +152,12 @@ def held_out_rows(family: Family, zero_shot: Path | None, own: Path | None, work
                 continue
             try:
                 with clock(f"allocate ({method})"):
-                    allocation = allocate(family.model, method, Budget.parse(budget), table or family.estimate, policy=policy,
-                                          ladder=None if policy else tuple(family.estimate.formats))
+                    if policy is not None:  # the profile and estimate the family already holds: no second pass
+                        allocation = allocate_with_policy(family.model, policy, Budget.parse(budget), embedding=family.context.embedding,
+                                                          estimate=family.estimate, imatrix=family.imatrix)
+                    else:
+                        allocation = allocate(family.model, method, Budget.parse(budget), table or family.estimate,
+                                              ladder=tuple(family.estimate.formats))
             except RampError as exc:
                 print(f"{family.name} {name} at {label}: {exc}", file=sys.stderr)
                 continue
