@@ -95,7 +95,9 @@ def train(families: list[Family], out: Path, timesteps: int, seed: int, ladder: 
     from ramp.agent import sac as agent
     from ramp.envs.bit_allocation import BitAllocationEnv
 
-    if out.is_file() and agent.read_policy_record(out).timesteps >= timesteps:
+    # done when the last checkpoint reached the step count (the file itself may hold an earlier, selected step)
+    last = agent.latest_checkpoint(agent.default_checkpoint_dir(out))
+    if out.is_file() and last is not None and agent.read_policy_record(last).timesteps >= timesteps:
         return out
     env = BitAllocationEnv([family.context for family in families], [family.budget_range for family in families], ladder)
     config = agent.SACConfig()
