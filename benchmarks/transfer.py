@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -93,17 +94,24 @@ class Family:
 def train(families: list[Family], out: Path, timesteps: int, seed: int, ladder: tuple[str, ...], clock: StageClock) -> Path:
     """A policy trained on `families` (kept: a rerun reuses it)."""
     from ramp.agent import sac as agent
-    from ramp.envs.bit_allocation import BitAllocationEnv
+    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, OBSERVATION_VERSION, BitAllocationEnv
 
-    # done when the last checkpoint reached the step count (the file itself may hold an earlier, selected step)
-    last = agent.latest_checkpoint(agent.default_checkpoint_dir(out))
-    if out.is_file() and last is not None and agent.read_policy_record(last).timesteps >= timesteps:
-        return out
+    # done when the last checkpoint reached the step count (the file itself may hold an earlier, selected step);
+    # one trained under another action mapping or observation layout is stale: trained again from nothing
+    checkpoints = agent.default_checkpoint_dir(out)
+    if (last := agent.latest_checkpoint(checkpoints)) is not None:
+        record = agent.read_policy_record(last)
+        if (record.action_mapping, record.observation_version) != (ACTION_MAPPING_VERSION, OBSERVATION_VERSION):
+            shutil.rmtree(checkpoints)
+            out.unlink(missing_ok=True)
+            last = None
+        elif out.is_file() and record.timesteps >= timesteps:
+            return out
     env = BitAllocationEnv([family.context for family in families], [family.budget_range for family in families], ladder)
     config = agent.SACConfig()
     record = agent.new_record(env, [family.model for family in families], config, seed, "fisher")
     with clock("train"):
-        agent.train(env, record, out, timesteps, config, checkpoint_every=3000, select_every=3000, progress_bar=True)
+        agent.train(env, record, out, timesteps, config, checkpoint_every=3000, select_every=3000, progress_bar=True, resume=last)
     return out
 
 
@@ -253,8 +261,6 @@ def worst_ratios(rows: list[dict], presets: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
-
     from ramp.agent.policy import DEFAULT_POLICY
     from ramp.files import cache_dir
     from ramp.kernels import get_format

@@ -51,8 +51,9 @@ STEP_FEATURES = (
     *(f"role_{role}" for role in ROLES),  # one-hot role (a group's largest member's)
 )
 # With an estimate: per ladder format, log10 of the step's estimated damage per weight over the model's
-# (how much more this step suffers than the model's average weight, at that format); then the action that
-# would give the step the estimate's own Lagrangian choice for the bytes left (`index_action`).
+# (how much more this step suffers than the model's average weight, at that format); then the estimate's own
+# Lagrangian choice for the bytes left, stated as the pace-centred action that would pick it (`index_action`):
+# where the action's zero sits against an even spend.
 ESTIMATE_SUGGESTION = "estimate_action"
 
 # Observation entries are clipped here so the space is bounded (check_env, and SAC's scaling).
@@ -273,39 +274,47 @@ def _relative_damage(estimate: SensitivityTable, specs: list[list], ladder: tupl
     return np.log10(np.maximum(damage / params[:, None], floor) / np.maximum(mean, floor))
 
 
-def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float) -> int:
-    """Map an action in [-1, 1] onto the step's ordered options, centred on the budget's pace.
+def _centre(option_bpw: Sequence[float], pace_bpw: float, anchor: int | None) -> float:
+    """Fractional option index an action of 0 lands on: the middle of option `anchor`'s interval, else the pace."""
+    if anchor is not None:
+        return min(anchor, len(option_bpw) - 1) + 0.5
+    return float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
 
-    -1 is the lowest option and +1 the highest; 0 is the largest option not above `pace_bpw`, the bits per
-    weight the remaining weights may average (rounding down, so pacing never overdraws; what it leaves
-    raises the pace of later steps). The mapping is monotone and piecewise linear in the fractional
-    option index, option k owning positions [k, k + 1); positive actions run up to top + 1, so the
-    highest option owns an interval of actions like every other (ending at top would grant it only at
-    exactly +1, which a tanh-squashed actor reaches only by saturating). Centring on the pace means an
-    untrained policy already spends the budget evenly, and learning only has to find which tensors
-    deserve more or less than their share: with a few dozen episodes, an absolute mapping spends them
-    learning to pace itself instead.
+
+def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float, anchor: int | None = None) -> int:
+    """Map an action in [-1, 1] onto the step's ordered options, centred on `anchor` or else the budget's pace.
+
+    -1 is the lowest option and +1 the highest. 0 is option `anchor` when one is given (the estimate's own
+    Lagrangian choice for the bytes left, so the action is a correction to the estimate ILP and an
+    untrained or unsure policy allocates like it); without one, 0 is the largest option not above
+    `pace_bpw`, the bits per weight the remaining weights may average (rounding down, so pacing never
+    overdraws; what it leaves raises the pace of later steps), so an untrained policy spends the budget
+    evenly. The mapping is monotone and piecewise linear in the fractional option index, option k owning
+    positions [k, k + 1); positive actions run up to top + 1, so the highest option owns an interval of
+    actions like every other (ending at top would grant it only at exactly +1, which a tanh-squashed actor
+    reaches only by saturating).
     """
     action = float(np.clip(action, -1.0, 1.0))
     top = len(option_bpw) - 1
-    pace = float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
-    position = pace + action * (pace if action < 0 else top + 1 - pace)
+    centre = _centre(option_bpw, pace_bpw, anchor)
+    position = centre + action * (centre if action < 0 else top + 1 - centre)
     return int(np.clip(np.floor(position + 1e-9), 0, top))
 
 
-def index_action(index: int, option_bpw: Sequence[float], pace_bpw: float) -> float:
+def index_action(index: int, option_bpw: Sequence[float], pace_bpw: float, anchor: int | None = None) -> float:
     """The action in [-1, 1] at the middle of the interval `action_index` maps onto option `index`: how the
-    observation states a suggested choice in the action's own terms."""
+    observation states the estimate's choice relative to the pace."""
     top = len(option_bpw) - 1
-    pace = float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
+    centre = _centre(option_bpw, pace_bpw, anchor)
     middle = min(index, top) + 0.5
-    span = pace if middle < pace else top + 1 - pace
-    return float(np.clip((middle - pace) / span, -1.0, 1.0)) if span > 0 else 0.0
+    span = centre if middle < centre else top + 1 - centre
+    return float(np.clip((middle - centre) / span, -1.0, 1.0)) if span > 0 else 0.0
 
 
 # Bumped whenever `action_index` changes what an action means: a policy trained under another mapping
-# would allocate differently from what it learned, so loading refuses it.
-ACTION_MAPPING_VERSION = 2
+# would allocate differently from what it learned, so loading refuses it. 3: with an estimate, 0 is the
+# estimate's choice (issue 12).
+ACTION_MAPPING_VERSION = 3
 
 
 class BitAllocationEnv(gym.Env):
@@ -314,7 +323,8 @@ class BitAllocationEnv(gym.Env):
     Observation: the step's embedding (per-model standardised; parameter-weighted mean over a group),
     `STEP_FEATURES`, with an estimate its per-format relative damage and suggested action, then
     `CONTEXT_FEATURES` (`feature_names`). Action: one number in [-1, 1] on the step's ordered choices, centred
-    on the budget's pace (`action_index`); a request that would leave later steps less than their
+    on the estimate's Lagrangian choice when the contexts carry an estimate, else on the budget's pace
+    (`action_index`); a request that would leave later steps less than their
     minimum is lowered to the largest choice that does not.
 
     `budget_bpw` is a (low, high) range in bits per quantizable weight, or one range per context; each
@@ -372,6 +382,7 @@ class BitAllocationEnv(gym.Env):
         self._best_left = 0.0  # best_damage of the steps still to place, within the bytes still left
         self._best_at_start = 0.0
         self._budget_bpw = self.budget_ranges[0][0]
+        self._anchor: int | None = None  # the estimate's choice for the current step, where action 0 lands
         self._begin_episode()
 
     def feature_names(self) -> list[str]:
@@ -421,9 +432,10 @@ class BitAllocationEnv(gym.Env):
         low_bpw, high_bpw = 8.0 * choices[0].nbytes / step_params, 8.0 * choices[-1].nbytes / step_params
         position = 0.0 if high_bpw == low_bpw else (bpw_left - low_bpw) / (high_bpw - low_bpw)
         suggestion = []
+        self._anchor = None
         if self.reads_estimate:
-            pick = plan.estimate_choice(step, self._budget - self._spent)
-            suggestion = [index_action(pick, [8.0 * choice.nbytes / step_params for choice in choices], bpw_left)]
+            self._anchor = plan.estimate_choice(step, self._budget - self._spent)
+            suggestion = [index_action(self._anchor, [8.0 * choice.nbytes / step_params for choice in choices], bpw_left)]
         context = np.array(
             [
                 self._spent / self._budget,
@@ -448,7 +460,7 @@ class BitAllocationEnv(gym.Env):
         choices = plan.items[self._step].choices
         step_params = int(plan.params[self._step])
         pace_bpw = 8.0 * (self._budget - self._spent) / (plan.n_params - self._params_done)
-        requested = action_index(value, [8.0 * choice.nbytes / step_params for choice in choices], pace_bpw)
+        requested = action_index(value, [8.0 * choice.nbytes / step_params for choice in choices], pace_bpw, self._anchor)
         allowed = self._budget - self._spent - int(plan.min_after[self._step + 1])
         # Largest choice at or below the request that leaves every later step its minimum; choice 0
         # always fits because reset checked the whole minimum against the budget.

@@ -200,20 +200,27 @@ def test_every_option_owns_an_interval_of_actions() -> None:
 # --- what a policy reads to transfer: the step's share and role, the estimate, the estimate's suggestion ---
 
 
-@given(st.lists(st.floats(1.0, 9.0), min_size=2, max_size=8, unique=True), st.floats(0.5, 10.0))
+@given(st.lists(st.floats(1.0, 9.0), min_size=2, max_size=8, unique=True), st.floats(0.5, 10.0), st.integers(0, 7))
 @settings(max_examples=80, deadline=None)
-def test_index_action_is_the_middle_of_the_options_action_interval(bpws, pace):
+def test_index_action_is_the_middle_of_the_options_action_interval(bpws, pace, anchor):
     from ramp.envs.bit_allocation import action_index, index_action
 
     options = sorted(bpws)
+    anchor = min(anchor, len(options) - 1)
     for index in range(len(options)):
         assert action_index(index_action(index, options, pace), options, pace) == index
+        assert action_index(index_action(index, options, pace, anchor), options, pace, anchor) == index
+    # anchored, 0 is the anchor and the ends still reach every option, monotonically
+    grid = np.linspace(-1, 1, 401)
+    picks = [action_index(a, options, pace, anchor) for a in grid]
+    assert action_index(0.0, options, pace, anchor) == anchor
+    assert picks == sorted(picks) and picks[0] == 0 and picks[-1] == len(options) - 1
 
 
-def test_the_estimate_is_read_relative_to_the_model_and_its_suggestion_allocates_like_the_ilp(model: Model) -> None:
+def test_the_estimate_is_read_relative_to_the_model_and_action_zero_allocates_like_its_ilp(model: Model) -> None:
     from ramp.allocate import allocate, predicted_damage
     from ramp.allocate.budget import Budget
-    from ramp.envs.bit_allocation import CONTEXT_FEATURES, STEP_FEATURES
+    from ramp.envs.bit_allocation import CONTEXT_FEATURES, STEP_FEATURES, action_index
 
     estimate = damage_table(model, seed=1)
     env = BitAllocationEnv([tiny_context(model, estimate=estimate)], (4.6, 4.6), DEFAULT_LADDER)
@@ -228,15 +235,21 @@ def test_the_estimate_is_read_relative_to_the_model_and_its_suggestion_allocates
     expected = np.log10(estimate.damage[0, estimate.formats.index("Q4_K")] / first.n_params / per_weight)
     assert observation[names.index("estimate_Q4_K")] == pytest.approx(expected, rel=1e-5)
 
-    # following the suggestion at every step re-solves the estimate's Lagrangian for the bytes left: the
+    # the suggestion states the estimate's choice against the pace: the pace-centred action that picks it
+    choices = env._plans[0].items[0].choices
+    options = [8.0 * choice.nbytes / first.n_params for choice in choices]
+    pace = 8.0 * env._budget / model.n_quantizable_params
+    assert action_index(observation[names.index("estimate_action")], options, pace) == env._anchor
+
+    # action 0 is the estimate's choice, re-solved for the bytes left at every step: an untrained policy's
     # allocation comes out as good as the exact ILP over the estimate, within one tensor's step near the budget
     while True:
-        observation, _, terminated, _, info = env.step(np.array([observation[names.index("estimate_action")]]))
+        observation, _, terminated, _, info = env.step(np.array([0.0]))
         if terminated:
             break
     ilp = allocate(model, "ilp", Budget.parse(f"{info['budget_bytes']}B"), estimate, ladder=DEFAULT_LADDER)
     followed, best = predicted_damage(model, info["formats"], estimate), ilp.extra["predicted_damage"]
-    print("suggestion", followed, "ilp", best)
+    print("action zero", followed, "ilp", best)
     assert info["bytes"] <= info["budget_bytes"] and followed <= 1.05 * best
 
 
