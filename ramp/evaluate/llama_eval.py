@@ -228,15 +228,15 @@ def gguf_signature(path: str | os.PathLike) -> dict[str, object]:
 
     reader = read_gguf(path)
     fields = reader.fields
-    tokens = fields.get("tokenizer.ggml.tokens")
+    tokens = fields["tokenizer.ggml.tokens"].value if "tokenizer.ggml.tokens" in fields else []
     vocabulary = hashlib.sha256()
-    for index in tokens.data if tokens is not None else ():
-        vocabulary.update(bytes(tokens.parts[index]) + b"\0")
-    text = lambda key: str(fields[key].contents()) if key in fields else None  # noqa: E731
+    for token in tokens:
+        vocabulary.update(token.encode("utf-8") + b"\0")
+    text = lambda key: str(fields[key].value) if key in fields else None  # noqa: E731
     return {
         "architecture": text("general.architecture"),
         "tensors": {tensor.name: tuple(int(d) for d in tensor.shape) for tensor in reader.tensors},
-        "vocabulary": (len(tokens.data) if tokens is not None else 0, vocabulary.hexdigest()),
+        "vocabulary": (len(tokens), vocabulary.hexdigest()),
         "origin": text(ORIGIN_KEY),
     }
 

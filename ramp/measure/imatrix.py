@@ -100,7 +100,7 @@ class ImportanceMatrix:
 
         reader = read_gguf(path)
         kind = reader.fields.get("general.type")
-        if kind is None or kind.contents() != "imatrix":
+        if kind is None or kind.value != "imatrix":
             raise RampError(f"{path} is not an importance matrix (general.type is not `imatrix`); make one with `ramp imatrix`")
         tensors = {tensor.name: np.asarray(tensor.data, dtype=np.float32) for tensor in reader.tensors}
         sums, counts = {}, {}
@@ -119,7 +119,7 @@ class ImportanceMatrix:
 
         def field_value(key: str, default):
             entry = reader.fields.get(key)
-            return default if entry is None else entry.contents()
+            return default if entry is None else entry.value
 
         return cls(sums, counts, int(field_value("imatrix.chunk_count", 0)), int(field_value("imatrix.chunk_size", 0)),
                    list(field_value("imatrix.datasets", [])))
