@@ -1,0 +1,81 @@
+"""Kill `ramp run --out-dir JOB` with SIGKILL inside its sensitivity sweep and again inside its evaluation, resume
+it with the same command, and compare its results.json with a run never interrupted (issue 13's check on a real
+model; tests/test_job.py makes the same check on the tiny model).
+
+    python benchmarks/resume.py                           # SmolLM2-135M, ramp run's defaults
+    python benchmarks/resume.py --model gemma3-270m --sweep-seconds 120
+
+The interrupted job gets an empty cache, so its sweep really measures when it is killed; the uninterrupted one
+runs in the user's cache (made there by earlier runs or now). Prints each phase's wall time and exits 1 when the
+results differ.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def ramp_run(folder: Path, model: str, cache: Path | None, kill_at: str | None = None, after: float = 0.0) -> int:
+    """`ramp run` into `folder`; with `kill_at`, SIGKILL it `after` seconds past the first line starting with it.
+    Returns the exit status (-9 when killed)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"RAMP_CACHE": str(cache)} if cache else {})}
+    process = subprocess.Popen([sys.executable, "-m", "ramp.cli", "run", "--model", model, "--out-dir", str(folder)],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    started = time.monotonic()
+    try:
+        for line in process.stdout:
+            print(f"  {time.monotonic() - started:6.0f} s | {line.rstrip()}", flush=True)
+            if kill_at and line.startswith(kill_at):
+                time.sleep(after)
+                if process.poll() is not None:
+                    raise SystemExit(f"ramp run ended within {after:g} s of {kill_at!r}: give a shorter wait")
+                process.send_signal(signal.SIGKILL)
+                print(f"  {time.monotonic() - started:6.0f} s | killed (SIGKILL) {after:g} s into {kill_at!r}", flush=True)
+                break
+    finally:
+        process.wait()
+        process.stdout.close()
+    return process.returncode
+
+
+def results(folder: Path) -> list[dict]:
+    """results.json without where each file lies (the two jobs differ in folder and cache)."""
+    return [{key: value for key, value in row.items() if key != "path"} for row in json.loads((folder / "results.json").read_text())]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--sweep-seconds", type=float, default=60.0, help="how long into the sweep the first kill comes")
+    parser.add_argument("--eval-seconds", type=float, default=5.0, help="how long into the evaluation the second kill comes")
+    parser.add_argument("--work", default=None, help="folder for both jobs and the empty cache (default: a temporary one)")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="ramp-resume-"))
+    interrupted, uninterrupted, cache = work / "interrupted", work / "uninterrupted", work / "cache"
+    phases = [("killed in the sweep", interrupted, cache, "[4/7] sensitivity", args.sweep_seconds),
+              ("killed in the evaluation", interrupted, cache, "[7/7] results", args.eval_seconds),
+              ("resumed to the end", interrupted, cache, None, 0.0),
+              ("never interrupted (user's cache)", uninterrupted, None, None, 0.0)]
+    for label, folder, phase_cache, kill_at, after in phases:
+        print(f"{label}:", flush=True)
+        started = time.monotonic()
+        code = ramp_run(folder, args.model, phase_cache, kill_at, after)
+        print(f"{label}: exit {code}, {time.monotonic() - started:.0f} s", flush=True)
+        if code != (-signal.SIGKILL if kill_at else 0):
+            return 1
+    same = results(interrupted) == results(uninterrupted)
+    print(json.dumps(results(interrupted), indent=1))
+    print("results.json: " + ("identical to the uninterrupted run" if same else "DIFFERENT from the uninterrupted run"))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
