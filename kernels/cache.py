@@ -63,13 +63,18 @@ class DequantCache:
             self._memory.move_to_end(key)
             self.hits += 1
             return cached
-        weights = self.model.tensors[tensor_name]
-        if resolved == "F32":
-            result = torch.from_numpy(weights).to(self.device)
-        else:
-            result = torch.from_numpy(self._dequantized(tensor_name, resolved, spec.shape)).to(self.device)
+        result = torch.from_numpy(self.written(tensor_name, resolved)).to(self.device)
         self._remember(key, result)
         return result
+
+    def written(self, tensor_name: str, fmt: str) -> np.ndarray:
+        """The float32 weights as `fmt` writes them, through the disk cache only (not the memory one): safe to
+        call from several threads at once, for different tensors or formats."""
+        spec = self.model.spec(tensor_name)
+        resolved = resolve_format(fmt, spec.row_length).name
+        if resolved == "F32":
+            return self.model.tensors[tensor_name]
+        return dequantize(self.packed(tensor_name, resolved), resolved, spec.shape, self.backend)
 
     def packed(self, tensor_name: str, fmt: str) -> np.ndarray:
         """llama.cpp's packed bytes of the tensor as `fmt` writes it (after the row-length fallback): from the
@@ -89,9 +94,6 @@ class DequantCache:
         if path is not None:
             write_cache_entry(path, packed.tofile)
         return packed
-
-    def _dequantized(self, tensor_name: str, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
-        return dequantize(self.packed(tensor_name, fmt), fmt, shape, self.backend)
 
     def _disk_path(self, tensor_name: str, fmt: str, importance: np.ndarray | None) -> Path | None:
         if self.disk_root is None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -91,42 +91,55 @@ def row_weighted_squares(error: np.ndarray, weight: np.ndarray | None = None) ->
     return result
 
 
-def quantization_errors(
-    model: Model, formats: list[str], imatrix: "ImportanceMatrix | None", backend: str = "ggml", progress: bool = True,
-) -> Iterator[tuple[int, TensorSpec, str, np.ndarray]]:
-    """(row, spec, written format, Q(w) - w) for every quantizable tensor and every format llama.cpp writes for
-    one of `formats` (ladder formats that fall back alike come once), quantized with the tensor's
-    importance-matrix entry as llama-quantize --imatrix does. One error array lives at a time."""
-    from tqdm import tqdm
-
-    from ramp.kernels import DequantCache, resolve_format
-
-    importance = imatrix.importances(model) if imatrix is not None else None
-    # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them
-    weights = DequantCache(model, backend=backend, importance=importance, max_memory_bytes=0)
-    for row, spec in enumerate(tqdm(model.quantizable, desc="quantization error", unit="tensor", disable=not progress, leave=False)):
-        original = model.tensors[spec.name]
-        for real in dict.fromkeys(resolve_format(fmt, spec.row_length).name for fmt in formats):
-            yield row, spec, real, weights.get(spec.name, real).cpu().numpy() - original
-
-
 def error_table(
     model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None",
     damage_of: Callable[[TensorSpec, np.ndarray], float], measure: str, calibration_sha256: str = "",
     extra: dict | None = None, progress: bool = True,
 ) -> SensitivityTable:
-    """The table with damage[tensor, format] = damage_of(spec, Q(w) - w) for the format llama.cpp writes."""
-    from ramp.kernels import get_format, resolve_format  # ramp.kernels loads torch: not at CLI start
+    """The table with damage[tensor, format] = damage_of(spec, Q(w) - w), Q(w) being llama.cpp's quantization of
+    the tensor in the format it really writes (ladder formats that fall back alike are quantized once) with the
+    tensor's importance-matrix entry, as llama-quantize --imatrix does. Tensors and formats run on every core:
+    the subtraction and `damage_of` are single-threaded numpy, the quantization itself already spreads its rows;
+    `damage_of` must therefore be safe to call from several threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from ramp.kernels import DequantCache, get_format, resolve_format  # ramp.kernels loads torch: not at CLI start
 
     formats = [get_format(name).name for name in formats]
+    importance = imatrix.importances(model) if imatrix is not None else None
+    # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them
+    weights = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
+    tasks = [(row, spec, real) for row, spec in enumerate(model.quantizable)
+             for real in dict.fromkeys(resolve_format(fmt, spec.row_length).name for fmt in formats)]
+
+    def damage_for(task: tuple[int, TensorSpec, str]) -> float:
+        _, spec, real = task
+        original = model.tensors[spec.name]
+        quantized = weights.written(spec.name, real)
+        # in place where the dequantization is a fresh array: one float32 copy of the tensor per worker
+        error = np.subtract(quantized, original, out=quantized if quantized is not original else None)
+        return damage_of(spec, error)
+
     damage = np.zeros((len(model.quantizable), len(formats)))
-    for row, spec, real, error in quantization_errors(model, formats, imatrix, progress=progress):
-        value = damage_of(spec, error)
-        for column, fmt in enumerate(formats):
-            if resolve_format(fmt, spec.row_length).name == real:
-                damage[row, column] = value
+    # pool.map keeps the order and holds one error array per worker, where one thread held the dequantized
+    # tensor and its error: two workers peak at what one did
+    with ThreadPoolExecutor(max_workers=min(2, _cores())) as pool, \
+            tqdm(total=len(tasks), desc="quantization error", unit="tensor-format", disable=not progress, leave=False) as bar:
+        for (row, spec, real), value in zip(tasks, pool.map(damage_for, tasks)):
+            for column, fmt in enumerate(formats):
+                if resolve_format(fmt, spec.row_length).name == real:
+                    damage[row, column] = value
+            bar.update()
     return SensitivityTable([spec.name for spec in model.quantizable], formats, damage, measure, model.sha256,
                             calibration_sha256, {"imatrix": imatrix.content_sha256() if imatrix else None, **(extra or {})})
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def weight_error_table(model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None" = None,
