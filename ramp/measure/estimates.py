@@ -124,8 +124,8 @@ def error_table(
 
     damage = np.zeros((len(model.quantizable), len(formats)))
     # pool.map keeps the order and holds one error array per worker, where one thread held the dequantized
-    # tensor and its error: two workers peak at what one did
-    with ThreadPoolExecutor(max_workers=min(2, _cores())) as pool, \
+    # tensor and its error: two workers peak at what one did (more would add memory, not cores, on two)
+    with ThreadPoolExecutor(max_workers=2) as pool, \
             tqdm(total=len(tasks), desc="quantization error", unit="tensor-format", disable=not progress, leave=False) as bar:
         for (row, spec, real), value in zip(tasks, pool.map(damage_for, tasks)):
             for column, fmt in enumerate(formats):
@@ -134,12 +134,6 @@ def error_table(
             bar.update()
     return SensitivityTable([spec.name for spec in model.quantizable], formats, damage, measure, model.sha256,
                             calibration_sha256, {"imatrix": imatrix.content_sha256() if imatrix else None, **(extra or {})})
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def weight_error_table(model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None" = None,
