@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from dataclasses import asdict
 import json
 import shutil
 import sys
@@ -94,14 +95,15 @@ class Family:
 def train(families: list[Family], out: Path, timesteps: int, seed: int, ladder: tuple[str, ...], clock: StageClock) -> Path:
     """A policy trained on `families` (kept: a rerun reuses it)."""
     from ramp.agent import sac as agent
-    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, OBSERVATION_VERSION, BitAllocationEnv
+    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, OBSERVATION_VERSION, BitAllocationEnv, RewardConfig
 
     # done when the last checkpoint reached the step count (the file itself may hold an earlier, selected step);
-    # one trained under another action mapping or observation layout is stale: trained again from nothing
+    # one trained under another action mapping, observation layout or reward is stale: trained again from nothing
     checkpoints = agent.default_checkpoint_dir(out)
     if (last := agent.latest_checkpoint(checkpoints)) is not None:
         record = agent.read_policy_record(last)
-        if (record.action_mapping, record.observation_version) != (ACTION_MAPPING_VERSION, OBSERVATION_VERSION):
+        if (record.action_mapping, record.observation_version, record.reward) != (
+                ACTION_MAPPING_VERSION, OBSERVATION_VERSION, asdict(RewardConfig())):
             shutil.rmtree(checkpoints)
             out.unlink(missing_ok=True)
             last = None

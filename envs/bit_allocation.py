@@ -82,6 +82,7 @@ class RewardConfig:
                     r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
                           - shaping_weight * regret_t / kld_scale                   (regret_scale = 0)
                           - shaping_weight * log(1 + max(regret_t, 0) / regret_scale)  (regret_scale > 0)
+                          - deviation_weight * |requested option - estimate's option|   (with an estimate)
         last step:  r_T += - quality_weight * log(1 + kld / kld_scale)                         (quality)
                            - under_weight * (B - used) / B                                     (unused budget)
 
@@ -97,7 +98,12 @@ class RewardConfig:
     its choices, and it lets a critic resolve regrets of 1e-3 nats next to the -20 of starving the rest:
     with gamma 0 (each step judged by its own regret, which already prices the future) it is what trains
     best (docs/BENCHMARKS.md, Agent). Shaping is zero without a table; the quality term is zero when no
-    evaluator is attached (deterministic allocation rollouts).
+    evaluator is attached (deterministic allocation rollouts). The deviation cost makes the estimate's choice
+    the default a correction must earn: a table's preference for another option has to be worth more than
+    `deviation_weight` per option of distance (a regret of about 0.0006 nats at the defaults) before the
+    policy learns it. Smaller preferences are mostly the training family's own (single-tensor KLD noise,
+    its grid), and in a family never seen they cost more than they gain (docs/BENCHMARKS.md, leave one
+    family out).
     """
 
     quality_weight: float = 1.0
@@ -107,6 +113,7 @@ class RewardConfig:
     shaping_weight: float = 1.0
     lookahead_weight: float = 1.0
     regret_scale: float = 0.001  # nats; 0 = linear shaping. The defaults are the recipe that trained best
+    deviation_weight: float = 0.5  # per option between the request and the estimate's choice
 
     def quality(self, kld: float) -> float:
         return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
@@ -116,6 +123,9 @@ class RewardConfig:
 
     def unused(self, used: int, budget: int) -> float:
         return -self.under_weight * max(0, budget - used) / budget
+
+    def deviation(self, requested: int, anchor: int | None) -> float:
+        return 0.0 if anchor is None else -self.deviation_weight * abs(requested - anchor)
 
     def shaping(self, damage: float, best_after: float, best_before: float) -> float:
         regret = damage + self.lookahead_weight * (best_after - best_before)
@@ -470,7 +480,7 @@ class BitAllocationEnv(gym.Env):
         asked = choices[requested].nbytes
         self._overshoot += max(0, asked - allowed)
         best_after = plan.best_damage(self._step + 1, self._budget - self._spent - choices[granted].nbytes)
-        reward = config.cliff(asked, allowed, self._budget) + config.shaping(
+        reward = config.cliff(asked, allowed, self._budget) + config.deviation(requested, self._anchor) + config.shaping(
             plan.damage[self._step, granted], best_after, self._best_left)
         self._best_left = best_after
 

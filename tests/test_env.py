@@ -263,3 +263,15 @@ def test_contexts_carry_an_estimate_all_or_none_and_budgets_per_model(model: Mod
         assert env._budget_bpw == pytest.approx(bpw, abs=1e-3)
     with pytest.raises(RampError, match="2 budget ranges for 1 models"):
         BitAllocationEnv([tiny_context(model)], [(4.5, 4.5), (6.0, 6.0)], DEFAULT_LADDER)
+
+
+def test_departing_from_the_estimates_choice_costs_per_option(model: Model) -> None:
+    # no table: shaping is zero, so a step's reward is the deviation cost alone (a generous budget: no cliff)
+    env = BitAllocationEnv([tiny_context(model, estimate=damage_table(model, seed=1))], (7.0, 7.0), DEFAULT_LADDER)
+    env.reset()
+    anchor = env._anchor
+    assert anchor > 0
+    _, reward, _, _, info = env.step(np.array([-1.0]))  # the lowest option
+    assert info["requested"] == 0 and reward == pytest.approx(-env.reward_config.deviation_weight * anchor)
+    _, reward, _, _, info = env.step(np.array([0.0]))  # the estimate's own choice costs nothing
+    assert info["requested"] == info["granted"] and reward == 0.0
