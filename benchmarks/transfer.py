@@ -214,7 +214,9 @@ def markdown(results: dict, command: str) -> str:
              "Qwen2.5 has no measured table (its sweep would take hours): its training shapes with the Fisher estimate "
              "and its `ILP (measured)` rows are absent. The policy's action is a correction to the estimate: action 0 "
              "is the choice of the estimate's own Lagrangian allocation for the bytes left (action mapping "
-             f"{results.get('action_mapping', '?')}), so a policy that learned nothing allocates like `ILP (estimate)`.",
+             f"{results.get('action_mapping', '?')}), so a policy that learned nothing allocates like `ILP (estimate)`; "
+             f"training charges {results.get('deviation_weight', '?')} per option of departure from that choice "
+             "(`RewardConfig.deviation_weight`), so only corrections the training tables are sure of are learned.",
              "", "![leave one family out](transfer.png)", ""]
     for name, entry in results["held_out"].items():
         lines += [f"**Held out: {name}** (policy trained on {' + '.join(entry['trained_on'])})", "",
@@ -267,7 +269,7 @@ def worst_ratios(rows: list[dict], presets: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from ramp.agent.policy import DEFAULT_POLICY
-    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION
+    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, RewardConfig
     from ramp.files import cache_dir
     from ramp.kernels import get_format
     from ramp.measure.ladder import DEFAULT_LADDER
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     families = {name: Family(name, ladder, clock, DEFAULT_TEXT, args.windows) for name in args.families or FAMILIES}
     complete = len(families) == len(FAMILIES)
-    results = {"timesteps": args.timesteps, "seed": args.seed, "action_mapping": ACTION_MAPPING_VERSION, "held_out": {}}
+    results = {"timesteps": args.timesteps, "seed": args.seed, "action_mapping": ACTION_MAPPING_VERSION,
+               "deviation_weight": RewardConfig().deviation_weight, "held_out": {}}
     if args.ship and complete:  # first: the policy users get exists even if a rotation is cut short
         shipped = train(list(families.values()), work / f"all-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed, ladder, clock)
         shutil.copyfile(shipped, DEFAULT_POLICY)
