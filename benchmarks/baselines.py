@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     results = sweep(args)
     model_name = args.model or "smollm2-135m"
     variant = "imatrix" if results["imatrix"] else "no-imatrix"
-    # a short name from `ramp models` is the label as it is ("qwen2.5-coder-1.5b" has no suffix to strip)
-    label = model_name if not model_name.endswith(".gguf") else Path(model_name).stem
+    # the file or folder name without .gguf: a short name keeps its dots ("qwen2.5-coder-1.5b" has no suffix)
+    label = Path(model_name).name.removesuffix(".gguf")
     stem = f"baselines-{label}-{variant}"
     with atomic_output(out / f"{stem}.json", "w") as handle:
         handle.write(json.dumps(results, indent=1) + "\n")

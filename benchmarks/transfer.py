@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from dataclasses import asdict
 import json
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -136,8 +136,8 @@ def _parse_gguf(path: str | Path) -> GGUFFile:
         n_bytes = n_elements * type_size // block_size
         start = data_start + offset
         shape = tuple(reversed(dims))
-        if block_size == 1 and type_size in _PLAIN_DTYPES.get(tensor_type.name, {}):
-            dtype = np.dtype(_PLAIN_DTYPES[tensor_type.name][type_size])
+        if tensor_type.name in _PLAIN_DTYPES:
+            dtype = np.dtype(_PLAIN_DTYPES[tensor_type.name])
         else:  # packed blocks: rows of bytes, as gguf.quants.dequantize expects
             dtype, shape = np.dtype(np.uint8), gguf.quant_shape_to_byte_shape(shape, tensor_type)
         data = buffer[start:start + n_bytes]
@@ -148,8 +148,8 @@ def _parse_gguf(path: str | Path) -> GGUFFile:
 
 
 # Unpacked tensor types and their numpy dtypes (gguf-py reads BF16 as packed bytes, as does ramp).
-_PLAIN_DTYPES = {"F32": {4: np.float32}, "F16": {2: np.float16}, "F64": {8: np.float64}, "I8": {1: np.int8},
-                 "I16": {2: np.int16}, "I32": {4: np.int32}, "I64": {8: np.int64}}
+_PLAIN_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int8, "I16": np.int16,
+                 "I32": np.int32, "I64": np.int64}
 
 
 def read_gguf(path: str | Path) -> GGUFFile:
@@ -179,8 +179,7 @@ def load_gguf(path: str | Path) -> Model:
 
     path = Path(path)
     reader = read_gguf(path)
-    metadata: dict[str, MetadataValue] = {}
-    metadata.update(reader.fields)
+    metadata = dict(reader.fields)  # a copy: the parsed file is shared with later readers
     if "general.architecture" not in metadata:
         raise RampError(f"{path} has no general.architecture key; it is not a model GGUF (re-export it with llama.cpp)")
     arch = str(metadata["general.architecture"].value)
