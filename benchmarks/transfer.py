@@ -213,7 +213,7 @@ def markdown(results: dict, command: str) -> str:
              "made by llama-quantize with the same importance matrix; references are the dequantized source checkpoints. "
              "Qwen2.5 has no measured table (its sweep would take hours): its training shapes with the Fisher estimate "
              "and its `ILP (measured)` rows are absent. The policy's action is a correction to the estimate: action 0 "
-             "is the choice of the estimate's own Lagrangian allocation for the bytes left (action mapping "
+             "is the choice of the exact ILP over the estimate for the bytes left, solved again after any departure (action mapping "
              f"{results.get('action_mapping', '?')}), so a policy that learned nothing allocates like `ILP (estimate)`; "
              f"training charges {results.get('deviation_weight', '?')} per option of departure from that choice "
              "(`RewardConfig.deviation_weight`), so only corrections the training tables are sure of are learned.",

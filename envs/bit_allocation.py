@@ -11,7 +11,7 @@ A policy is to allocate for models it has never seen, so every number it reads i
 the same in any model: the embedding standardised within its model, the step's share of the model's
 weights and its role, the budget context, and, when the contexts carry a cheap damage estimate
 (`ramp.measure.estimates`), that estimate per format relative to the model's own average, and the format the
-estimate's Lagrangian allocation of the remaining bytes would give this step.
+exact ILP over the estimate gives this step for the bytes left.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from typing import Any, Callable, Protocol, Sequence
 import gymnasium as gym
 import numpy as np
 
-from ramp.allocate.problem import Item, tensor_damage
+from ramp.allocate import ilp
+from ramp.allocate.problem import Item, Problem, tensor_damage
 from ramp.errors import RampError
 from ramp.models.model import ROLES, Model
 from ramp.measure.sensitivity_table import SensitivityTable
@@ -52,7 +53,7 @@ STEP_FEATURES = (
 )
 # With an estimate: per ladder format, log10 of the step's estimated damage per weight over the model's
 # (how much more this step suffers than the model's average weight, at that format); then the estimate's own
-# Lagrangian choice for the bytes left, stated as the pace-centred action that would pick it (`index_action`):
+# ILP choice for the bytes left, stated as the pace-centred action that would pick it (`index_action`):
 # where the action's zero sits against an even spend.
 ESTIMATE_SUGGESTION = "estimate_action"
 
@@ -247,9 +248,14 @@ class _Plan:
         chosen = lagrangian_choices(damage, self.nbytes[start:], budget)
         return float(damage[np.arange(len(damage)), chosen].sum())
 
-    def estimate_choice(self, start: int, budget: int) -> int:
-        """The choice the estimate's Lagrangian allocation of `budget` bytes over steps start.. gives step `start`."""
-        return int(lagrangian_choices(self.estimate[start:], self.nbytes[start:], budget)[0])
+    def estimate_plan(self, start: int, budget: int, ladder: tuple[str, ...]) -> list[int]:
+        """The exact ILP over the estimate for steps start.. within `budget` bytes: one choice per step.
+
+        Exact, not the Lagrangian relaxation: re-solving the relaxation at every step compounds its rounding
+        near the budget, and where the estimate is flat it left a fifth of Gemma's Q4_K_S bytes unspent."""
+        items = self.items[start:]
+        damage = [self.estimate[start + i, : len(item.choices)] for i, item in enumerate(items)]
+        return ilp.solve(Problem(items, budget, ladder), damage)[0]
 
 
 def lagrangian_choices(damage: np.ndarray, nbytes: np.ndarray, budget: float) -> np.ndarray:
@@ -294,8 +300,8 @@ def _centre(option_bpw: Sequence[float], pace_bpw: float, anchor: int | None) ->
 def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float, anchor: int | None = None) -> int:
     """Map an action in [-1, 1] onto the step's ordered options, centred on `anchor` or else the budget's pace.
 
-    -1 is the lowest option and +1 the highest. 0 is option `anchor` when one is given (the estimate's own
-    Lagrangian choice for the bytes left, so the action is a correction to the estimate ILP and an
+    -1 is the lowest option and +1 the highest. 0 is option `anchor` when one is given (the exact ILP over
+    the estimate's choice for the bytes left, so the action is a correction to the estimate ILP and an
     untrained or unsure policy allocates like it); without one, 0 is the largest option not above
     `pace_bpw`, the bits per weight the remaining weights may average (rounding down, so pacing never
     overdraws; what it leaves raises the pace of later steps), so an untrained policy spends the budget
@@ -323,8 +329,8 @@ def index_action(index: int, option_bpw: Sequence[float], pace_bpw: float, ancho
 
 # Bumped whenever `action_index` changes what an action means: a policy trained under another mapping
 # would allocate differently from what it learned, so loading refuses it. 3: with an estimate, 0 is the
-# estimate's choice (issue 12).
-ACTION_MAPPING_VERSION = 3
+# estimate's choice (issue 12). 4: that choice is the exact ILP's, not the Lagrangian relaxation's.
+ACTION_MAPPING_VERSION = 4
 
 
 class BitAllocationEnv(gym.Env):
@@ -333,7 +339,7 @@ class BitAllocationEnv(gym.Env):
     Observation: the step's embedding (per-model standardised; parameter-weighted mean over a group),
     `STEP_FEATURES`, with an estimate its per-format relative damage and suggested action, then
     `CONTEXT_FEATURES` (`feature_names`). Action: one number in [-1, 1] on the step's ordered choices, centred
-    on the estimate's Lagrangian choice when the contexts carry an estimate, else on the budget's pace
+    on the choice of the exact ILP over the estimate when the contexts carry an estimate, else on the budget's pace
     (`action_index`); a request that would leave later steps less than their
     minimum is lowered to the largest choice that does not.
 
@@ -393,6 +399,10 @@ class BitAllocationEnv(gym.Env):
         self._best_at_start = 0.0
         self._budget_bpw = self.budget_ranges[0][0]
         self._anchor: int | None = None  # the estimate's choice for the current step, where action 0 lands
+        # the estimate ILP's choices from step `_plan_start` on, for the bytes left there; dropped when a step
+        # departs from it, and solved again at the next step (one milp per episode for a policy that follows)
+        self._estimate_plan: list[int] | None = None
+        self._plan_start = 0
         self._begin_episode()
 
     def feature_names(self) -> list[str]:
@@ -409,6 +419,7 @@ class BitAllocationEnv(gym.Env):
         self._previous_action = 0.0
         self._overshoot = 0
         self._picks: list[int] = []
+        self._estimate_plan = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -443,8 +454,13 @@ class BitAllocationEnv(gym.Env):
         position = 0.0 if high_bpw == low_bpw else (bpw_left - low_bpw) / (high_bpw - low_bpw)
         suggestion = []
         self._anchor = None
-        if self.reads_estimate:
-            self._anchor = plan.estimate_choice(step, self._budget - self._spent)
+        if self.reads_estimate and self._step == len(plan.items):
+            suggestion = [0.0]  # the episode's end: no step left to suggest for
+        elif self.reads_estimate:
+            if self._estimate_plan is None:
+                self._estimate_plan = plan.estimate_plan(step, self._budget - self._spent, self.ladder)
+                self._plan_start = step
+            self._anchor = self._estimate_plan[step - self._plan_start]
             suggestion = [index_action(self._anchor, [8.0 * choice.nbytes / step_params for choice in choices], bpw_left)]
         context = np.array(
             [
@@ -485,6 +501,8 @@ class BitAllocationEnv(gym.Env):
         self._best_left = best_after
 
         self._picks.append(granted)
+        if granted != self._anchor:
+            self._estimate_plan = None
         self._spent += choices[granted].nbytes
         self._params_done += int(plan.params[self._step])
         self._previous_action = value
