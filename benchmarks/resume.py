@@ -5,9 +5,10 @@ model; tests/test_job.py makes the same check on the tiny model).
     python benchmarks/resume.py                           # SmolLM2-135M, ramp run's defaults
     python benchmarks/resume.py --model gemma3-270m --sweep-seconds 120
 
-The interrupted job gets an empty cache, so its sweep really measures when it is killed; the uninterrupted one
-runs in the user's cache (made there by earlier runs or now). Prints each phase's wall time and exits 1 when the
-results differ.
+Each job gets its own empty cache, so the interrupted sweep really measures when it is killed and nothing either
+job computes comes from the other or from an earlier ramp (llama-quantize names the importance matrix by its
+content, so the two jobs' presets are the same bytes). Prints each phase's wall time and exits 1 when the results
+differ.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ import time
 from pathlib import Path
 
 
-def ramp_run(folder: Path, model: str, cache: Path | None, kill_at: str | None = None, after: float = 0.0) -> int:
+def ramp_run(folder: Path, model: str, cache: Path, kill_at: str | None = None, after: float = 0.0) -> int:
     """`ramp run` into `folder`; with `kill_at`, SIGKILL it `after` seconds past the first line starting with it.
     Returns the exit status (-9 when killed)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"RAMP_CACHE": str(cache)} if cache else {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAMP_CACHE": str(cache)}
     process = subprocess.Popen([sys.executable, "-m", "ramp.cli", "run", "--model", model, "--out-dir", str(folder)],
                                stdout=subprocess.PIPE, text=True, env=env)
     started = time.monotonic()
@@ -55,15 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sweep-seconds", type=float, default=60.0, help="how long into the sweep the first kill comes")
     parser.add_argument("--eval-seconds", type=float, default=5.0, help="how long into the evaluation the second kill comes")
-    parser.add_argument("--work", default=None, help="folder for both jobs and the empty cache (default: a temporary one)")
+    parser.add_argument("--work", default=None, help="folder for both jobs and their caches (default: a temporary one)")
     args = parser.parse_args(argv)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ramp-resume-"))
-    interrupted, uninterrupted, cache = work / "interrupted", work / "uninterrupted", work / "cache"
+    interrupted, uninterrupted = work / "interrupted", work / "uninterrupted"
+    cache, own_cache = work / "cache-interrupted", work / "cache-uninterrupted"
     phases = [("killed in the sweep", interrupted, cache, "[4/7] sensitivity", args.sweep_seconds),
               ("killed in the evaluation", interrupted, cache, "[7/7] results", args.eval_seconds),
               ("resumed to the end", interrupted, cache, None, 0.0),
-              ("never interrupted (user's cache)", uninterrupted, None, None, 0.0)]
+              ("never interrupted", uninterrupted, own_cache, None, 0.0)]
     for label, folder, phase_cache, kill_at, after in phases:
         print(f"{label}:", flush=True)
         started = time.monotonic()

@@ -103,3 +103,24 @@ def test_damaged_imatrix_cache_entry_is_computed_again(tiny_reference, capsys):
     assert again_path == path and "is damaged" in capsys.readouterr().err
     assert all(np.array_equal(again.importance(n), first.importance(n)) for n in first.sums)
     assert ImportanceMatrix.load(path).counts == first.counts
+
+
+def test_presets_from_the_same_imatrix_in_different_folders_are_the_same_bytes(tiny_reference, tmp_path):
+    import shutil
+
+    from ramp.evaluate.presets import quantize_preset
+    from ramp.files import file_sha256
+    from ramp.measure.imatrix import cached_imatrix
+
+    _, cached = cached_imatrix(load_model(tiny_reference), CalibrationSpec("austen", 128, 64), progress=False)
+    outputs = []
+    for folder in ("job-a", "elsewhere/job-b"):
+        (tmp_path / folder).mkdir(parents=True)
+        copy = shutil.copyfile(cached, tmp_path / folder / "imatrix.gguf")
+        outputs.append(quantize_preset(tiny_reference, "Q4_K_M", tmp_path / folder / "Q4_K_M.gguf", copy))
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    # llama-quantize recorded the matrix by its content, not by either folder
+    assert read_gguf(outputs[0]).fields["quantize.imatrix.file"].value == f"imatrix-{file_sha256(cached)[:16]}.gguf"
+    with pytest.raises(RampError, match="importance matrix .*missing.gguf does not exist"):
+        quantize_preset(tiny_reference, "Q4_K_M", tmp_path / "never.gguf", tmp_path / "missing.gguf")
+    assert not (tmp_path / "never.gguf").exists()

@@ -46,9 +46,7 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
     threads = str(os.cpu_count() or 1)
     with atomic_path(output) as tmp:
         if imatrix is not None:
-            from ramp.llama_tools import run_tool
-
-            run_tool("llama-quantize", ["--imatrix", str(imatrix), str(reference), str(tmp), name.upper(), threads])
+            _quantize_with_imatrix(reference, name, Path(tmp), Path(imatrix), threads)
             return Path(output)
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
@@ -58,6 +56,25 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
         if status != 0:
             raise RampError(f"llama.cpp could not quantize {reference} to {name} (status {status}); is the reference a complete GGUF?")
     return Path(output)
+
+
+def _quantize_with_imatrix(reference: Path, name: str, output: Path, imatrix: Path, threads: str) -> None:
+    """`llama-quantize --imatrix`, given the matrix under a name made of its content.
+
+    llama-quantize writes the path it was given into the file (`quantize.imatrix.file`), so two jobs whose
+    matrices are the same bytes in different folders would write presets of different bytes. Run in a
+    scratch folder holding a link named by the matrix's hash, the preset's bytes depend on content only."""
+    import tempfile
+
+    from ramp.llama_tools import run_tool
+
+    if not imatrix.is_file():
+        raise RampError(f"importance matrix {imatrix} does not exist; make one with `ramp imatrix`")
+    with tempfile.TemporaryDirectory(prefix="ramp-quantize-") as scratch:
+        named = f"imatrix-{file_sha256(imatrix)[:16]}.gguf"
+        (Path(scratch) / named).symlink_to(imatrix.resolve())
+        run_tool("llama-quantize", ["--imatrix", named, str(reference.resolve()), str(output.resolve()), name.upper(), threads],
+                 cwd=scratch)
 
 
 def quantizable_bytes(path: str | os.PathLike, model: "Model") -> int:
