@@ -42,6 +42,29 @@ def data_dir() -> Path:
 _DIGESTS: dict[tuple, str] = {}
 
 
+@contextlib.contextmanager
+def silenced(descriptor: int) -> Iterator[None]:
+    """Point file descriptor 1 or 2 at /dev/null for the duration. C libraries (libllama's load and quantize
+    logs, HiGHS's solver chatter) write straight to the descriptor, past Python's streams and logging; C's
+    own buffer is flushed before the descriptor is restored, so nothing printed inside leaks out after."""
+    import ctypes
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = os.dup(descriptor)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), descriptor)
+            try:
+                yield
+            finally:
+                ctypes.CDLL(None).fflush(None)
+    finally:
+        os.dup2(saved, descriptor)
+        os.close(saved)
+
+
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> str:
     info = os.stat(path)
     key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)

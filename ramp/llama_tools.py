@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
 from ramp.errors import RampError
-from ramp.files import data_dir
+from ramp.files import data_dir, silenced
 
 TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
 BUILD_FIX = "build them with `bash .ci/build_llama_tools.sh` (part of `bash .ci/install`)"
@@ -68,18 +67,10 @@ def require_tool(name: str) -> Path:
 
 @contextlib.contextmanager
 def quiet_llama() -> Iterator[None]:
-    """Keep libllama's load and quantize logs (hundreds of lines) off the terminal. They are written by C
-    code straight to file descriptor 2, past Python's logging, so the descriptor itself is pointed at
-    /dev/null for the duration; failures still surface as return codes that ramp turns into RampErrors."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    """Keep libllama's load and quantize logs (hundreds of lines, on descriptor 2) off the terminal; failures
+    still surface as return codes that ramp turns into RampErrors."""
+    with silenced(2):
+        yield
 
 
 def last_error_line(output: str) -> str:

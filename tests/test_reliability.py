@@ -513,3 +513,23 @@ def test_same_command_writes_the_same_bytes(tiny_reference, allocation_file, tmp
     for out in outs:
         assert main(["export", "--model", str(tiny_reference), "--allocation", str(allocation_file), "--out", str(out)]) == 0
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_silenced_keeps_c_output_off_the_descriptor_and_restores_it(capfd):
+    """C libraries print past Python (HiGHS's debugging lines during an ILP, libllama's logs): inside, the
+    descriptor is muted for raw writes and C's printf alike; after, both reach it again."""
+    import ctypes
+
+    from ramp.files import silenced
+
+    libc = ctypes.CDLL(None)
+    print("before", flush=True)
+    with silenced(1):
+        os.write(1, b"written to the descriptor\n")
+        libc.printf(b"printed by C\n")
+    with silenced(2):
+        os.write(2, b"to stderr\n")
+    libc.printf(b"after\n")
+    libc.fflush(None)
+    out, err = capfd.readouterr()
+    assert out == "before\nafter\n" and err == ""

@@ -18,6 +18,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ramp.allocate.problem import Problem
 from ramp.errors import RampError
+from ramp.files import silenced
 
 _TIME_LIMIT_S = 120.0
 
@@ -83,8 +84,9 @@ def solve(problem: Problem, damage: list[np.ndarray], pairs: list[PairTerm] = ()
         # few bytes over within its feasibility tolerance, so check in integers and tighten if it did.
         budget_row = LinearConstraint(np.concatenate([n_bytes, np.zeros(n_y)])[None, :] / problem.budget_bytes,
                                       -np.inf, limit / problem.budget_bytes)
-        result = milp(cost, constraints=[equalities, budget_row], integrality=integrality, bounds=Bounds(0, 1),
-                      options={"mip_rel_gap": 0.0, "time_limit": _TIME_LIMIT_S})
+        with silenced(1):  # HiGHS prints a debugging line now and then when it maps a solution back from presolve
+            result = milp(cost, constraints=[equalities, budget_row], integrality=integrality, bounds=Bounds(0, 1),
+                          options={"mip_rel_gap": 0.0, "time_limit": _TIME_LIMIT_S})
         if result.x is None:
             raise RampError(f"the ILP solver found no allocation within the budget ({result.message}); "
                             "raise the budget or loosen --pin/--group")
