@@ -178,6 +178,11 @@ def held_out_rows(family: Family, zero_shot: Path | None, own: Path | None, work
     return rows
 
 
+# one colour per method in every panel (Qwen has no measured-table rows, which would shift the default cycle)
+METHOD_COLORS = {"policy (zero-shot)": "tab:blue", "ILP (measured)": "tab:orange", "ILP (estimate)": "tab:green",
+                 "policy (own)": "tab:red", "uniform": "tab:purple"}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -190,13 +195,14 @@ def plot(results: dict, path: Path) -> None:
     for axis, (name, entry) in zip(axes[0], results["held_out"].items()):
         for method in dict.fromkeys(row["method"] for row in entry["rows"]):
             points = sorted((row["file_bytes"] / 1e6, row["kld_mean"]) for row in entry["rows"] if row["method"] == method)
-            axis.plot(*zip(*points), marker="o", label=method, linestyle="-" if "policy" in method else ":")
+            axis.plot(*zip(*points), marker="o", label=method, linestyle="-" if "policy" in method else ":",
+                      color=METHOD_COLORS.get(method))
         presets = [(p["file_bytes"] / 1e6, p["kld_mean"], p["preset"]) for p in entry["presets"]]
         axis.scatter([x for x, _, _ in presets], [y for _, y, _ in presets], marker="s", color="black", label="imatrix preset")
         for x, y, label in presets:
             axis.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axis.set(yscale="log", xlabel="file MB", ylabel="mean KLD vs reference (nats)",
-                 title=f"held out: {name} (trained on {', '.join(entry['trained_on'])})")
+                 title=f"held out: {name}\n(trained on {', '.join(entry['trained_on'])})")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
