@@ -203,18 +203,24 @@ def test_every_option_owns_an_interval_of_actions() -> None:
 @given(st.lists(st.floats(1.0, 9.0), min_size=2, max_size=8, unique=True), st.floats(0.5, 10.0), st.integers(0, 7))
 @settings(max_examples=80, deadline=None)
 def test_index_action_is_the_middle_of_the_options_action_interval(bpws, pace, anchor):
-    from ramp.envs.bit_allocation import action_index, index_action
+    from ramp.envs.bit_allocation import ANCHOR_ZONE, action_index, index_action
 
     options = sorted(bpws)
     anchor = min(anchor, len(options) - 1)
     for index in range(len(options)):
         assert action_index(index_action(index, options, pace), options, pace) == index
         assert action_index(index_action(index, options, pace, anchor), options, pace, anchor) == index
-    # anchored, 0 is the anchor and the ends still reach every option, monotonically
+    # anchored, the middle half of the actions is the anchor and the ends still reach every option, monotonically
     grid = np.linspace(-1, 1, 401)
     picks = [action_index(a, options, pace, anchor) for a in grid]
-    assert action_index(0.0, options, pace, anchor) == anchor
+    assert {pick for a, pick in zip(grid, picks) if abs(a) <= ANCHOR_ZONE} == {anchor}
     assert picks == sorted(picks) and picks[0] == 0 and picks[-1] == len(options) - 1
+    assert set(picks) == set(range(len(options)))
+    # the options on each side share the rest of it evenly
+    below = [sum(pick == k for pick in picks) for k in range(anchor)]
+    above = [sum(pick == k for pick in picks) for k in range(anchor + 1, len(options))]
+    for counts in (below, above):
+        assert not counts or max(counts) - min(counts) <= 2
 
 
 def test_the_estimate_is_read_relative_to_the_model_and_action_zero_allocates_like_its_ilp(model: Model) -> None:
