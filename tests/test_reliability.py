@@ -340,7 +340,10 @@ def test_a_cache_that_cannot_be_written_only_stops_caching(tiny_model, tmp_path,
 def test_a_signal_during_export_keeps_the_old_output_and_no_temporary_file(tiny_reference, tmp_path, signum):
     out = tmp_path / "out.gguf"
     out.write_bytes(b"earlier output")
-    child = ramp_child("export", "--model", tiny_reference, "--reference", "F32", "--out", out)
+    # Ctrl-C's default action, whatever this run inherited: a shell starts background jobs with SIGINT ignored,
+    # and an ignored SIGINT would let the export finish
+    child = ramp_child("export", "--model", tiny_reference, "--reference", "F32", "--out", out,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(".out.gguf.*.tmp")):  # the export is writing
         assert child.poll() is None and time.monotonic() < deadline, "the export ended before it could be stopped"
