@@ -425,10 +425,6 @@ class BitAllocationEnv(gym.Env):
         self._best_at_start = 0.0
         self._budget_bpw = self.budget_ranges[0][0]
         self._anchor: int | None = None  # the estimate's choice for the current step, where action 0 lands
-        # the estimate ILP's choices from step `_plan_start` on, for the bytes left there; dropped when a step
-        # departs from it, and solved again at the next step (one milp per episode for a policy that follows)
-        self._estimate_plan: list[int] | None = None
-        self._plan_start = 0
         self._begin_episode()
 
     def feature_names(self) -> list[str]:
@@ -445,7 +441,9 @@ class BitAllocationEnv(gym.Env):
         self._previous_action = 0.0
         self._overshoot = 0
         self._picks: list[int] = []
-        self._estimate_plan = None
+        # per step, the picks made and then the estimate ILP's choices for the bytes left after them; dropped
+        # when a step departs from it, solved again at the next (one milp per episode for a policy that follows)
+        self._estimate_plan: list[int] | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -484,9 +482,8 @@ class BitAllocationEnv(gym.Env):
             suggestion = [0.0]  # the episode's end: no step left to suggest for
         elif self.reads_estimate:
             if self._estimate_plan is None:
-                self._estimate_plan = plan.estimate_plan(step, self._budget - self._spent, self.ladder)
-                self._plan_start = step
-            self._anchor = self._estimate_plan[step - self._plan_start]
+                self._estimate_plan = self._picks + plan.estimate_plan(step, self._budget - self._spent, self.ladder)
+            self._anchor = self._estimate_plan[step]
             suggestion = [index_action(self._anchor, [8.0 * choice.nbytes / step_params for choice in choices], bpw_left)]
         context = np.array(
             [
