@@ -1,7 +1,8 @@
 """Gymnasium environments of ramp; importing this package registers `ramp/BitAllocation-v0`."""
 import gymnasium as gym
 
-from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig
+from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext
+from ramp.envs.reward import RewardConfig
 
 ENV_ID = "ramp/BitAllocation-v0"
 
