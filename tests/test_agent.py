@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 from test_env import EMBEDDING_SIZE, random_embedding, tiny_context, tiny_llama, tokens
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 from ramp.agent.checkpoints import TrainingInterrupted, default_checkpoint_dir, latest_checkpoint, replay_path
 from ramp.agent.contexts import KLDEvaluator

@@ -18,7 +18,6 @@ from ramp.errors import RampError
 from ramp.kernels.formats import tensor_bytes
 from ramp.models.model import Model, TensorSpec, role_of
 from ramp.measure.sensitivity_table import SensitivityTable
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 LADDER = ("Q2_K", "Q4_K", "Q8_0")
 # A (4, 256) tensor: Q2_K 4*84 = 336 bytes, Q4_K 4*144 = 576, Q8_0 4*8*34 = 1088.

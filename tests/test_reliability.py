@@ -37,7 +37,7 @@ from ramp.models import load_model
 from ramp.measure.sensitivity import measure_sensitivity
 from ramp.measure.sensitivity_table import SensitivityTable
 from ramp.models.text import evaluation_text
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
+from tiny_gguf import tiny_llama
 
 
 def one_error(capsys) -> str:
