@@ -11,7 +11,7 @@ from ramp.agent.policy_file import PolicyRecord, save_policy
 from ramp.files import atomic_path
 
 if TYPE_CHECKING:
-    from stable_baselines3 import SAC
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 REPLAY_SUFFIX = ".replay.pkl"
 
@@ -40,7 +40,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.timesteps = timesteps
 
 
-def save_checkpoint(sac: "SAC", directory: Path, record: PolicyRecord) -> Path:
+def save_checkpoint(sac: "OffPolicyAlgorithm", directory: Path, record: PolicyRecord) -> Path:
     """A policy file (record included, so `ramp train --resume` can check it) and its replay buffer."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{sac.num_timesteps}.zip"
@@ -63,5 +63,5 @@ class Checkpoints(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.every > 0 and self.num_timesteps % self.every == 0:
-            save_checkpoint(self.model, self.directory, self.record)
+            save_checkpoint(self.model, self.directory, self.record)  # type: ignore[arg-type]  # train() gives it SAC
         return True

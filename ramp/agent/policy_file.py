@@ -15,6 +15,7 @@ from ramp.files import atomic_path
 
 if TYPE_CHECKING:
     from stable_baselines3 import SAC
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
     from ramp.envs.bit_allocation import BitAllocationEnv
 
@@ -68,7 +69,7 @@ class PolicyRecord:
             )
 
 
-def save_policy(sac: "SAC", path: str | Path, record: PolicyRecord) -> None:
+def save_policy(sac: "BaseAlgorithm", path: str | Path, record: PolicyRecord) -> None:
     """Write the SB3 zip and the training record into it, atomically."""
     record.timesteps = int(sac.num_timesteps)
     with atomic_path(path) as tmp:

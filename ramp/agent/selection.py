@@ -40,7 +40,7 @@ def _table_env(env: "BitAllocationEnv", points: int) -> tuple["BitAllocationEnv"
          for c in (env.contexts[index] for index in with_table)],
         [env.budget_ranges[index] for index in with_table], env.ladder, env.grouping, env.reward_config)
     episodes = [{"context": index, "budget_bpw": float(bpw)}
-                for index in range(len(with_table)) for bpw in np.linspace(*quiet.budget_ranges[index], points)]
+                for index, (low, high) in enumerate(quiet.budget_ranges) for bpw in np.linspace(low, high, points)]
     return quiet, episodes
 
 
