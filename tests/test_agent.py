@@ -159,6 +159,7 @@ def test_a_policy_that_reads_an_estimate_gets_the_new_models_own(model, tmp_path
         new_record(env, [model], CONFIG, 0)
 
 
+@pytest.mark.slow
 def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, tmp_path, capsys) -> None:
     from test_env import damage_table
 
@@ -261,6 +262,7 @@ def test_tune_command_scores_trials_by_measured_kld_and_continues_its_study(tiny
         assert db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 2
 
 
+@pytest.mark.slow
 def test_a_policy_allocates_from_the_embeddings_ramp_profile_wrote(tiny_reference, tmp_path, capsys) -> None:
     from ramp.allocate.allocation import Allocation
     from ramp.cli import main
