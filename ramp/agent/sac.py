@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ramp.envs.bit_allocation import BitAllocationEnv
     from ramp.models.model import Model
 
+
 @dataclass(frozen=True)
 class SACConfig:
     """SAC hyper-parameters `ramp train` uses and `ramp tune` searches. Episodes are short and few, so the
