@@ -94,7 +94,7 @@ def measure_allocation(model, allocation: "Allocation", path: Path, ref_logprobs
 def zero_shot(second: Path, args: argparse.Namespace, policy: Path, out: Path) -> tuple[dict, list]:
     """Allocate the second model with `policy` (and `--second-policy`) at each preset's size and at
     `--second-budgets`; measure everything through llama.cpp. Returns the results and the EvalResults for the table."""
-    from ramp.agent.sac import model_embedding
+    from ramp.agent.contexts import model_embedding
     from ramp.allocate import allocate
     from ramp.allocate.budget import Budget
     from ramp.agent.policy import allocate_with_policy
@@ -216,7 +216,8 @@ def main() -> int:
         plot(out)
         return 0
     from ramp import cli
-    from ramp.agent.sac import model_embedding, read_policy_record
+    from ramp.agent.contexts import model_embedding
+    from ramp.agent.policy_file import read_policy_record
     from ramp.allocate import allocate, predicted_damage
     from ramp.agent.policy import allocate_with_policy
     from ramp.allocate.budget import Budget, feasible_range

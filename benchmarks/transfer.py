@@ -45,7 +45,7 @@ class Family:
     """One model with everything the rotations need from it, loaded and computed once."""
 
     def __init__(self, name: str, ladder: tuple[str, ...], clock: StageClock, text: str, windows: int) -> None:
-        from ramp.agent.sac import episode_items, model_embedding
+        from ramp.agent.contexts import episode_items, model_embedding
         from ramp.agent.training import default_budget_range
         from ramp.envs.bit_allocation import ModelContext
         from ramp.evaluate.llama_eval import make_windows, reference_logprobs
@@ -94,14 +94,19 @@ class Family:
 
 def train(families: list[Family], out: Path, timesteps: int, seed: int, ladder: tuple[str, ...], clock: StageClock) -> Path:
     """A policy trained on `families` (kept: a rerun reuses it)."""
-    from ramp.agent import sac as agent
-    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, OBSERVATION_VERSION, BitAllocationEnv, RewardConfig
+    from ramp.agent.checkpoints import default_checkpoint_dir, latest_checkpoint
+    from ramp.agent.policy_file import read_policy_record
+    from ramp.agent.sac import SACConfig, new_record, train as train_sac
+    from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
+    from ramp.envs.bit_allocation import BitAllocationEnv
+    from ramp.envs.observation import OBSERVATION_VERSION
+    from ramp.envs.reward import RewardConfig
 
     # done when the last checkpoint reached the step count (the file itself may hold an earlier, selected step);
     # one trained under another action mapping, observation layout or reward is stale: trained again from nothing
-    checkpoints = agent.default_checkpoint_dir(out)
-    if (last := agent.latest_checkpoint(checkpoints)) is not None:
-        record = agent.read_policy_record(last)
+    checkpoints = default_checkpoint_dir(out)
+    if (last := latest_checkpoint(checkpoints)) is not None:
+        record = read_policy_record(last)
         if (record.action_mapping, record.observation_version, record.reward) != (
                 ACTION_MAPPING_VERSION, OBSERVATION_VERSION, asdict(RewardConfig())):
             shutil.rmtree(checkpoints)
@@ -110,10 +115,10 @@ def train(families: list[Family], out: Path, timesteps: int, seed: int, ladder: 
         elif out.is_file() and record.timesteps >= timesteps:
             return out
     env = BitAllocationEnv([family.context for family in families], [family.budget_range for family in families], ladder)
-    config = agent.SACConfig()
-    record = agent.new_record(env, [family.model for family in families], config, seed, "fisher")
+    config = SACConfig()
+    record = new_record(env, [family.model for family in families], config, seed, "fisher")
     with clock("train"):
-        agent.train(env, record, out, timesteps, config, checkpoint_every=3000, select_every=3000, progress_bar=True, resume=last)
+        train_sac(env, record, out, timesteps, config, checkpoint_every=3000, select_every=3000, progress_bar=True, resume=last)
     return out
 
 
@@ -275,7 +280,8 @@ def worst_ratios(rows: list[dict], presets: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from ramp.agent.policy import DEFAULT_POLICY
-    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, RewardConfig
+    from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
+    from ramp.envs.reward import RewardConfig
     from ramp.files import cache_dir
     from ramp.kernels import get_format
     from ramp.measure.ladder import DEFAULT_LADDER

@@ -1,7 +1,11 @@
-"""Gymnasium environments of ramp; importing this package registers `ramp/BitAllocation-v0`."""
+"""Gymnasium environments of ramp; importing this package registers `ramp/BitAllocation-v0`.
+
+The environment (`bit_allocation`) and its three contracts with every policy file, each in a module of its
+own with its version: the action mapping, the observation layout and the reward."""
 import gymnasium as gym
 
-from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig
+from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext
+from ramp.envs.reward import RewardConfig
 
 ENV_ID = "ramp/BitAllocation-v0"
 

@@ -23,132 +23,25 @@ import gymnasium as gym
 import numpy as np
 
 from ramp.allocate import ilp
+from ramp.allocate.lagrangian import lagrangian_choices
 from ramp.allocate.problem import Item, Problem, tensor_damage
+from ramp.envs.action_mapping import action_index, index_action
+from ramp.envs.observation import (
+    CONTEXT_FEATURES, ESTIMATE_SUGGESTION, OBS_LIMIT, STEP_FEATURES, normalize_embedding, relative_damage)
+from ramp.envs.reward import RewardConfig
 from ramp.errors import RampError
-from ramp.models.model import ROLES, Model
 from ramp.measure.sensitivity_table import SensitivityTable
+from ramp.models.model import ROLES, Model
 
 # Steps of an episode, as the caller groups the items: `tensor` is one step per tensor; `block` one per
 # transformer block (its tensors share a requested format, as `ramp allocate --group` does), global tensors
 # each alone. The regexes are `ramp.allocate.problem.build_items`'s groups.
 GROUPINGS: dict[str, tuple[str, ...]] = {"tensor": (), "block": (r"^blk\.\d+\.",)}
 
-# Budget-context entries appended to the embedding; the observation is embedding + these, in this order.
-CONTEXT_FEATURES = (
-    "budget_spent_fraction",  # bytes placed so far / budget bytes
-    "params_left_fraction",  # weights still to place (this step included) / all quantizable weights
-    "bpw_left_over_8",  # bits per weight the remaining weights may average, divided by 8
-    "ladder_position",  # where that average falls on this step's own ladder: 0 = lowest, 1 = highest
-    "step_share",  # this step's weights / weights still to place
-    "episode_progress",  # step index / number of steps
-    "previous_action",  # the agent's last raw action, so it can keep its own pace
-    "budget_bpw_over_8",  # the episode's budget in bits per weight, divided by 8
-)
-
-# Per-step entries after the embedding, the same in every model.
-STEP_FEATURES = (
-    "weight_share",  # the step's weights / all quantizable weights (Gemma's tied embedding: 0.62)
-    "log_weight_share",  # log10 of it: small tensors differ by decades
-    *(f"role_{role}" for role in ROLES),  # one-hot role (a group's largest member's)
-)
-# With an estimate: per ladder format, log10 of the step's estimated damage per weight over the model's
-# (how much more this step suffers than the model's average weight, at that format); then the estimate's own
-# ILP choice for the bytes left, stated as the pace-centred action that would pick it (`index_action`):
-# where the action's zero sits against an even spend.
-ESTIMATE_SUGGESTION = "estimate_action"
-
-# Observation entries are clipped here so the space is bounded (check_env, and SAC's scaling).
-OBS_LIMIT = 5.0
-# Bumped whenever what an observation holds changes: a policy trained on another layout reads numbers
-# that mean something else, so loading refuses it. 2: step features and the estimate (issue 12).
-OBSERVATION_VERSION = 2
-
 
 class Evaluator(Protocol):
     def __call__(self, formats: dict[str, str]) -> float:
         """Mean KLD (nats) of the model with every tensor replaced as `formats` says, vs unquantized."""
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """Every reward constant, in one place. Quality ranks above budget use.
-
-    With `kld` the measured mean KLD of the finished allocation, `B` the budget in bytes, `used` the bytes
-    placed, and per step `asked` the bytes of the format the agent requested, `allowed` the most bytes
-    that step could take and still leave the minimum for every later step (the step is clipped to it),
-    `damage_t` the step's summed single-tensor KLD increase from the sensitivity table, and `best(t, b)`
-    the least summed damage the table allows steps t.. within b bytes:
-
-        each step:  regret_t = damage_t + lookahead_weight * (best(t+1, left after t) - best(t, left before t))
-                    r_t = - over_weight * max(0, asked - allowed) / B                        (budget cliff)
-                          - shaping_weight * regret_t / kld_scale                   (regret_scale = 0)
-                          - shaping_weight * log(1 + max(regret_t, 0) / regret_scale)  (regret_scale > 0)
-                          - deviation_weight * |requested option - estimate's option|   (with an estimate)
-        last step:  r_T += - quality_weight * log(1 + kld / kld_scale)                         (quality)
-                           - under_weight * (B - used) / B                                     (unused budget)
-
-    The cliff is steep (a request past the frontier costs far more than the bytes are worth) and the
-    unused-budget term is mild, so the agent learns to spend close to the budget without pushing past it.
-    With lookahead_weight 1 the shaping is potential-based (Ng et al., 1999, potential -best): it sums
-    over an episode to the table's regret, damage - best(0, B), whatever the order of the choices, so it
-    does not move the optimum, but it charges each step at once for what its bytes cost the steps after
-    it. Without the lookahead that cost shows up only many steps later as damage to starved tensors, and
-    SAC, which discounts the future, learned to give token_embd an extra bit paid for by every ffn_down at
-    Q2_K. `best` is the Lagrangian relaxation of the knapsack (`_Plan.best_damage`), exact up to one item
-    near the budget. The logarithmic form gives up the telescoping sum but keeps each step's ranking of
-    its choices, and it lets a critic resolve regrets of 1e-3 nats next to the -20 of starving the rest:
-    with gamma 0 (each step judged by its own regret, which already prices the future) it is what trains
-    best (docs/BENCHMARKS.md, Agent). Shaping is zero without a table; the quality term is zero when no
-    evaluator is attached (deterministic allocation rollouts). The deviation cost makes the estimate's choice
-    the default a correction must earn: a table's preference for another option has to be worth more than
-    `deviation_weight` per option of distance (a single-tensor regret of about 0.006 nats at the defaults)
-    before the policy learns it. Smaller preferences are mostly the training family's own (single-tensor KLD
-    noise, its grid), and in a family never seen they cost more than they gain: at 0.5 (about 0.0006 nats)
-    the policy trained on Gemma and Qwen lowered SmolLM2's ffn_gate, ffn_up and attn_output one option below
-    the estimate's choice and came to 1.11x-1.32x the estimate ILP's KLD (docs/BENCHMARKS.md, leave one
-    family out).
-    """
-
-    quality_weight: float = 1.0
-    kld_scale: float = 0.05  # nats; the KLD at which the quality term reaches -log 2
-    over_weight: float = 20.0
-    under_weight: float = 1.0
-    shaping_weight: float = 1.0
-    lookahead_weight: float = 1.0
-    regret_scale: float = 0.001  # nats; 0 = linear shaping. The defaults are the recipe that trained best
-    deviation_weight: float = 2.0  # per option between the request and the estimate's choice
-
-    def quality(self, kld: float) -> float:
-        return -self.quality_weight * float(np.log1p(max(kld, 0.0) / self.kld_scale))
-
-    def cliff(self, asked: int, allowed: int, budget: int) -> float:
-        return -self.over_weight * max(0, asked - allowed) / budget
-
-    def unused(self, used: int, budget: int) -> float:
-        return -self.under_weight * max(0, budget - used) / budget
-
-    def deviation(self, requested: int, anchor: int | None) -> float:
-        return 0.0 if anchor is None else -self.deviation_weight * abs(requested - anchor)
-
-    def shaping(self, damage: float, best_after: float, best_before: float) -> float:
-        regret = damage + self.lookahead_weight * (best_after - best_before)
-        if self.regret_scale > 0:
-            return -self.shaping_weight * float(np.log1p(max(regret, 0.0) / self.regret_scale))
-        return -self.shaping_weight * regret / self.kld_scale
-
-
-def normalize_embedding(matrix: np.ndarray) -> np.ndarray:
-    """Per-model standardisation of the embedding columns.
-
-    The features are scale-free, but their spread differs between models (one model's kurtosis range is
-    another's outlier); an allocation trades tensors of one model against each other, so a policy that is
-    to transfer zero-shot reads "this tensor is unusually X for its model".
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    std = matrix.std(axis=0)
-    centred = matrix - matrix.mean(axis=0)
-    scaled = np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
-    return np.clip(scaled, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
 
 
 @dataclass
@@ -223,7 +116,7 @@ class _Plan:
         self.damage = self._choice_damage(context.damage, specs, width)
         self.estimate = None if context.estimate is None else self._choice_damage(context.estimate, specs, width)
         if context.estimate is not None:
-            parts.append(_relative_damage(context.estimate, specs, ladder, self.params))
+            parts.append(relative_damage(context.estimate, specs, ladder, self.params))
         self.features = np.clip(np.concatenate(parts, axis=1), -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
         lows = np.array([item.choices[0].nbytes for item in self.items], dtype=np.int64)
         # min_after[i]: fewest bytes steps i.. can take; min_after[len] = 0
@@ -254,109 +147,12 @@ class _Plan:
         """The exact ILP over the estimate for steps start.. within `budget` bytes: one choice per step.
 
         Exact, not the Lagrangian relaxation: re-solving the relaxation at every step compounds its rounding
-        near the budget, and where the estimate is flat it left a fifth of Gemma's Q4_K_S bytes unspent."""
+        near the budget, and where the estimate is flat that leaves bytes unspent."""
         items = self.items[start:]
         damage = [self.estimate[start + i, : len(item.choices)] for i, item in enumerate(items)]
         return ilp.solve(Problem(items, budget, ladder), damage)[0]
 
 
-def lagrangian_choices(damage: np.ndarray, nbytes: np.ndarray, budget: float) -> np.ndarray:
-    """Per row, the choice argmin(damage + price * bytes) at the smallest price per byte at which the rows'
-    choices together fit `budget`: the Lagrangian relaxation of the knapsack, exact up to one row near the
-    budget, bisected in log space (damages span many decades)."""
-    def pick(price: float) -> np.ndarray:
-        return np.argmin(damage + price * nbytes, axis=1)
-
-    def spent(chosen: np.ndarray) -> float:
-        return float(nbytes[np.arange(len(nbytes)), chosen].sum())
-
-    if spent(chosen := pick(0.0)) <= budget:
-        return chosen
-    low, high = 1e-16, 1.0
-    while spent(pick(high)) > budget and high < 1e6:
-        high *= 10.0
-    for _ in range(50):
-        middle = float(np.sqrt(low * high))
-        low, high = (middle, high) if spent(pick(middle)) > budget else (low, middle)
-    return pick(high)
-
-
-def _relative_damage(estimate: SensitivityTable, specs: list[list], ladder: tuple[str, ...], params: np.ndarray) -> np.ndarray:
-    """[steps, formats]: log10 of the step's estimated damage per weight over the model's, per ladder format."""
-    from ramp.kernels.formats import resolve_format
-
-    damage = np.array([[sum(tensor_damage(estimate, s.name, resolve_format(fmt, s.row_length).name, s.row_length) or 0.0
-                            for s in group) for fmt in ladder] for group in specs])
-    mean = damage.sum(axis=0) / params.sum()
-    floor = 1e-6 * np.where(mean > 0, mean, 1.0)  # a format that writes the source back costs nothing
-    return np.log10(np.maximum(damage / params[:, None], floor) / np.maximum(mean, floor))
-
-
-# With an anchor, the actions in [-ANCHOR_ZONE, ANCHOR_ZONE] all pick it; a departure takes a confident action.
-ANCHOR_ZONE = 0.5
-
-
-def _pace_position(option_bpw: Sequence[float], pace_bpw: float) -> float:
-    """Fractional option index of the budget's pace: where an action of 0 lands without an anchor."""
-    return float(np.interp(pace_bpw, option_bpw, np.arange(len(option_bpw))))
-
-
-def action_index(action: float, option_bpw: Sequence[float], pace_bpw: float, anchor: int | None = None) -> int:
-    """Map an action in [-1, 1] onto the step's ordered options, centred on `anchor` or else the budget's pace.
-
-    -1 is the lowest option and +1 the highest, monotonically. With `anchor` (the choice of the exact ILP
-    over the estimate for the bytes left, so the action is a correction to the estimate ILP) every action
-    within +-`ANCHOR_ZONE` picks the anchor, and the options below and above it share the rest of their side
-    evenly. An untrained or unsure policy therefore allocates like the estimate ILP, and one that has only
-    seen other families departs only where it is confident: with the anchor's interval as narrow as any
-    other option's, actions of -0.2 on a family never seen lowered Qwen's token_embd, at 1.31x the estimate
-    ILP's KLD (docs/BENCHMARKS.md, what action 0 and the deviation cost do).
-
-    Without an anchor, 0 is the largest option not above `pace_bpw`, the bits per weight the remaining
-    weights may average (rounding down, so pacing never overdraws; what it leaves raises the pace of later
-    steps), so an untrained policy spends the budget evenly. That mapping is piecewise linear in the
-    fractional option index, option k owning positions [k, k + 1); positive actions run up to top + 1, so the
-    highest option owns an interval of actions like every other (ending at top would grant it only at
-    exactly +1, which a tanh-squashed actor reaches only by saturating).
-    """
-    action = float(np.clip(action, -1.0, 1.0))
-    top = len(option_bpw) - 1
-    if anchor is not None:
-        anchor = min(anchor, top)
-        side = anchor if action < 0 else top - anchor  # options past the anchor on the action's side
-        beyond = abs(action) - ANCHOR_ZONE
-        if beyond <= 0 or side == 0:
-            return anchor
-        steps = min(side, max(1, int(np.ceil(beyond * side / (1.0 - ANCHOR_ZONE) - 1e-9))))
-        return anchor + (steps if action > 0 else -steps)
-    centre = _pace_position(option_bpw, pace_bpw)
-    position = centre + action * (centre if action < 0 else top + 1 - centre)
-    return int(np.clip(np.floor(position + 1e-9), 0, top))
-
-
-def index_action(index: int, option_bpw: Sequence[float], pace_bpw: float, anchor: int | None = None) -> float:
-    """The action in [-1, 1] at the middle of the interval `action_index` maps onto option `index`: how the
-    observation states the estimate's choice relative to the pace."""
-    top = len(option_bpw) - 1
-    index = min(index, top)
-    if anchor is not None:
-        anchor = min(anchor, top)
-        if index == anchor:
-            return 0.0
-        side = anchor if index < anchor else top - anchor
-        offset = ANCHOR_ZONE + (abs(index - anchor) - 0.5) * (1.0 - ANCHOR_ZONE) / side
-        return float(np.sign(index - anchor) * offset)
-    centre = _pace_position(option_bpw, pace_bpw)
-    middle = index + 0.5
-    span = centre if middle < centre else top + 1 - centre
-    return float(np.clip((middle - centre) / span, -1.0, 1.0)) if span > 0 else 0.0
-
-
-# Bumped whenever `action_index` changes what an action means: a policy trained under another mapping
-# would allocate differently from what it learned, so loading refuses it. 3: with an estimate, 0 is the
-# estimate's choice (issue 12). 4: that choice is the exact ILP's, not the Lagrangian relaxation's. 5: the
-# anchor owns the middle half of the actions (`ANCHOR_ZONE`).
-ACTION_MAPPING_VERSION = 5
 
 
 class BitAllocationEnv(gym.Env):

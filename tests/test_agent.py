@@ -9,17 +9,21 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 from test_env import EMBEDDING_SIZE, random_embedding, tiny_context, tiny_llama, tokens
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
-from ramp.agent import sac as agent
+from ramp.agent.checkpoints import TrainingInterrupted, default_checkpoint_dir, latest_checkpoint, replay_path
+from ramp.agent.contexts import KLDEvaluator
+from ramp.agent.policy_file import PolicyRecord, load_policy, read_policy_record, save_policy
+from ramp.agent.sac import SACConfig, new_record, train
+from ramp.agent.selection import table_regret
 from ramp.allocate.budget import Budget
 from ramp.envs import BitAllocationEnv
-from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, CONTEXT_FEATURES, OBSERVATION_VERSION
+from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
+from ramp.envs.observation import CONTEXT_FEATURES, OBSERVATION_VERSION
 from ramp.errors import RampError
 from ramp.measure.ladder import DEFAULT_LADDER
 from ramp.measure.sensitivity_table import SensitivityTable
 
-CONFIG = agent.SACConfig(learning_starts=20, batch_size=16, net_arch=(16, 16))
+CONFIG = SACConfig(learning_starts=20, batch_size=16, net_arch=(16, 16))
 FEATURE_VERSION = 1
 
 
@@ -30,12 +34,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def env(model) -> BitAllocationEnv:
-    context = tiny_context(model, evaluate=agent.KLDEvaluator(model, tokens()))
+    context = tiny_context(model, evaluate=KLDEvaluator(model, tokens()))
     return BitAllocationEnv([context], (4.0, 6.0), DEFAULT_LADDER)
 
 
-def record(env: BitAllocationEnv, model) -> agent.PolicyRecord:
-    return agent.PolicyRecord(
+def record(env: BitAllocationEnv, model) -> PolicyRecord:
+    return PolicyRecord(
         feature_version=FEATURE_VERSION, feature_names=[f"f{i}" for i in range(EMBEDDING_SIZE)],
         embedding_size=env.embedding_size, observation_size=int(env.observation_space.shape[0]),
         formats=list(env.ladder), grouping=env.grouping, models=[{"name": "tiny", "sha256": model.sha256}],
@@ -59,8 +63,8 @@ class InterruptAt(BaseCallback):
 
 def test_save_load_round_trip(env, model, tmp_path) -> None:
     path = tmp_path / "policy.zip"
-    sac = agent.train(env, record(env, model), path, 60, CONFIG, checkpoint_every=0, progress_bar=False)
-    loaded, stored = agent.load_policy(path, env, FEATURE_VERSION)
+    sac = train(env, record(env, model), path, 60, CONFIG, checkpoint_every=0, progress_bar=False)
+    loaded, stored = load_policy(path, env, FEATURE_VERSION)
     assert stored.timesteps == 60 and stored.formats == list(env.ladder)
     observations = np.stack([env.observation_space.sample() for _ in range(8)])
     np.testing.assert_array_equal(sac.predict(observations, deterministic=True)[0],
@@ -69,49 +73,49 @@ def test_save_load_round_trip(env, model, tmp_path) -> None:
 
 def test_training_without_tensorboard_leaves_no_log_folder(env, model, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's default logger would make SB3-<time>/
-    agent.train(env, record(env, model), tmp_path / "policy.zip", 30, CONFIG, checkpoint_every=0, progress_bar=False)
+    train(env, record(env, model), tmp_path / "policy.zip", 30, CONFIG, checkpoint_every=0, progress_bar=False)
     assert (tmp_path / "policy.zip").is_file() and not list(tmp_path.glob("SB3-*"))
 
 
 def test_interrupt_checkpoints_and_resume_continues_step_count(env, model, tmp_path) -> None:
     path = tmp_path / "policy.zip"
-    with pytest.raises(agent.TrainingInterrupted) as stop:
-        agent.train(env, record(env, model), path, 80, CONFIG, checkpoint_every=0, progress_bar=False,
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(env, record(env, model), path, 80, CONFIG, checkpoint_every=0, progress_bar=False,
                     extra_callbacks=[InterruptAt(50)])
     checkpoint = stop.value.checkpoint
-    assert not path.exists() and checkpoint.is_file() and agent.replay_path(checkpoint).is_file()
-    assert agent.read_policy_record(checkpoint).timesteps == 50
-    assert agent.latest_checkpoint(agent.default_checkpoint_dir(path)) == checkpoint
+    assert not path.exists() and checkpoint.is_file() and replay_path(checkpoint).is_file()
+    assert read_policy_record(checkpoint).timesteps == 50
+    assert latest_checkpoint(default_checkpoint_dir(path)) == checkpoint
 
-    sac = agent.train(env, record(env, model), path, 80, CONFIG, resume=checkpoint, progress_bar=False)
+    sac = train(env, record(env, model), path, 80, CONFIG, resume=checkpoint, progress_bar=False)
     assert sac.num_timesteps == 80
     # The past transitions came back with the checkpoint (a cold restart would hold only the 30 new ones;
     # the transition of the interrupted step itself is lost).
     assert sac.replay_buffer.size() >= 79
-    assert agent.read_policy_record(path).timesteps == 80
+    assert read_policy_record(path).timesteps == 80
 
 
 def test_policy_for_other_embedding_size_or_formats_is_refused(env, model, tmp_path) -> None:
     path = tmp_path / "policy.zip"
-    agent.train(env, record(env, model), path, 30, CONFIG, checkpoint_every=0, progress_bar=False)
+    train(env, record(env, model), path, 30, CONFIG, checkpoint_every=0, progress_bar=False)
     narrow = BitAllocationEnv([tiny_context(model, random_embedding(model)[:, :7])], (4.0, 6.0), DEFAULT_LADDER)
     with pytest.raises(RampError, match="trained on 11-number embeddings"):
-        agent.load_policy(path, narrow, FEATURE_VERSION)
+        load_policy(path, narrow, FEATURE_VERSION)
     other_formats = BitAllocationEnv([tiny_context(model, ladder=("Q4_K", "Q8_0"))], (4.5, 6.0), ("Q4_K", "Q8_0"))
     with pytest.raises(RampError, match="trained for formats"):
-        agent.load_policy(path, other_formats, FEATURE_VERSION)
-    sac, stored = agent.load_policy(path, env, FEATURE_VERSION)
+        load_policy(path, other_formats, FEATURE_VERSION)
+    sac, stored = load_policy(path, env, FEATURE_VERSION)
     stored.action_mapping = ACTION_MAPPING_VERSION - 1  # as written before action_index last changed
-    agent.save_policy(sac, tmp_path / "old.zip", stored)
+    save_policy(sac, tmp_path / "old.zip", stored)
     with pytest.raises(RampError, match="action mapping"):
-        agent.load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
+        load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
     stored.action_mapping, stored.observation_version = ACTION_MAPPING_VERSION, 1  # before issue 12's features
-    agent.save_policy(sac, tmp_path / "old.zip", stored)
+    save_policy(sac, tmp_path / "old.zip", stored)
     with pytest.raises(RampError, match="reads observation layout 1, this ramp builds layout 2"):
-        agent.load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
+        load_policy(tmp_path / "old.zip", env, FEATURE_VERSION)
     (tmp_path / "notes.txt").write_text("not a zip")
     with pytest.raises(RampError, match="not a ramp policy file"):
-        agent.read_policy_record(tmp_path / "notes.txt")
+        read_policy_record(tmp_path / "notes.txt")
 
 
 def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp_path) -> None:
@@ -121,7 +125,7 @@ def test_zero_shot_allocation_is_within_budget_and_deterministic(env, model, tmp
     path = tmp_path / "policy.zip"
     trained = record(env, model)
     trained.feature_version = profile.FEATURE_VERSION
-    agent.train(env, trained, path, 60, CONFIG, checkpoint_every=0, progress_bar=False)
+    train(env, trained, path, 60, CONFIG, checkpoint_every=0, progress_bar=False)
     other = tiny_llama(seed=1, n_blocks=3)  # a model the policy never saw
     embedding = random_embedding(other, seed=1)
     first = allocate_with_policy(other, path, "4.5bpw", embedding=embedding)
@@ -140,8 +144,8 @@ def test_a_policy_that_reads_an_estimate_gets_the_new_models_own(model, tmp_path
     env = BitAllocationEnv([tiny_context(model, damage=damage_table(model), estimate=damage_table(model, seed=1))],
                            (4.0, 6.0), DEFAULT_LADDER)
     path = tmp_path / "policy.zip"
-    agent.train(env, agent.new_record(env, [model], CONFIG, 0, "fisher"), path, 40, CONFIG, checkpoint_every=0, progress_bar=False)
-    stored = agent.read_policy_record(path)
+    train(env, new_record(env, [model], CONFIG, 0, "fisher"), path, 40, CONFIG, checkpoint_every=0, progress_bar=False)
+    stored = read_policy_record(path)
     assert stored.estimate == "fisher" and stored.feature_names[-len(CONTEXT_FEATURES) - 1] == "estimate_action"
     other = tiny_llama(seed=1, n_blocks=3)
     embedding = random_embedding(other, seed=1)
@@ -152,9 +156,10 @@ def test_a_policy_that_reads_an_estimate_gets_the_new_models_own(model, tmp_path
         assert allocation.data_bytes(other) <= Budget.parse("4.6bpw").bytes_for(other)
     assert len({tuple(sorted(allocation.formats.items())) for allocation in allocations}) > 1
     with pytest.raises(RampError, match="name the damage estimate"):
-        agent.new_record(env, [model], CONFIG, 0)
+        new_record(env, [model], CONFIG, 0)
 
 
+@pytest.mark.slow
 def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, tmp_path, capsys) -> None:
     from test_env import damage_table
 
@@ -172,7 +177,7 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
               "--calibration-tokens", "64", "--window", "32", "--tensorboard", str(tmp_path / "runs"), "--no-progress",
               "--checkpoint-every", "0", "--sac", "learning_starts=20", "--sac", "batch_size=16"]
     assert main(common + ["--sensitivity", str(tmp_path / "table.json")]) == 0
-    record = agent.read_policy_record(out)
+    record = read_policy_record(out)
     assert record.formats == measured and record.timesteps == 40 and record.models[0]["sha256"] == model.sha256
     assert record.estimate == "fisher" and record.models[0]["budget_bpw"] == [5.0, 6.0]
 
@@ -185,7 +190,7 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     # two models, a budget range each; rewards shaped by the estimate where no table is given
     two = [arg for arg in common if arg not in ("--budget", "5bpw..6bpw")] + ["--model", str(tiny_reference)]
     assert main(two + ["--budget", "5bpw..6bpw", "--budget", "5.5bpw..7bpw"]) == 0
-    record = agent.read_policy_record(out)
+    record = read_policy_record(out)
     assert [entry["budget_bpw"] for entry in record.models] == [[5.0, 6.0], [5.5, 7.0]] and record.budget_bpw == [5.0, 7.0]
     capsys.readouterr()
     code = main(two + ["--budget", "5bpw..6bpw"] * 3)
@@ -199,7 +204,7 @@ def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
     table_env = BitAllocationEnv([tiny_context(model, damage=damage_table(model))], (4.0, 6.0), DEFAULT_LADDER)
     path = tmp_path / "policy.zip"
     scores = []
-    score = agent.table_regret(table_env)
+    score = table_regret(table_env)
 
     class Watch(BaseCallback):
         def _on_step(self) -> bool:
@@ -207,10 +212,10 @@ def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
                 scores.append(score(self.model))
             return True
 
-    agent.train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
+    train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
                 select_every=20, extra_callbacks=[Watch()])
-    stored = agent.read_policy_record(path)
-    loaded, _ = agent.load_policy(path, table_env, FEATURE_VERSION)
+    stored = read_policy_record(path)
+    loaded, _ = load_policy(path, table_env, FEATURE_VERSION)
     # the file holds the policy with the lowest score seen (the final one included), and says when it was
     assert stored.extra["selection_regret"] == pytest.approx(min(scores + [stored.extra["selection_regret"]]))
     assert score(loaded) == pytest.approx(stored.extra["selection_regret"])
@@ -222,15 +227,15 @@ def test_resumed_selection_competes_with_the_earlier_best(model, tmp_path) -> No
 
     table_env = BitAllocationEnv([tiny_context(model, damage=damage_table(model))], (4.0, 6.0), DEFAULT_LADDER)
     path = tmp_path / "policy.zip"
-    agent.train(table_env, record(table_env, model), path, 60, CONFIG, checkpoint_every=60, progress_bar=False, select_every=20)
+    train(table_env, record(table_env, model), path, 60, CONFIG, checkpoint_every=60, progress_bar=False, select_every=20)
     # Pretend the first part found an unbeatable policy: the resumed part must leave it in place.
-    sac, stored = agent.load_policy(path, table_env, FEATURE_VERSION)
+    sac, stored = load_policy(path, table_env, FEATURE_VERSION)
     stored.extra["selection_regret"] = -1.0
-    agent.save_policy(sac, path, stored)
-    checkpoint = agent.latest_checkpoint(agent.default_checkpoint_dir(path))
-    agent.train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
+    save_policy(sac, path, stored)
+    checkpoint = latest_checkpoint(default_checkpoint_dir(path))
+    train(table_env, record(table_env, model), path, 100, CONFIG, checkpoint_every=0, progress_bar=False,
                 select_every=20, resume=checkpoint)
-    kept = agent.read_policy_record(path)
+    kept = read_policy_record(path)
     assert kept.extra["selection_regret"] == -1.0 and kept.timesteps == stored.timesteps
 
 
@@ -257,6 +262,7 @@ def test_tune_command_scores_trials_by_measured_kld_and_continues_its_study(tiny
         assert db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 2
 
 
+@pytest.mark.slow
 def test_a_policy_allocates_from_the_embeddings_ramp_profile_wrote(tiny_reference, tmp_path, capsys) -> None:
     from ramp.allocate.allocation import Allocation
     from ramp.cli import main

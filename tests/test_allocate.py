@@ -18,7 +18,6 @@ from ramp.errors import RampError
 from ramp.kernels.formats import tensor_bytes
 from ramp.models.model import Model, TensorSpec, role_of
 from ramp.measure.sensitivity_table import SensitivityTable
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 LADDER = ("Q2_K", "Q4_K", "Q8_0")
 # A (4, 256) tensor: Q2_K 4*84 = 336 bytes, Q4_K 4*144 = 576, Q8_0 4*8*34 = 1088.
@@ -411,3 +410,28 @@ def test_default_ladder_keeps_to_the_formats_a_table_measured():
     assert allocation.extra["ladder"] == list(formats)
     with pytest.raises(RampError, match="no measurement"):
         allocate(model, "ilp", "5bpw", table, ladder=("Q2_K", "Q5_0"))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lagrangian_choices_fit_and_are_optimal_for_the_bytes_they_spend(seed):
+    """The relaxation's choices fit the budget, and no allocation of at most their bytes has less damage
+    (each is the argmin of damage + price * bytes), checked against every allocation of a small problem;
+    with room for everything it takes the least damaging choice of every row."""
+    import itertools
+
+    from ramp.allocate.lagrangian import lagrangian_choices
+
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    nbytes = np.sort(rng.integers(10, 100, size=(4, 3)), axis=1).astype(float)
+    damage = np.sort(rng.lognormal(-3, 1, size=(4, 3)), axis=1)[:, ::-1]  # more bytes, less damage
+    rows = np.arange(4)
+    budget = float(rng.uniform(nbytes[:, 0].sum(), nbytes[:, -1].sum()))
+    chosen = lagrangian_choices(damage, nbytes, budget)
+    spent, ours = nbytes[rows, chosen].sum(), damage[rows, chosen].sum()
+    assert spent <= budget
+    for picks in itertools.product(range(3), repeat=4):
+        if nbytes[rows, list(picks)].sum() <= spent:
+            assert damage[rows, list(picks)].sum() >= ours - 1e-12
+    # with room for everything, every row takes its least damaging choice
+    assert list(lagrangian_choices(damage, nbytes, nbytes[:, -1].sum())) == [2, 2, 2, 2]

@@ -15,7 +15,6 @@ from ramp.files import file_sha256
 from ramp.evaluate.llama_eval import make_windows, scored_logprobs, token_kld
 from ramp.measure.sensitivity_table import SensitivityTable
 from ramp.models.text import evaluation_text
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 NORM = "blk.1.attn_norm.weight"
 

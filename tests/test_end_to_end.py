@@ -11,11 +11,11 @@ from ramp.allocate.allocation import Allocation
 from ramp.cli import main
 from ramp.export.gguf_writer import predict_file_size, write_reference
 from ramp.kernels.formats import resolve_format
-from ramp.models import load_model
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
+from tiny_gguf import tiny_llama
 
 
-def test_run_on_embedded_model(tmp_path, capsys):
+@pytest.mark.slow
+def test_run_on_embedded_model(smollm2, tmp_path, capsys):
     # the weight-error stand-in keeps this under CI's budget; the measured-KLD path is tested on the tiny model
     out_dir = tmp_path / "new" / "run"  # created when missing
     code = main(["run", "--damage", "weight-error", "--formats", "Q4_0,Q6_K,Q8_0", "--preset", "Q4_K_M",
@@ -38,7 +38,7 @@ def test_run_on_embedded_model(tmp_path, capsys):
     assert reference["source_match"] == 1.0 and reference["imatrix"] is None
 
     # the file holds exactly the allocated types, at exactly the predicted size
-    model = load_model()
+    model = smollm2
     allocation = Allocation.load(out_dir / "allocation.json")
     written = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(out_dir / "ramp.gguf").tensors}
     for spec in model.quantizable:

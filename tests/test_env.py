@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ramp.agent.sac import episode_items
+from ramp.agent.contexts import episode_items
 from ramp.envs import ENV_ID, BitAllocationEnv, ModelContext, RewardConfig
 from ramp.envs.bit_allocation import rollout
 from ramp.errors import RampError
@@ -67,7 +67,7 @@ def model() -> Model:
 
 @pytest.fixture(scope="module")
 def context(model: Model) -> ModelContext:
-    from ramp.agent.sac import KLDEvaluator
+    from ramp.agent.contexts import KLDEvaluator
 
     return tiny_context(model, evaluate=KLDEvaluator(model, tokens()))
 
@@ -185,7 +185,7 @@ def test_shaped_rewards_sum_to_the_regret_against_the_tables_best(model: Model) 
 
 
 def test_every_option_owns_an_interval_of_actions() -> None:
-    from ramp.envs.bit_allocation import action_index
+    from ramp.envs.action_mapping import action_index
 
     options = [4.5, 5.5, 6.0, 8.5]  # Q4_0, Q5_0, Q5_1, Q8_0 on a 576-wide row
     for pace in (4.5, 5.2, 6.0, 7.0):
@@ -203,7 +203,7 @@ def test_every_option_owns_an_interval_of_actions() -> None:
 @given(st.lists(st.floats(1.0, 9.0), min_size=2, max_size=8, unique=True), st.floats(0.5, 10.0), st.integers(0, 7))
 @settings(max_examples=80, deadline=None)
 def test_index_action_is_the_middle_of_the_options_action_interval(bpws, pace, anchor):
-    from ramp.envs.bit_allocation import ANCHOR_ZONE, action_index, index_action
+    from ramp.envs.action_mapping import ANCHOR_ZONE, action_index, index_action
 
     options = sorted(bpws)
     anchor = min(anchor, len(options) - 1)
@@ -226,7 +226,8 @@ def test_index_action_is_the_middle_of_the_options_action_interval(bpws, pace, a
 def test_the_estimate_is_read_relative_to_the_model_and_action_zero_allocates_like_its_ilp(model: Model) -> None:
     from ramp.allocate import allocate, predicted_damage
     from ramp.allocate.budget import Budget
-    from ramp.envs.bit_allocation import CONTEXT_FEATURES, STEP_FEATURES, action_index
+    from ramp.envs.action_mapping import action_index
+    from ramp.envs.observation import CONTEXT_FEATURES, STEP_FEATURES
 
     estimate = damage_table(model, seed=1)
     env = BitAllocationEnv([tiny_context(model, estimate=estimate)], (4.6, 4.6), DEFAULT_LADDER)

@@ -10,7 +10,7 @@ from ramp.export.gguf_writer import write_gguf, write_reference
 from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, scored_logprobs
 from ramp.models.text import evaluation_text
 from ramp.models.tokenizer import open_vocabulary, tokenize
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
+from tiny_gguf import tiny_llama
 
 N_CTX, N_WINDOWS = 64, 3
 

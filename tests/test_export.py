@@ -12,7 +12,6 @@ from ramp.cli import main
 from ramp.export.gguf_writer import predict_file_size, reference_formats, write_allocation, write_gguf
 from ramp.kernels import quantize
 from ramp.kernels.formats import resolve_format
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 # One format per quantizable tensor of the tiny model, cycling through K-quants, legacy quants and floats
 # so every writer path and llama.cpp's 256-block fallback (320-wide ffn_down rows) appear in one file.

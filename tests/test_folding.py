@@ -10,13 +10,12 @@ from ramp.errors import RampError
 from ramp.measure.folding import fold_model
 from ramp.measure.calibration import CalibrationSpec
 from ramp.measure.forward import Forward
-from ramp.models import load_model
 from ramp.measure.profile import collect_activation_stats
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model()
+def model(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")

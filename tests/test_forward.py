@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ramp.models.embedded import KNOWN_MODELS, QWEN_NAME, gemma3_model_path
+from ramp.models.embedded import KNOWN_MODELS, QWEN_NAME
 from ramp.measure.calibration import CalibrationSpec
 from ramp.measure.forward import Forward, KLDReference
 from ramp.models.model import Model
@@ -15,8 +15,8 @@ from ramp.models import load_model
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model()
+def model(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,8 @@ def test_tied_embedding_override_changes_output_projection(forward, tokens):
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Model:
-    return load_model(gemma3_model_path())
+def gemma(gemma3) -> Model:
+    return gemma3
 
 
 @pytest.fixture(scope="module")

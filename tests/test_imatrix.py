@@ -15,14 +15,14 @@ from ramp.llama_tools import run_tool
 from ramp.models import load_model
 from ramp.models.gguf import read_gguf
 from ramp.models.text import calibration_text
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
+from tiny_gguf import tiny_llama
 
 N_CTX, N_CHUNKS = 256, 4
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model()
+def model(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 
 from ramp.allocate.allocation import Allocation
 from ramp.cli import main
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 # Long enough a sweep (3 formats x 15 tensors) to be killed inside it.
 SETTINGS = ["--budget", "5.5bpw", "--formats", "Q4_0,Q5_0,Q8_0", "--calibration-tokens", "256", "--preset", "Q8_0",

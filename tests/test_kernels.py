@@ -93,10 +93,8 @@ def test_bad_input_raises_one_line_ramp_error(call, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def model():
-    from ramp.models import load_model
-
-    return load_model()
+def model(smollm2):
+    return smollm2
 
 
 # A new seed each run explores inputs no fixed seed would; RAMP_TEST_SEED replays the one a failure names.

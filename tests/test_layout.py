@@ -85,7 +85,7 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_every_package_opens_with_what_it_holds():
-    for name, path in modules().items():
+    for path in modules().values():
         if path.name == "__init__.py":
             docstring = ast.get_docstring(ast.parse(path.read_text()))
             assert docstring and docstring.split(".")[0].strip(), f"{path} has no opening sentence"

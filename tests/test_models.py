@@ -107,6 +107,7 @@ def test_models_install_needs_a_known_name(capsys):
     assert "invalid choice: 'llama-70b'" in capsys.readouterr().err
 
 
+@pytest.mark.real_model  # loads SmolLM2 by its short name
 def test_a_short_name_is_a_model_and_an_existing_path_wins(tmp_path, monkeypatch):
     assert resolve_model("smollm2-135m") == resolve_model(None) == default_model_path()
     assert load_model("smollm2-135m").source_path == default_model_path()

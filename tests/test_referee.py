@@ -14,7 +14,7 @@ from ramp.export.gguf_writer import write_gguf, write_reference
 from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
 from ramp.evaluate.referee import format_agreement, referee
 from ramp.models.text import evaluation_text
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama  # noqa: F401  (fixtures)
+from tiny_gguf import tiny_llama
 
 # 4 windows of 64 score 124 tokens: llama-perplexity prints its final statistics only from 100 on
 N_CTX, N_WINDOWS, TEXT = 64, 4, "python-docs"

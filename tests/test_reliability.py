@@ -37,7 +37,7 @@ from ramp.models import load_model
 from ramp.measure.sensitivity import measure_sensitivity
 from ramp.measure.sensitivity_table import SensitivityTable
 from ramp.models.text import evaluation_text
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_llama, tiny_model, tiny_reference  # noqa: F401  (fixtures)
+from tiny_gguf import tiny_llama
 
 
 def one_error(capsys) -> str:
@@ -277,7 +277,7 @@ def test_the_shipped_policy_allocates_for_a_model_it_never_saw(tiny_reference, t
     """`ramp allocate --method policy` without --policy: the policy in the package, trained on the three real
     families, allocates for the tiny llama within budget from its profile and its own Fisher estimate."""
     from ramp.agent.policy import DEFAULT_POLICY
-    from ramp.agent.sac import read_policy_record
+    from ramp.agent.policy_file import read_policy_record
 
     record = read_policy_record(DEFAULT_POLICY)
     assert record.estimate == "fisher" and len(record.models) == 3
@@ -407,15 +407,17 @@ def test_sensitivity_table_with_bad_values_is_one_line(tiny_reference, tmp_path,
 def test_policy_with_a_corrupt_network_is_one_line(tiny_reference, tmp_path, capsys):
     from test_env import damage_table
 
-    from ramp.agent import sac as agent
+    from ramp.agent.contexts import episode_items
+    from ramp.agent.policy_file import save_policy
+    from ramp.agent.sac import SACConfig, make_sac, new_record
     from ramp.envs import BitAllocationEnv, ModelContext
     from ramp.measure.ladder import DEFAULT_LADDER
 
     model = load_model(tiny_reference)
     env = BitAllocationEnv([ModelContext("tiny", model, np.zeros((len(model.quantizable), 11)), damage=damage_table(model),
-                                         items=agent.episode_items(model, DEFAULT_LADDER))], (4.0, 6.0), DEFAULT_LADDER)
+                                         items=episode_items(model, DEFAULT_LADDER))], (4.0, 6.0), DEFAULT_LADDER)
     good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
-    agent.save_policy(agent.make_sac(env, agent.SACConfig(net_arch=(8, 8)), 0), good, agent.new_record(env, [model], agent.SACConfig(), 0))
+    save_policy(make_sac(env, SACConfig(net_arch=(8, 8)), 0), good, new_record(env, [model], SACConfig(), 0))
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
         for item in source.infolist():  # an intact zip whose network is not a pickle any more
             target.writestr(item, b"\x80garbage" if item.filename == "policy.pth" else source.read(item))

@@ -13,11 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_fixture import build_tiny_hf_llama  # noqa: E402
 
-from ramp.cli import main  # noqa: E402
 from ramp.errors import RampError  # noqa: E402
 from ramp.models import load_model  # noqa: E402
 from ramp.models.text import evaluation_text  # noqa: E402
-from tiny_gguf import ramp_cache, _use_ramp_cache  # noqa: E402,F401  (fixtures: a scratch cache)
 
 
 @pytest.fixture(scope="module")

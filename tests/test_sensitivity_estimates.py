@@ -18,7 +18,6 @@ from ramp.measure.imatrix import compute_imatrix
 from ramp.kernels import quantize_dequantize
 from ramp.models.model import Model, TensorSpec
 from ramp.measure.sensitivity_table import SensitivityTable
-from tiny_gguf import ramp_cache, _use_ramp_cache, tiny_model, tiny_reference  # noqa: F401  (fixtures)
 
 FORMATS = ["Q3_K", "Q4_K", "Q6_K"]  # on ffn_down's 320-wide rows: Q4_0, Q5_0, Q8_0
 BLK = ("blk.0.attn_q.weight", "blk.1.ffn_down.weight")  # ffn_down's 320-wide rows fall back to 32-wide formats
@@ -290,13 +289,12 @@ def test_estimate_check_agreement_and_regret(tiny_model):
         assert row["noisy_regret"] >= 1.0 - 1e-9  # nothing beats the optimum on the table that judges it
 
 
-def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_it_takes_hours():
+def test_damage_auto_measures_where_the_sweep_takes_minutes_and_estimates_where_it_takes_hours(smollm2):
     """SmolLM2's sweep is the 964 forwards docs/BENCHMARKS.md reports (7 minutes on two cores at 256 tokens):
     auto measures it; on 16x the tokens the same sweep would take hours, and auto picks the Fisher estimate."""
     from ramp.measure.ladder import DEFAULT_LADDER
-    from ramp.models import load_model
 
-    model, ladder = load_model("smollm2-135m"), DEFAULT_LADDER
+    model, ladder = smollm2, DEFAULT_LADDER
     damage, why = estimates.choose_damage(model, ladder, 256)
     assert (damage, why) == ("kld", "the measured sweep takes 964 forwards of 256 tokens: minutes on two cores")
     damage, why = estimates.choose_damage(model, ladder, 4096)

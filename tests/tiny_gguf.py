@@ -1,6 +1,6 @@
 """A tiny random llama that llama.cpp really loads: 2 blocks, 256-wide, with the embedded SmolLM2 model's
 real tokenizer (its GGUF tokenizer metadata copied verbatim), so tokenization, windows and generation run
-through llama.cpp exactly as for a real model, in seconds.
+through llama.cpp exactly as for a real model, in seconds (tests/conftest.py makes it a fixture).
 
 The FFN width 320 is not a multiple of 256, so ffn_down exercises llama.cpp's K-quant fallback.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gguf
 import numpy as np
-import pytest
 
 from ramp.models.model import MetadataValue, Model, TensorSpec, role_of
 from ramp.models.embedded import default_model_path
@@ -66,28 +65,3 @@ def tiny_llama(seed: int = 0, add_bos: bool | None = None, arch: str = "llama") 
         TensorSpec(name, shape, *role_of(name)) for name, shape in shapes.items() if len(shape) == 2
     ]
     return Model(arch, N_BLOCKS, tensors, quantizable, metadata, sha256=f"tiny-{seed}-{add_bos}-{arch}")
-
-
-@pytest.fixture(scope="session")
-def ramp_cache(tmp_path_factory: pytest.TempPathFactory):
-    return tmp_path_factory.mktemp("ramp-cache")
-
-
-@pytest.fixture(autouse=True)
-def _use_ramp_cache(ramp_cache, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test of these modules shares one scratch cache (reference logits, presets) for the session."""
-    monkeypatch.setenv("RAMP_CACHE", str(ramp_cache))
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> Model:
-    return tiny_llama()
-
-
-@pytest.fixture(scope="session")
-def tiny_reference(tiny_model: Model, tmp_path_factory: pytest.TempPathFactory):
-    from ramp.export.gguf_writer import write_reference
-
-    path = tmp_path_factory.mktemp("tiny") / "tiny-F32.gguf"
-    write_reference(tiny_model, path, progress=False)
-    return path

@@ -41,8 +41,10 @@ def allocate_with_policy(
     the policy in `policy_path`. `embedding` skips profiling and `estimate` the damage estimate when the
     caller already has them (the estimate is made with `imatrix`, as the export quantizes); `sensitivity`
     only adds the predicted damage to the result."""
-    from ramp.agent.sac import load_policy, model_embedding, read_policy_record
-    from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, RewardConfig, rollout
+    from ramp.agent.contexts import model_embedding
+    from ramp.agent.policy_file import load_policy, read_policy_record
+    from ramp.envs.bit_allocation import BitAllocationEnv, ModelContext, rollout
+    from ramp.envs.reward import RewardConfig
 
     record = read_policy_record(policy_path)  # refuse a foreign file before the expensive profile
     ladder = tuple(record.formats)
@@ -93,7 +95,7 @@ class TrainedPolicy:
 
     def __init__(self, path: str | Path = DEFAULT_POLICY, embeddings: "Profile | None" = None,
                  imatrix: "ImportanceMatrix | None" = None) -> None:
-        from ramp.agent.sac import read_policy_record
+        from ramp.agent.policy_file import read_policy_record
 
         self.path = Path(path)
         record = read_policy_record(path)  # a foreign file fails here, before any work

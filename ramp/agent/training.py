@@ -17,8 +17,9 @@ from ramp.errors import RampError
 if TYPE_CHECKING:
     from stable_baselines3 import SAC
 
-    from ramp.agent.sac import PolicyRecord, SACConfig
-    from ramp.envs.bit_allocation import RewardConfig
+    from ramp.agent.policy_file import PolicyRecord
+    from ramp.agent.sac import SACConfig
+    from ramp.envs.reward import RewardConfig
     from ramp.measure.calibration import CalibrationSpec
     from ramp.models.model import Model
 
@@ -76,8 +77,12 @@ def train_policy(run: TrainingRun) -> tuple["SAC", "PolicyRecord"]:
     """Train a policy as `run` says and write it to `run.out` (the best one on the tables, with selection)."""
     import time
 
-    from ramp.agent import sac as agent
-    from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig
+    from ramp.agent.arguments import parse_budget_range
+    from ramp.agent.contexts import build_contexts
+    from ramp.agent.policy_file import read_policy_record
+    from ramp.agent.sac import SACConfig, new_record, train
+    from ramp.envs.bit_allocation import BitAllocationEnv
+    from ramp.envs.reward import RewardConfig
     from ramp.measure.estimates import estimate_sensitivity
     from ramp.measure.imatrix import ImportanceMatrix, cached_imatrix
     from ramp.measure.ladder import ladder_of
@@ -102,17 +107,17 @@ def train_policy(run: TrainingRun) -> tuple["SAC", "PolicyRecord"]:
         models.append(model)
         estimates.append(estimate)
         ranges.append(default_budget_range(model, ladder) if entry.budget == AUTO
-                      else agent.parse_budget_range(entry.budget, [model]))
+                      else parse_budget_range(entry.budget, [model]))
     shaping = [table if table is not None else estimate for table, estimate in zip(tables, estimates)]
     names = run.names or [Path(entry.ref).name if entry.ref else "smollm2-135m" for entry in run.models]
-    contexts = agent.build_contexts(models, names, shaping, run.evaluate_calibration, ladder, run.grouping,
+    contexts = build_contexts(models, names, shaping, run.evaluate_calibration, ladder, run.grouping,
                                     estimates if run.estimate else None)
     env = BitAllocationEnv(contexts, ranges, ladder, run.grouping, run.reward or RewardConfig())
-    config = run.sac or agent.SACConfig()
-    record = agent.new_record(env, models, config, run.seed, run.estimate)
+    config = run.sac or SACConfig()
+    record = new_record(env, models, config, run.seed, run.estimate)
     budgets = ", ".join(f"{name} {low:.2f}..{high:.2f} bpw" for name, (low, high) in zip(names, ranges))
     print(f"prepared {len(models)} model(s) in {time.monotonic() - started:.0f}s; training to {run.timesteps} steps, {budgets}")
-    sac = agent.train(env, record, run.out, run.timesteps, config, checkpoint_dir=run.checkpoint_dir,
+    sac = train(env, record, run.out, run.timesteps, config, checkpoint_dir=run.checkpoint_dir,
                       checkpoint_every=run.checkpoint_every, tensorboard_log=run.tensorboard, resume=run.resume,
                       progress_bar=run.progress, select_every=run.select_every)
-    return sac, agent.read_policy_record(run.out)
+    return sac, read_policy_record(run.out)

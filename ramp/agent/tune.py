@@ -57,19 +57,20 @@ def tune(
     import numpy as np
     import optuna
 
-    from ramp.agent import sac as agent
-    from ramp.envs.bit_allocation import BitAllocationEnv, RewardConfig, rollout
+    from ramp.agent.sac import SACConfig, new_record, train
+    from ramp.envs.bit_allocation import BitAllocationEnv, rollout
+    from ramp.envs.reward import RewardConfig
 
     low, high = budget_bpw
     eval_budgets = np.linspace(low, high, eval_points) if eval_points > 1 else [(low + high) / 2]
 
     def objective(trial) -> float:
         sac_overrides, reward_overrides = suggest(trial)
-        config = agent.SACConfig(**sac_overrides)
+        config = SACConfig(**sac_overrides)
         env = BitAllocationEnv(contexts, budget_bpw, ladder, grouping, RewardConfig(**reward_overrides))
-        record = agent.new_record(env, models, config, seed + trial.number)
+        record = new_record(env, models, config, seed + trial.number)
         with tempfile.TemporaryDirectory() as scratch:
-            sac = agent.train(env, record, Path(scratch) / "policy.zip", timesteps, config,
+            sac = train(env, record, Path(scratch) / "policy.zip", timesteps, config,
                               checkpoint_every=0, checkpoint_dir=scratch, progress_bar=False)
         act = lambda observation: sac.predict(observation, deterministic=True)[0]  # noqa: E731
         klds = [rollout(env, act, context=i, budget_bpw=float(b))["kld"] for i in range(len(contexts)) for b in eval_budgets]
@@ -82,7 +83,7 @@ def tune(
     sac_overrides, reward_overrides = suggest(optuna.trial.FixedTrial(best.params))
     return {
         "mean_kld": best.value, "trial": best.number, "study": study.name, "storage": study.storage,
-        "sac": asdict(agent.SACConfig(**sac_overrides)), "reward": asdict(RewardConfig(**reward_overrides)),
+        "sac": asdict(SACConfig(**sac_overrides)), "reward": asdict(RewardConfig(**reward_overrides)),
         "flags": " ".join([f"--sac {k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sac_overrides.items()]
                           + [f"--reward {k}={v:.4g}" for k, v in reward_overrides.items()]),
     }

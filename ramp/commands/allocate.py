@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(path)
     if args.method == "policy":
         from ramp.agent.policy import DEFAULT_POLICY, TrainedPolicy
-        from ramp.agent.sac import read_policy_record
+        from ramp.agent.policy_file import read_policy_record
 
         read_policy_record(args.policy or DEFAULT_POLICY)  # a foreign file fails before the model loads
     elif args.embeddings:

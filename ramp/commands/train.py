@@ -69,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from ramp.agent import sac as agent
+    from ramp.agent.arguments import parse_overrides
+    from ramp.agent.checkpoints import TrainingInterrupted, default_checkpoint_dir, latest_checkpoint
+    from ramp.agent.sac import SACConfig
     from ramp.agent.training import AUTO, TrainingModel, TrainingRun, train_policy
-    from ramp.envs.bit_allocation import RewardConfig
+    from ramp.envs.reward import RewardConfig
     from ramp.errors import RampError
     from ramp.files import check_output_path
     from ramp.measure.ladder import parse_ladder
@@ -85,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     imatrices = _per_model(args.imatrix, len(refs), "--imatrix", AUTO)
     if args.estimate == "none" and not args.sensitivity:
         raise RampError("--estimate none leaves nothing to shape rewards with; give a --sensitivity table per --model")
-    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else agent.default_checkpoint_dir(out)
+    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else default_checkpoint_dir(out)
     resume = None
     if args.resume is not None:
-        resume = agent.latest_checkpoint(checkpoint_dir) if args.resume == "latest" else Path(args.resume)
+        resume = latest_checkpoint(checkpoint_dir) if args.resume == "latest" else Path(args.resume)
         if resume is None or not resume.is_file():
             raise RampError(f"no checkpoint to resume from ({args.resume if args.resume != 'latest' else checkpoint_dir}); "
                             "drop --resume to start afresh")
@@ -100,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every, select_every=args.select_every,
         resume=resume, tensorboard=args.tensorboard, progress=not args.no_progress,
         evaluate_calibration=calibration_of(args, args.calibration_tokens) if args.evaluate_episodes else None,
-        reward=RewardConfig(**agent.parse_overrides(args.reward, RewardConfig, "reward")),
-        sac=agent.SACConfig(**agent.parse_overrides(args.sac, agent.SACConfig, "sac")),
+        reward=RewardConfig(**parse_overrides(args.reward, RewardConfig, "reward")),
+        sac=SACConfig(**parse_overrides(args.sac, SACConfig, "sac")),
     )
     try:
         sac, record = train_policy(training)
-    except agent.TrainingInterrupted as stop:
+    except TrainingInterrupted as stop:
         print(f"ramp: interrupted at step {stop.timesteps}; continue with the same command plus --resume", file=sys.stderr)
         return 130
     if "selected_at_step" in record.extra:

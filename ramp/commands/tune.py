@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ramp.agent import sac as agent
+    from ramp.agent.arguments import load_tables, parse_budget_range
+    from ramp.agent.contexts import build_contexts
     from ramp.agent.tune import Study, tune
     from ramp.files import atomic_output, check_output_path
     from ramp.measure.ladder import ladder_of, parse_ladder
@@ -46,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out)
     asked_ladder = parse_ladder(args.formats) if args.formats else None
     paths = args.model or [None]
-    tables = agent.load_tables(args.sensitivity, len(paths))
+    tables = load_tables(args.sensitivity, len(paths))
     ladder = asked_ladder or ladder_of(tables)
     models = [load_model(path) for path in paths]
     names = [Path(path).name if path else "SmolLM2-135M-Instruct" for path in paths]
-    budget_bpw = agent.parse_budget_range(args.budget, models)
-    contexts = agent.build_contexts(models, names, tables, calibration_of(args, args.calibration_tokens), ladder, args.grouping)
+    budget_bpw = parse_budget_range(args.budget, models)
+    contexts = build_contexts(models, names, tables, calibration_of(args, args.calibration_tokens), ladder, args.grouping)
     result = tune(Study(args.storage, args.study), contexts, models, budget_bpw, ladder, args.grouping, args.trials,
                   args.timesteps, args.eval_points, args.seed)
     flags = result.pop("flags")

@@ -30,7 +30,7 @@ def distinct_cells(model: Model, table: SensitivityTable) -> dict[tuple[str, str
     from ramp.kernels import resolve_format
 
     cells = {}
-    for row, spec in enumerate(model.quantizable):
+    for spec in model.quantizable:
         index = table.tensors.index(spec.name)
         for column, fmt in enumerate(table.formats):
             cells.setdefault((spec.name, resolve_format(fmt, spec.row_length).name), float(table.damage[index, column]))

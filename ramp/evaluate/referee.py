@@ -49,7 +49,7 @@ def _perplexity_numbers(args: list, patterns: dict[str, str], path: Path) -> dic
     """Run llama-perplexity and read the named numbers from its log. llama.cpp's logger writes from a thread
     the process does not wait for at exit, so the last lines (where the final statistics are) are now and
     then lost (llama.cpp issue 22142): a run missing any of them is repeated once."""
-    for attempt in range(2):
+    for _ in range(2):
         done = run_tool("llama-perplexity", args)
         output = done.stdout + done.stderr
         matches = {what: re.search(pattern, output, re.MULTILINE) for what, pattern in patterns.items()}
