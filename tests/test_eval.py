@@ -122,3 +122,30 @@ def test_eval_rejects_missing_file(tiny_reference, tmp_path, capsys):
     code = main(["eval", str(tmp_path / "nope.gguf"), "--reference", str(tiny_reference)])
     assert code != 0
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_command_rates_other_files_against_the_nearest_preset(tiny_model, tiny_reference, quantized, tmp_path, capsys):
+    import json
+
+    from ramp.evaluate.intervals import paired_bootstrap_ratio
+
+    mixed = tmp_path / "tiny-mixed.gguf"  # no preset in its name: a file of ramp's, compared with one
+    write_gguf(tiny_model, {spec.name: ("Q8_0" if index % 2 else "Q4_0") for index, spec in enumerate(tiny_model.quantizable)},
+               mixed, progress=False)
+    out = tmp_path / "results.json"
+    code = main(["eval", str(quantized), str(mixed), "--reference", str(tiny_reference), "--ctx", str(N_CTX),
+                 "--max-windows", str(N_WINDOWS), "--json", str(out)])
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    preset, ours = rows["tiny-Q4_0"], rows["tiny-mixed"]
+    assert preset["kld_ratio"] is None and rows["reference"]["kld_ratio"] is None
+    for row in (preset, ours):  # equal windows: the mean of the window means is the mean
+        assert len(row["window_kld"]) == len(row["window_nll"]) == N_WINDOWS
+        assert np.mean(row["window_kld"]) == pytest.approx(row["kld_mean"], rel=1e-9)
+    ratio = ours["kld_ratio"]
+    assert ratio["preset"] == "tiny-Q4_0" and ratio["ratio"] == pytest.approx(ours["kld_mean"] / preset["kld_mean"], rel=1e-9)
+    assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
+    again = paired_bootstrap_ratio(ours["window_kld"], preset["window_kld"], resamples=ratio["resamples"], seed=ratio["seed"])
+    assert (again.low, again.high) == (ratio["low"], ratio["high"])
+    printed = capsys.readouterr().out
+    assert f"{ratio['ratio']:.2f}x [{ratio['low']:.2f}-{ratio['high']:.2f}] vs tiny-Q4_0" in printed

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ramp.errors import RampError
+from ramp.evaluate.intervals import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioInterval
 from ramp.files import cache_dir, file_sha256, text_sha256
 from ramp.models.tokenizer import token_windows
 
@@ -74,6 +76,9 @@ class EvalResult:
     # bootstrap intervals between two files measured on the same windows resample (`ramp.evaluate.intervals`)
     window_kld: tuple[float, ...] = ()
     window_nll: tuple[float, ...] = ()
+    # For a row that is not a preset, its mean KLD over the preset's nearest in size, with the paired bootstrap
+    # interval (`ramp.evaluate.intervals.RatioInterval.as_dict` plus the preset's name under "preset")
+    kld_ratio: dict | None = None
     # What the row was made and measured with, filled in by the command that knows (`annotate`)
     text: str = ""
     imatrix: bool | None = None  # quantized with an importance matrix
@@ -358,12 +363,45 @@ def _result(name: str, path: Path, file_bytes: int, bpw: float, nll: np.ndarray,
     )
 
 
+def preset_in_name(name: str) -> str | None:
+    """The llama.cpp preset a row's name says it is (`Q4_K_M imatrix`, `smollm2-Q4_K_M`), or None."""
+    import llama_cpp
+
+    for part in re.split(r"[-. ]+", name):
+        if hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{part.upper()}"):
+            return part
+    return None
+
+
+def with_kld_ratios(results: list[EvalResult], resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> list[EvalResult]:
+    """Each measured row that is not a preset, with its mean KLD's ratio to the preset nearest in file size
+    and the ratio's paired bootstrap interval over the windows both were scored on."""
+    from dataclasses import replace
+
+    from ramp.evaluate.intervals import paired_bootstrap_ratio
+
+    presets = [r for r in results if preset_in_name(r.name) and r.kld_mean > 0 and len(r.window_kld) > 1]
+    rated = []
+    for result in results:
+        rivals = [p for p in presets if len(p.window_kld) == len(result.window_kld)]
+        if result in presets or result.kld_mean <= 0 or not rivals:
+            rated.append(result)
+            continue
+        nearest = min(rivals, key=lambda p: abs(p.file_bytes - result.file_bytes))
+        interval = paired_bootstrap_ratio(result.window_kld, nearest.window_kld, resamples=resamples, seed=seed)
+        rated.append(replace(result, kld_ratio={"preset": nearest.name, **interval.as_dict()}))
+    return rated
+
+
 def format_table(results: list[EvalResult]) -> str:
     """One line per file; with annotations, whether it used an importance matrix, the share of weights equal
-    to the source checkpoint's, and a `*` on files at or above the source's size (no claim is made there)."""
+    to the source checkpoint's, and a `*` on files at or above the source's size (no claim is made there);
+    for rows compared with a preset (`with_kld_ratios`), the KLD ratio and its 95% interval."""
     annotated = any(r.source_match is not None or r.imatrix is not None for r in results)
+    rated = [r for r in results if r.kld_ratio]
     header = f"{'model':<24} {'file bytes':>12} {'bpw':>6} {'PPL':>9} {'KLD mean':>9} {'KLD med':>9} {'KLD p99':>9} {'top-1':>7}"
     header += f" {'imatrix':>7} {'=source':>7}" if annotated else ""
+    header += "  KLD / nearest preset [95% CI]" if rated else ""
     lines = [header, "-" * len(header)]
     for r in results:
         line = (f"{r.name + ('*' if r.at_or_above_source else ''):<24} {r.file_bytes:>12,d} {r.bits_per_weight:>6.3f} "
@@ -371,18 +409,26 @@ def format_table(results: list[EvalResult]) -> str:
         if annotated:
             used = "-" if r.imatrix is None else ("yes" if r.imatrix else "no")
             line += f" {used:>7} {'-' if r.source_match is None else f'{r.source_match:.1%}':>7}"
+        if r.kld_ratio:
+            line += f"  {RatioInterval(**{k: v for k, v in r.kld_ratio.items() if k != 'preset'}).compact()} vs {r.kld_ratio['preset']}"
         lines.append(line)
     if any(r.at_or_above_source for r in results):
         lines.append("* at or above the source checkpoint's size: its format can reproduce the source's grid, no claim is made there")
+    if rated:
+        first = rated[0].kld_ratio
+        lines.append(f"KLD ratios: paired bootstrap over the {first['windows']} windows ({first['resamples']:,d} resamples, "
+                     f"seed {first['seed']}); below 1 with the interval's upper end below 1 is a claim of better")
     return "\n".join(lines)
 
 
 def report_results(results: list[EvalResult], windows: Windows, json_path: str | None) -> None:
-    """Print the table (and write the rows as JSON) the same way for `ramp eval` and `ramp run`."""
+    """Print the table (and write the rows, with their KLD ratios to the nearest preset, as JSON) the same way
+    for `ramp eval` and `ramp run`."""
     import json
 
     from ramp.files import atomic_output
 
+    results = with_kld_ratios(results)
     text = results[0].text if results and results[0].text else "held-out"
     print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} ({text} text, held-out half)")
     print(format_table(results))
