@@ -79,6 +79,9 @@ def test_cached_float16_kld_matches_exact_kld(tiny_reference, quantized, windows
     assert result.n_tokens == windows.n_scored
     assert result.kld_mean == pytest.approx(exact_kld.mean(), abs=1e-4)
     assert result.kld_mean > 1e-3  # Q4_0 really differs from the reference
+    # the float32 arithmetic itself: against float64 on the same float16 reference values
+    cached = reference.logprobs.astype(np.float64)
+    assert result.kld_mean == pytest.approx((np.exp(cached) * (cached - exact_q)).sum(axis=-1).mean(), abs=1e-6)
     # float32 log-softmax: each NLL within about 1e-6 of float64's (the logits' own float32 spacing)
     assert result.perplexity == pytest.approx(np.exp(-exact_q[np.arange(len(targets)), targets].mean()), rel=1e-6)
     assert result.top1_agreement == pytest.approx((exact_q.argmax(-1) == exact_ref.argmax(-1)).mean())

@@ -4,7 +4,10 @@ against the reference's logits, on held-out text.
 Windows follow llama-perplexity: the token stream is cut into consecutive windows of `n_ctx` tokens, each
 evaluated from an empty KV cache; when the vocabulary adds BOS, the first token of every window is replaced by
 BOS; only the second half of each window is scored (logits at positions n_ctx/2 .. n_ctx-2 predicting the
-next token), so every scored token sees at least n_ctx/2 tokens of context.
+next token), so every scored token sees at least n_ctx/2 tokens of context. As llama-perplexity does, llama.cpp
+computes logits only at those positions, and ramp reads them in place from llama.cpp's buffer; log-softmax, NLL
+and KLD run in float32 (sums are numpy's pairwise ones) over blocks of rows on every core, which keeps mean KLD
+within 1e-6 nats of float64 arithmetic on the same values, well inside the float16 cache's resolution below.
 
 Reference logits are cached on disk as the full log-softmax in float16, one row per scored position
 (n_vocab x 2 bytes each, the same resolution llama-perplexity's --kl-divergence-base file keeps), written
