@@ -23,7 +23,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 SDIST=${LLAMA_CPP_SDIST:-}  # an already downloaded sdist of the same version saves the download
 if [ -z "$SDIST" ]; then
-    "$PYTHON" -m pip download -q --no-deps --no-binary :all: -d "$WORK" "llama-cpp-python==$VERSION"
+    "$PYTHON" -m pip download -q --no-deps --no-binary llama-cpp-python -d "$WORK" "llama-cpp-python==$VERSION"
     SDIST="$WORK/llama_cpp_python-$VERSION.tar.gz"
 fi
 tar -xzf "$SDIST" -C "$WORK"
