@@ -44,7 +44,9 @@ if [ "$INSTALLED" = 0 ]; then
     # ($ORIGIN) and libllama/libggml in the installed wheel, the very files ramp loads.
     PLATLIB=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
     export CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON $FLAGS -DCMAKE_BUILD_RPATH=\$ORIGIN;$PLATLIB/llama_cpp/lib"
-    TARGETS="llama;ggml;ggml-base;ggml-cpu;${TOOLS// /;}"
+    # mtmd too: llama.cpp installs it unconditionally once its tools are on, and a target installed but not
+    # built fails the install
+    TARGETS="llama;ggml;ggml-base;ggml-cpu;mtmd;${TOOLS// /;}"
     # --no-cache-dir: a wheel pip cached from another build would come without the tools
     "$PYTHON" -m pip install -q --no-cache-dir --config-settings=build-dir="$WORK/build" \
         --config-settings=build.targets="$TARGETS" "$SDIST"
