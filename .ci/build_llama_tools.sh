@@ -37,34 +37,57 @@ FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_OPE
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_COMMIT=${COMMIT:-unknown} -DLLAMA_BUILD_NUMBER=0"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 mkdir -p "$BIN"
-if [ "$INSTALLED" = 0 ]; then
+
+install_files() {  # from the build's bin folder into $BIN
+    for file in "$@"; do
+        # copy beside, then rename: an interrupted install never leaves a half-written tool that looks built
+        cp -P "$WORK/build/bin/$file" "$BIN/.$file.tmp"
+        mv -f "$BIN/.$file.tmp" "$BIN/$file"
+    done
+}
+
+one_build() {
     # llama-cpp-python's own CMake build with llama.cpp's tools switched on, limited to the wheel's libraries and
     # the three tools (not every tool llama.cpp has), its build folder kept to take the tools from. llama.cpp
     # builds shared there: each tool finds its own helper libraries (llama-common, the tool's -impl) beside it
     # ($ORIGIN) and libllama/libggml in the installed wheel, the very files ramp loads.
-    PLATLIB=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
-    export CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON $FLAGS -DCMAKE_BUILD_RPATH=\$ORIGIN;$PLATLIB/llama_cpp/lib"
+    local platlib targets helpers
+    platlib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
     # mtmd too: llama.cpp installs it unconditionally once its tools are on, and a target installed but not
     # built fails the install
-    TARGETS="llama;ggml;ggml-base;ggml-cpu;mtmd;${TOOLS// /;}"
+    targets="llama;ggml;ggml-base;ggml-cpu;mtmd;${TOOLS// /;}"
     # --no-cache-dir: a wheel pip cached from another build would come without the tools
-    "$PYTHON" -m pip install -q --no-cache-dir --config-settings=build-dir="$WORK/build" \
-        --config-settings=build.targets="$TARGETS" "$SDIST"
-    # shellcheck disable=SC2086  # TOOLS is a word list
+    CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON $FLAGS -DCMAKE_BUILD_RPATH=\$ORIGIN;$platlib/llama_cpp/lib" \
+        "$PYTHON" -m pip install -q --no-cache-dir --config-settings=build-dir="$WORK/build" \
+        --config-settings=build.targets="$targets" "$SDIST" || return 1
+    helpers=$(cd "$WORK/build/bin" && ls lib*.so* | grep -v '^libllama\.so\|^libggml') || return 1
     # the helper libraries first, the tools last: an interrupted copy never leaves a tool without its libraries
-    FILES="$(cd "$WORK/build/bin" && ls lib*.so* | grep -v '^libllama\.so\|^libggml') $TOOLS"
-else
+    # shellcheck disable=SC2086  # word lists
+    install_files $helpers $TOOLS || return 1
+    for tool in $TOOLS; do "$BIN/$tool" --version >/dev/null 2>&1 || return 1; done
+}
+
+static_tools() {
     # Static, so the tools never pick up another libllama/libggml; the same flags as the wheel's build.
+    rm -rf "$WORK/build"
     # shellcheck disable=SC2086  # FLAGS is a word list
     cmake -S "$ROOT/vendor/llama.cpp" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
         $FLAGS >"$WORK/cmake.log" || { cat "$WORK/cmake.log"; exit 1; }
     # shellcheck disable=SC2086  # TOOLS is a word list
     cmake --build "$WORK/build" --config Release --target $TOOLS -j"$CMAKE_BUILD_PARALLEL_LEVEL"
-    FILES=$TOOLS
+    # shellcheck disable=SC2086  # TOOLS is a word list
+    install_files $TOOLS
+}
+
+if [ "$INSTALLED" = 0 ] && ! one_build; then
+    # a build that cannot make the tools in one go (another llama.cpp layout, an older scikit-build-core) still
+    # installs: the wheel on its own, then the tools separately
+    echo "llama.cpp's tools did not come out of llama-cpp-python's build; building them separately" >&2
+    for tool in $TOOLS; do rm -f "$BIN/$tool"; done
+    CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF $FLAGS" "$PYTHON" -m pip install -q --no-cache-dir "$SDIST"
+    INSTALLED=1
 fi
-for file in $FILES; do
-    # copy beside, then rename: an interrupted install never leaves a half-written tool that looks built
-    cp -P "$WORK/build/bin/$file" "$BIN/.$file.tmp"
-    mv -f "$BIN/.$file.tmp" "$BIN/$file"
-done
+if [ "$INSTALLED" = 1 ]; then
+    static_tools
+fi
 echo "built $TOOLS (llama.cpp ${COMMIT:-unknown}) into $BIN"
