@@ -1,10 +1,11 @@
 """llama.cpp's own command-line tools (llama-quantize, llama-imatrix, llama-perplexity): found without
 configuration and run with their failures turned into one-line RampErrors.
 
-`.ci/build_llama_tools.sh` builds them from the llama.cpp source vendored in the installed llama-cpp-python's
-sdist and installs them under data_dir()/llama.cpp-<llama-cpp-python version>/bin, so the tools and the libllama
-ramp loads through llama-cpp-python are the same llama.cpp; the version in the folder name means an upgrade of
-llama-cpp-python never runs tools from the old one.
+`.ci/build_llama_tools.sh` builds them in the same CMake build as llama-cpp-python's wheel (linked to the
+wheel's own libllama), or, where llama-cpp-python came from elsewhere, statically from the llama.cpp source its
+sdist vendors, and installs them under data_dir()/llama.cpp-<llama-cpp-python version>/bin, so the tools and the
+libllama ramp loads through llama-cpp-python are the same llama.cpp; the version in the folder name means an
+upgrade of llama-cpp-python never runs tools from the old one.
 """
 from __future__ import annotations
 

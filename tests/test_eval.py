@@ -7,7 +7,7 @@ import pytest
 
 from ramp.cli import main
 from ramp.export.gguf_writer import write_gguf, write_reference
-from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, scored_logprobs
+from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result, scored_logits
 from ramp.models.text import evaluation_text
 from ramp.models.tokenizer import open_vocabulary, tokenize
 from tiny_gguf import tiny_llama
@@ -57,19 +57,33 @@ def test_windows_start_with_bos_when_the_vocabulary_adds_it(tmp_path):
     np.testing.assert_array_equal(with_bos.tokens[:, 1:], stream[: N_WINDOWS * N_CTX].reshape(N_WINDOWS, N_CTX)[:, 1:])
 
 
+def exact_logprobs(path, windows) -> np.ndarray:
+    """float64 log-softmax of llama.cpp's logits at every scored position: the exact values ramp's float32
+    arithmetic and float16 cache approximate."""
+    rows = []
+    for logits in scored_logits(path, windows, "exact"):
+        shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+        rows.append(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
+    return np.concatenate(rows)
+
+
 def test_cached_float16_kld_matches_exact_kld(tiny_reference, quantized, windows, ramp_cache):
     reference = reference_logprobs(tiny_reference, windows)
     assert reference.logprobs.dtype == np.float16 and reference.logprobs.shape[0] == windows.n_scored
     assert len(list((ramp_cache / "reference_logits").glob("*.top1.npy"))) == 1
-    exact_ref = np.concatenate(list(scored_logprobs(tiny_reference, windows, "ref")))
-    exact_q = np.concatenate(list(scored_logprobs(quantized, windows, "q")))
+    exact_ref = exact_logprobs(tiny_reference, windows)
+    exact_q = exact_logprobs(quantized, windows)
     exact_kld = (np.exp(exact_ref) * (exact_ref - exact_q)).sum(axis=-1)
     targets = windows.targets.reshape(-1)
     result = evaluate(quantized, reference, windows)
     assert result.n_tokens == windows.n_scored
     assert result.kld_mean == pytest.approx(exact_kld.mean(), abs=1e-4)
     assert result.kld_mean > 1e-3  # Q4_0 really differs from the reference
-    assert result.perplexity == pytest.approx(np.exp(-exact_q[np.arange(len(targets)), targets].mean()), rel=1e-9)
+    # the float32 arithmetic itself: against float64 on the same float16 reference values
+    cached = reference.logprobs.astype(np.float64)
+    assert result.kld_mean == pytest.approx((np.exp(cached) * (cached - exact_q)).sum(axis=-1).mean(), abs=1e-6)
+    # float32 log-softmax: each NLL within about 1e-6 of float64's (the logits' own float32 spacing)
+    assert result.perplexity == pytest.approx(np.exp(-exact_q[np.arange(len(targets)), targets].mean()), rel=1e-6)
     assert result.top1_agreement == pytest.approx((exact_q.argmax(-1) == exact_ref.argmax(-1)).mean())
     # a second request reads the cache: identical values, no new file
     again = reference_logprobs(tiny_reference, windows)
@@ -111,3 +125,30 @@ def test_eval_rejects_missing_file(tiny_reference, tmp_path, capsys):
     code = main(["eval", str(tmp_path / "nope.gguf"), "--reference", str(tiny_reference)])
     assert code != 0
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_command_rates_other_files_against_the_nearest_preset(tiny_model, tiny_reference, quantized, tmp_path, capsys):
+    import json
+
+    from ramp.evaluate.intervals import paired_bootstrap_ratio
+
+    mixed = tmp_path / "tiny-mixed.gguf"  # no preset in its name: a file of ramp's, compared with one
+    write_gguf(tiny_model, {spec.name: ("Q8_0" if index % 2 else "Q4_0") for index, spec in enumerate(tiny_model.quantizable)},
+               mixed, progress=False)
+    out = tmp_path / "results.json"
+    code = main(["eval", str(quantized), str(mixed), "--reference", str(tiny_reference), "--ctx", str(N_CTX),
+                 "--max-windows", str(N_WINDOWS), "--json", str(out)])
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    preset, ours = rows["tiny-Q4_0"], rows["tiny-mixed"]
+    assert preset["kld_ratio"] is None and rows["reference"]["kld_ratio"] is None
+    for row in (preset, ours):  # equal windows: the mean of the window means is the mean
+        assert len(row["window_kld"]) == len(row["window_nll"]) == N_WINDOWS
+        assert np.mean(row["window_kld"]) == pytest.approx(row["kld_mean"], rel=1e-9)
+    ratio = ours["kld_ratio"]
+    assert ratio["preset"] == "tiny-Q4_0" and ratio["ratio"] == pytest.approx(ours["kld_mean"] / preset["kld_mean"], rel=1e-9)
+    assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
+    again = paired_bootstrap_ratio(ours["window_kld"], preset["window_kld"], resamples=ratio["resamples"], seed=ratio["seed"])
+    assert (again.low, again.high) == (ratio["low"], ratio["high"])
+    printed = capsys.readouterr().out
+    assert f"{ratio['ratio']:.2f}x [{ratio['low']:.2f}-{ratio['high']:.2f}] vs tiny-Q4_0" in printed

@@ -4,7 +4,10 @@ against the reference's logits, on held-out text.
 Windows follow llama-perplexity: the token stream is cut into consecutive windows of `n_ctx` tokens, each
 evaluated from an empty KV cache; when the vocabulary adds BOS, the first token of every window is replaced by
 BOS; only the second half of each window is scored (logits at positions n_ctx/2 .. n_ctx-2 predicting the
-next token), so every scored token sees at least n_ctx/2 tokens of context.
+next token), so every scored token sees at least n_ctx/2 tokens of context. As llama-perplexity does, llama.cpp
+computes logits only at those positions, and ramp reads them in place from llama.cpp's buffer; log-softmax, NLL
+and KLD run in float32 (sums are numpy's pairwise ones) over blocks of rows on every core, which keeps mean KLD
+within 1e-6 nats of float64 arithmetic on the same values, well inside the float16 cache's resolution below.
 
 Reference logits are cached on disk as the full log-softmax in float16, one row per scored position
 (n_vocab x 2 bytes each, the same resolution llama-perplexity's --kl-divergence-base file keeps), written
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from ramp.errors import RampError
+from ramp.evaluate.intervals import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioInterval
 from ramp.files import cache_dir, file_sha256, text_sha256
 from ramp.models.tokenizer import token_windows
 
@@ -70,6 +75,13 @@ class EvalResult:
     kld_median: float
     kld_p99: float
     top1_agreement: float
+    # Per window, the mean KLD and NLL of its scored tokens (every window scores as many): what paired
+    # bootstrap intervals between two files measured on the same windows resample (`ramp.evaluate.intervals`)
+    window_kld: tuple[float, ...] = ()
+    window_nll: tuple[float, ...] = ()
+    # For a row that is not a preset, its mean KLD over the preset's nearest in size, with the paired bootstrap
+    # interval (`ramp.evaluate.intervals.RatioInterval.as_dict` plus the preset's name under "preset")
+    kld_ratio: dict | None = None
     # What the row was made and measured with, filled in by the command that knows (`annotate`)
     text: str = ""
     imatrix: bool | None = None  # quantized with an importance matrix
@@ -98,7 +110,8 @@ def _check_gguf(path: str | os.PathLike) -> Path:
 
 
 def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX):
-    """A llama_cpp.Llama on the file, one batch per window, logits for every position, all cores."""
+    """A llama_cpp.Llama on the file, one batch per window, all cores. Which positions get logits is chosen per
+    batch (`scored_logits`), so the output layer runs only where a token is scored."""
     import llama_cpp
 
     from ramp.llama_tools import quiet_llama
@@ -107,7 +120,7 @@ def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX):
     try:
         with quiet_llama():
             return llama_cpp.Llama(
-                str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                 n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
             )
     except ValueError as exc:
@@ -127,24 +140,61 @@ def make_windows(gguf_path: str | os.PathLike, text: str, n_ctx: int = DEFAULT_N
     return Windows(token_windows(gguf_path, text, n_ctx, max_windows), text_sha256(text))
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def scored_logprobs(path: str | os.PathLike, windows: Windows, desc: str) -> Iterator[np.ndarray]:
-    """Per window, the float64 log-probs [n_scored, n_vocab] llama.cpp gives at the scored positions."""
+def scored_logits(path: str | os.PathLike, windows: Windows, desc: str) -> Iterator[np.ndarray]:
+    """Per window, llama.cpp's float32 logits [n_scored, n_vocab] at the scored positions only, as
+    llama-perplexity asks for them: the output layer (for a 262k vocabulary, more weights than the rest of a
+    small model) runs on nothing else. Each array is a view of llama.cpp's own output buffer, valid until the
+    next window is asked for, so nothing of n_ctx x n_vocab is ever copied."""
+    import llama_cpp
     from tqdm import tqdm
 
     llm = open_llama(path, windows.n_ctx)
+    n_ctx, first = windows.n_ctx, windows.first_scored
+    n_scored = n_ctx - 1 - first
+    batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
     try:
+        batch.n_tokens = n_ctx
+        for position in range(n_ctx):
+            batch.pos[position] = position
+            batch.n_seq_id[position] = 1
+            batch.seq_id[position][0] = 0
+            batch.logits[position] = first <= position < n_ctx - 1
+        tokens = np.ctypeslib.as_array(batch.token, shape=(n_ctx,))
+        n_vocab = llm.n_vocab()
+        memory = llama_cpp.llama_get_memory(llm.ctx)
         for window in tqdm(windows.tokens, desc=desc, unit="window", leave=False):
-            llm.reset()
-            llm.eval(window.tolist())
-            yield log_softmax(llm.scores[windows.first_scored : windows.n_ctx - 1])
+            llama_cpp.llama_memory_clear(memory, True)  # every window from an empty KV cache
+            tokens[:] = window
+            status = llama_cpp.llama_decode(llm.ctx, batch)
+            if status != 0:
+                raise RampError(f"llama.cpp failed to evaluate a window of {path} (llama_decode returned {status}); "
+                                "check the file loads with llama-cli")
+            yield np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(n_scored, n_vocab))
     finally:
+        llama_cpp.llama_batch_free(batch)
         llm.close()
+
+
+# Rows of a window handled per step: a few MB of temporaries at a 262k vocabulary, which stay in cache;
+# steps run on all cores (numpy releases the GIL inside its loops).
+_ROWS_PER_STEP = 8
+
+
+def _by_row_blocks(n_rows: int, work) -> None:
+    """Run work(rows) over consecutive row blocks on every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = [slice(start, min(start + _ROWS_PER_STEP, n_rows)) for start in range(0, n_rows, _ROWS_PER_STEP)]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(work, blocks))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-probs of float32 logits. The normaliser's sum is numpy's pairwise float32 sum (relative
+    error about 1e-7 at a 262k vocabulary), far below the float16 rounding of the reference cache."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
 @dataclass(frozen=True)
@@ -183,15 +233,19 @@ def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLo
         top1 = np.zeros(n_rows, dtype=np.int32)
         with cache_entry_path(cache) as tmp:
             out = None
-            for index, logprobs in enumerate(scored_logprobs(path, windows, "reference logits")):
+            for index, logits in enumerate(scored_logits(path, windows, "reference logits")):
                 if out is None:
-                    shape = (n_rows, logprobs.shape[1])
+                    shape = (n_rows, logits.shape[1])
                     # writes through a memory map do not fail, they kill the process: check the space first
                     check_output_path(cache, needed_bytes=2 * shape[0] * shape[1])
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-                rows = slice(index * n_scored, (index + 1) * n_scored)
-                out[rows] = logprobs
-                top1[rows] = logprobs.argmax(axis=-1)
+
+                def store(rows: slice, logits: np.ndarray = logits, base: int = index * n_scored) -> None:
+                    at = slice(base + rows.start, base + rows.stop)
+                    out[at] = log_softmax(logits[rows])
+                    top1[at] = logits[rows].argmax(axis=-1)  # the logits' argmax is the log-probs'
+
+                _by_row_blocks(n_scored, store)
             out.flush()
             del out
             with cache_entry_path(top1_cache) as top1_tmp, open(top1_tmp, "wb") as handle:
@@ -199,10 +253,17 @@ def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLo
     return ReferenceLogits(np.load(cache, mmap_mode="r"), np.load(top1_cache), str(path))
 
 
-def token_kld(reference: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
-    """KLD(P_ref || P_q) per position over the full vocabulary, from log-probs of both."""
-    ref = reference.astype(np.float64)
-    return (np.exp(ref) * (ref - logprobs)).sum(axis=-1)
+def _score_rows(logits: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(NLL of the targets, KLD(P_ref || P_q) over the full vocabulary) per row, from float32 logits and the
+    reference's float16 log-probs. KLD is summed term by term (p_ref * (log p_ref - log p_q)), never as a
+    difference of two large sums, so float32 keeps it to about 1e-7 of the row's total |terms|."""
+    logprobs = log_softmax(logits)
+    nll = -logprobs[np.arange(len(targets)), targets].astype(np.float64)
+    terms = reference.astype(np.float32)
+    weights = np.exp(terms)
+    terms -= logprobs
+    terms *= weights
+    return nll, terms.sum(axis=-1).astype(np.float64)
 
 
 def gguf_size_stats(path: str | os.PathLike) -> tuple[int, float]:
@@ -269,16 +330,20 @@ def evaluate(path: str | os.PathLike, reference: ReferenceLogits, windows: Windo
         check_same_model(reference.path, path)
     file_bytes, bpw = gguf_size_stats(path)
     n_scored = windows.n_ctx - 1 - windows.first_scored
-    nll, kld, agree = [], [], []
-    for index, (logprobs, targets) in enumerate(zip(scored_logprobs(path, windows, f"eval {path.name}"), windows.targets)):
-        if logprobs.shape[1] != reference.logprobs.shape[1]:
-            raise RampError(f"{path} scores {logprobs.shape[1]:,d} tokens, the reference {reference.logprobs.shape[1]:,d}: "
+    nll, kld = np.empty(windows.n_scored), np.empty(windows.n_scored)
+    agree = np.empty(windows.n_scored, dtype=bool)
+    for index, (logits, targets) in enumerate(zip(scored_logits(path, windows, f"eval {path.name}"), windows.targets)):
+        if logits.shape[1] != reference.logprobs.shape[1]:
+            raise RampError(f"{path} scores {logits.shape[1]:,d} tokens, the reference {reference.logprobs.shape[1]:,d}: "
                             "it is not a model of the reference; evaluate files made from the reference's model")
-        rows = slice(index * n_scored, (index + 1) * n_scored)
-        nll.append(-logprobs[np.arange(len(targets)), targets])
-        kld.append(token_kld(reference.logprobs[rows], logprobs))
-        agree.append(logprobs.argmax(axis=-1) == reference.top1[rows])
-    return _result(name or path.stem, path, file_bytes, bpw, np.concatenate(nll), np.concatenate(kld), np.concatenate(agree))
+
+        def score(rows: slice, logits: np.ndarray = logits, targets: np.ndarray = targets, base: int = index * n_scored) -> None:
+            at = slice(base + rows.start, base + rows.stop)
+            nll[at], kld[at] = _score_rows(logits[rows], targets[rows], reference.logprobs[at])
+            agree[at] = logits[rows].argmax(axis=-1) == reference.top1[at]
+
+        _by_row_blocks(n_scored, score)
+    return _result(name or path.stem, path, file_bytes, bpw, nll, kld, agree, len(windows.tokens))
 
 
 def reference_result(path: str | os.PathLike, reference: ReferenceLogits, windows: Windows, name: str = "reference") -> EvalResult:
@@ -287,23 +352,59 @@ def reference_result(path: str | os.PathLike, reference: ReferenceLogits, window
     file_bytes, bpw = gguf_size_stats(path)
     targets = windows.targets.reshape(-1)
     nll = -reference.logprobs[np.arange(len(targets)), targets].astype(np.float64)
-    return _result(name, path, file_bytes, bpw, nll, np.zeros(len(nll)), np.ones(len(nll), dtype=bool))
+    return _result(name, path, file_bytes, bpw, nll, np.zeros(len(nll)), np.ones(len(nll), dtype=bool), len(windows.tokens))
 
 
-def _result(name: str, path: Path, file_bytes: int, bpw: float, nll: np.ndarray, kld: np.ndarray, agree: np.ndarray) -> EvalResult:
+def _result(name: str, path: Path, file_bytes: int, bpw: float, nll: np.ndarray, kld: np.ndarray, agree: np.ndarray,
+            n_windows: int) -> EvalResult:
     return EvalResult(
         name=name, path=str(path), file_bytes=file_bytes, bits_per_weight=bpw, n_tokens=len(nll),
         perplexity=float(np.exp(nll.mean())), kld_mean=float(kld.mean()), kld_median=float(np.median(kld)),
         kld_p99=float(np.percentile(kld, 99)), top1_agreement=float(agree.mean()),
+        window_kld=tuple(float(mean) for mean in kld.reshape(n_windows, -1).mean(axis=1)),
+        window_nll=tuple(float(mean) for mean in nll.reshape(n_windows, -1).mean(axis=1)),
     )
+
+
+def preset_in_name(name: str) -> str | None:
+    """The llama.cpp preset a row's name says it is (`Q4_K_M imatrix`, `smollm2-Q4_K_M`), or None."""
+    import llama_cpp
+
+    for part in re.split(r"[-. ]+", name):
+        if hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{part.upper()}"):
+            return part
+    return None
+
+
+def with_kld_ratios(results: list[EvalResult], resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> list[EvalResult]:
+    """Each measured row that is not a preset, with its mean KLD's ratio to the preset nearest in file size
+    and the ratio's paired bootstrap interval over the windows both were scored on."""
+    from dataclasses import replace
+
+    from ramp.evaluate.intervals import paired_bootstrap_ratio
+
+    presets = [r for r in results if preset_in_name(r.name) and r.kld_mean > 0 and len(r.window_kld) > 1]
+    rated = []
+    for result in results:
+        rivals = [p for p in presets if len(p.window_kld) == len(result.window_kld)]
+        if result in presets or result.kld_mean <= 0 or not rivals:
+            rated.append(result)
+            continue
+        nearest = min(rivals, key=lambda p: abs(p.file_bytes - result.file_bytes))
+        interval = paired_bootstrap_ratio(result.window_kld, nearest.window_kld, resamples=resamples, seed=seed)
+        rated.append(replace(result, kld_ratio={"preset": nearest.name, **interval.as_dict()}))
+    return rated
 
 
 def format_table(results: list[EvalResult]) -> str:
     """One line per file; with annotations, whether it used an importance matrix, the share of weights equal
-    to the source checkpoint's, and a `*` on files at or above the source's size (no claim is made there)."""
+    to the source checkpoint's, and a `*` on files at or above the source's size (no claim is made there);
+    for rows compared with a preset (`with_kld_ratios`), the KLD ratio and its 95% interval."""
     annotated = any(r.source_match is not None or r.imatrix is not None for r in results)
+    rated = [r for r in results if r.kld_ratio]
     header = f"{'model':<24} {'file bytes':>12} {'bpw':>6} {'PPL':>9} {'KLD mean':>9} {'KLD med':>9} {'KLD p99':>9} {'top-1':>7}"
     header += f" {'imatrix':>7} {'=source':>7}" if annotated else ""
+    header += "  KLD / nearest preset [95% CI]" if rated else ""
     lines = [header, "-" * len(header)]
     for r in results:
         line = (f"{r.name + ('*' if r.at_or_above_source else ''):<24} {r.file_bytes:>12,d} {r.bits_per_weight:>6.3f} "
@@ -311,18 +412,26 @@ def format_table(results: list[EvalResult]) -> str:
         if annotated:
             used = "-" if r.imatrix is None else ("yes" if r.imatrix else "no")
             line += f" {used:>7} {'-' if r.source_match is None else f'{r.source_match:.1%}':>7}"
+        if r.kld_ratio:
+            line += f"  {RatioInterval(**{k: v for k, v in r.kld_ratio.items() if k != 'preset'}).compact()} vs {r.kld_ratio['preset']}"
         lines.append(line)
     if any(r.at_or_above_source for r in results):
         lines.append("* at or above the source checkpoint's size: its format can reproduce the source's grid, no claim is made there")
+    if rated:
+        first = rated[0].kld_ratio
+        lines.append(f"KLD ratios: paired bootstrap over the {first['windows']} windows ({first['resamples']:,d} resamples, "
+                     f"seed {first['seed']}); below 1 with the interval's upper end below 1 is a claim of better")
     return "\n".join(lines)
 
 
 def report_results(results: list[EvalResult], windows: Windows, json_path: str | None) -> None:
-    """Print the table (and write the rows as JSON) the same way for `ramp eval` and `ramp run`."""
+    """Print the table (and write the rows, with their KLD ratios to the nearest preset, as JSON) the same way
+    for `ramp eval` and `ramp run`."""
     import json
 
     from ramp.files import atomic_output
 
+    results = with_kld_ratios(results)
     text = results[0].text if results and results[0].text else "held-out"
     print(f"{windows.n_scored:,d} scored tokens in {len(windows.tokens)} windows of {windows.n_ctx} ({text} text, held-out half)")
     print(format_table(results))
