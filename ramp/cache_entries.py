@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ramp.files import atomic_path, file_sha256
+from ramp.files import atomic_path, exclusive_lock, file_sha256
 
 SEAL_SUFFIX = ".sha256"
 
@@ -94,10 +94,12 @@ def trusted_entry(path: str | os.PathLike, validate: Validate | None = None) -> 
 @contextlib.contextmanager
 def cache_entry_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path to write a cache entry to; on success the entry is sealed and renamed into place
-    (the seal first, so that a reader never finds a new entry without its seal)."""
+    (the seal first, so that a reader never finds a new entry without its seal). One run writes an entry at
+    a time (`<entry>.lock`): a second run writing the same entry waits for the first, and removes, as it
+    starts, the temporaries a killed writer left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with exclusive_lock(path.with_name(path.name + ".lock"), f"the cache entry {path}", wait=True), atomic_path(path) as tmp:
         yield tmp
         _write_seal(path, file_sha256(tmp))
 

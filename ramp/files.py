@@ -95,35 +95,86 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _output_target(path: str | os.PathLike) -> Path:
-    """`path` as an output: not a directory, its missing folders created (`--out-dir new/` is a request,
-    not a mistake)."""
+def output_file(path: str | os.PathLike, label: str = "output") -> Path:
+    """The file an output path names, refused before anything is opened when it is no file ramp may replace:
+    a folder, a device, a FIFO or a socket (a rename over `/dev/null` would destroy it; over a FIFO, leave its
+    reader blocked forever). A symlink to a regular file is written through: the file it points to is
+    replaced, the link kept. A missing path is a new file."""
     target = Path(path)
-    if target.is_dir():
-        raise RampError(f"output path {target} is a directory; give a file name")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a parent that is a file, no permission, read-only file system
-        raise RampError(f"cannot create output directory {target.parent} ({exc.strerror}); choose another --out path") from None
+        mode = os.stat(target).st_mode  # follows symlinks: what a write would reach
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # a symlink loop, a path through a file
+        raise RampError(f"{label} {target} cannot be used ({exc.strerror}); give the path of a file") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise RampError(f"{label} path {target} is a directory; give a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise RampError(f"{label} {target} is not a regular file (a device, pipe or socket), and ramp writes an output "
+                        "by replacing the file: give the path of a file")
+    if target.is_symlink():
+        if mode is None:  # a dangling link: writing through it would create a file somewhere unexpected
+            raise RampError(f"{label} {target} is a symlink to nothing ({os.readlink(target)}); remove it or give a file name")
+        return Path(os.path.realpath(target))
     return target
 
 
-def check_output_path(path: str | os.PathLike, needed_bytes: int | None = None) -> Path:
+def _output_target(path: str | os.PathLike) -> Path:
+    """`path` as an output (`output_file`), its missing folders created (`--out-dir new/` is a request, not
+    a mistake), and the temporaries killed runs left beside it removed."""
+    target = output_file(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, read-only file system
+        raise RampError(f"cannot create output directory {target.parent} ({exc.strerror}); choose another path for "
+                        f"{target.name}") from None
+    remove_stale_temporaries(target)
+    return target
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove the hidden temporaries (`.NAME.PID.*.tmp`, `.NAME.PID.*.probe`) that runs killed while writing
+    `target` left beside it. A temporary whose writer still runs is kept: the pid in its name tells them apart."""
+    for stale in target.parent.glob(f".{glob_escape(target.name)}.*"):
+        parts = stale.name[len(target.name) + 2:].split(".")
+        if len(parts) < 3 or parts[-1] not in ("tmp", "probe") or not parts[0].isdigit():
+            continue
+        if not _process_alive(int(parts[0])):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{char}]" if char in "*?[" else char for char in name)
+
+
+def check_output_path(path: str | os.PathLike, needed_bytes: int | None = None, elsewhere: str = "choose another path") -> Path:
     """Fail early, before any expensive work, when the output cannot be written: a directory in its place,
     a folder that cannot be created or written into (tried for real: permission bits say nothing for root
-    or on a read-only file system), or, when the output's size is known, too little free space."""
+    or on a read-only file system), or, when the output's size is known, too little free space. `elsewhere` is
+    the fix the error lines offer (a cache entry's is RAMP_CACHE, not an option of the command)."""
     target = _output_target(path)
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".probe", dir=target.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise RampError(f"cannot write into {target.parent} ({exc.strerror}); choose another --out path") from None
+        raise RampError(f"cannot write into {target.parent} ({exc.strerror}); {elsewhere} for {target.name}") from None
     if needed_bytes is not None:
         free = shutil.disk_usage(target.parent).free
         if free < needed_bytes:
             raise RampError(f"{target} needs {needed_bytes / 1e6:,.1f} MB, but only {free / 1e6:,.1f} MB are free in "
-                            f"{target.parent}; free some space or choose another --out path")
+                            f"{target.parent}; free some space or {elsewhere} for {target.name}")
     return target
 
 
@@ -153,10 +204,15 @@ def _replacing(target: Path, tmp_name: str) -> Iterator[None]:
         raise
 
 
+def _temporary_prefix(target: Path) -> str:
+    """`.NAME.PID.`: the writer's pid tells the next run whether a temporary is in flight or was left by a kill."""
+    return f".{target.name}.{os.getpid()}."
+
+
 def _temporary(target: Path) -> tuple[int, str]:
     """A hidden temporary file beside `target` (same file system, so the final rename is atomic)."""
     try:
-        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        return tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(target)) from exc
 
@@ -184,6 +240,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     with _replacing(target, tmp_name):
         yield Path(tmp_name)
+
+
+# lock file (resolved) -> how deep this process holds it: a run that holds a lock may take it again
+_HELD_LOCKS: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: Path, what: str, wait: bool, remedy: str = "wait for it to finish") -> Iterator[None]:
+    """Hold `lock` (a file, made if missing, holding the holder's pid) for the block, across processes. Another
+    run holding it makes this one wait with a one-line notice (`wait`) or fail in one line naming `what` is
+    in use, its pid and the `remedy`. The operating system drops the lock of a killed run, so no stale
+    lock is ever left to clear by hand."""
+    import fcntl
+    import sys
+
+    key = os.path.realpath(lock)
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            if not wait:
+                raise RampError(f"{what} is in use by another ramp run (pid {holder}); {remedy}") from None
+            print(f"ramp: waiting for another ramp run (pid {holder}) to finish with {what}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD_LOCKS[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD_LOCKS[key]
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_json_object(path: str | os.PathLike, what: str, remedy: str, build: Callable[[dict], Loaded]) -> Loaded:

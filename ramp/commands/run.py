@@ -98,15 +98,18 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
-    from ramp.job.settings import check_same_job
+    from ramp.job.settings import check_inputs, check_same_job, job_lock
     from ramp.job.stages import Job
 
     folder = _out_dir(args)
     check_output_path(folder / JOB_FILE)
-    settings, source = _job_settings(args) if args.job else _new_settings(args)
-    if not check_same_job(folder, settings):
-        settings.save(folder)  # new, or with the inputs found elsewhere now
-    Job(folder, settings, source).run(args.from_stage)
+    with job_lock(folder):
+        settings, source = _job_settings(args) if args.job else _new_settings(args)
+        job = Job(folder, settings, source)
+        check_inputs(settings, job.source)  # before job.json names the inputs given here
+        if not check_same_job(folder, settings):
+            settings.save(folder)  # new, or with the inputs found elsewhere now
+        job.run(args.from_stage)
     return 0
 
 
@@ -135,7 +138,7 @@ def _new_settings(args: argparse.Namespace):
     """The settings the command line asks for, every mistake it can hold found before the first expensive step."""
     from ramp.allocate.budget import Budget, feasible_range, require_within
     from ramp.commands._options import check_fold_argument, load_importance
-    from ramp.job.settings import new_settings
+    from ramp.job.settings import check_table_model, new_settings
     from ramp.measure.ladder import parse_ladder
     from ramp.evaluate.llama_eval import check_window_length
     from ramp.models import load_model
@@ -155,6 +158,8 @@ def _new_settings(args: argparse.Namespace):
         SensitivityTable.load(args.sensitivity)
     check_fold_argument(args)
     source = load_model(args.model)
+    if args.sensitivity:
+        check_table_model(args.sensitivity, source, args.fold)
     if not is_preset:
         require_within(Budget.parse(budget), source, feasible_range(source, ladder))
     load_importance(args.imatrix, source)  # a matrix made for another model fails here

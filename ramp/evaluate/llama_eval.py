@@ -187,7 +187,7 @@ def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLo
                 if out is None:
                     shape = (n_rows, logprobs.shape[1])
                     # writes through a memory map do not fail, they kill the process: check the space first
-                    check_output_path(cache, needed_bytes=2 * shape[0] * shape[1])
+                    check_output_path(cache, needed_bytes=2 * shape[0] * shape[1], elsewhere="set RAMP_CACHE to a folder with room")
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
                 rows = slice(index * n_scored, (index + 1) * n_scored)
                 out[rows] = logprobs

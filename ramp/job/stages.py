@@ -12,7 +12,6 @@ results.json and pareto.png (`ramp eval`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ramp.errors import RampError
-from ramp.job.settings import JOB_FILE, JobSettings
+from ramp.job.settings import JOB_FILE, JobSettings, check_inputs, job_lock
 
 if TYPE_CHECKING:
     from ramp.measure.imatrix import ImportanceMatrix
@@ -312,13 +311,20 @@ class Job:
 
     def _remove_temporaries(self) -> None:
         """Hidden temporary files a killed run left beside its artifacts (`ramp.files.atomic_output`)."""
+        from ramp.files import remove_stale_temporaries
+
         for name in artifact_names(self.settings.fold):
-            for stale in self.folder.glob(f".{name}.*.tmp"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+            remove_stale_temporaries(self.folder / name)
 
     def run(self, start: str | None = None) -> None:
-        """Every stage in order, keeping those whose records match; from `start` on, every stage runs."""
+        """Every stage in order, keeping those whose records match; from `start` on, every stage runs. The
+        folder is locked for the run, and the model and given inputs checked before stage 1 (even when every
+        stage would be kept)."""
+        with job_lock(self.folder):
+            check_inputs(self.settings, self.source)
+            self._run(start)
+
+    def _run(self, start: str | None) -> None:
         from ramp.files import file_sha256
 
         if start is not None:
