@@ -248,10 +248,10 @@ _HELD_LOCKS: dict[str, int] = {}
 
 @contextlib.contextmanager
 def exclusive_lock(lock: Path, what: str, wait: bool, remedy: str = "wait for it to finish") -> Iterator[None]:
-    """Hold `lock` (a file, made if missing, holding the holder's pid) for the block, across processes. Another
-    run holding it makes this one wait with a one-line notice (`wait`) or fail in one line naming `what` is
-    in use, its pid and the `remedy`. The operating system drops the lock of a killed run, so no stale
-    lock is ever left to clear by hand."""
+    """Hold `lock` for the block, across processes: a folder (locked as it is, nothing written into it) or a
+    file (made if missing, holding the holder's pid). Another run holding it makes this one wait with a
+    one-line notice (`wait`) or fail in one line naming `what` is in use and the `remedy`. The operating
+    system drops the lock of a killed run, so no stale lock is ever left to clear by hand."""
     import fcntl
     import sys
 
@@ -263,27 +263,30 @@ def exclusive_lock(lock: Path, what: str, wait: bool, remedy: str = "wait for it
         finally:
             _HELD_LOCKS[key] -= 1
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as handle:
+    is_folder = lock.is_dir()
+    if not is_folder:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(lock, os.O_RDONLY) if is_folder else os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = "" if is_folder else os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            holder = f" (pid {holder})" if holder else ""
             if not wait:
-                raise RampError(f"{what} is in use by another ramp run (pid {holder}); {remedy}") from None
-            print(f"ramp: waiting for another ramp run (pid {holder}) to finish with {what}", file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+                raise RampError(f"{what} is in use by another ramp run{holder}; {remedy}") from None
+            print(f"ramp: waiting for another ramp run{holder} to finish with {what}", file=sys.stderr, flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        if not is_folder:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         _HELD_LOCKS[key] = 1
         try:
             yield
         finally:
             del _HELD_LOCKS[key]
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def load_json_object(path: str | os.PathLike, what: str, remedy: str, build: Callable[[dict], Loaded]) -> Loaded:

@@ -536,3 +536,272 @@ def test_silenced_keeps_c_output_off_the_descriptor_and_restores_it(capfd):
     libc.fflush(None)
     out, err = capfd.readouterr()
     assert out == "before\nafter\n" and err == ""
+
+
+# --- issue 25: job folders, outputs that are not files, locks, leftovers, importance matrices' model -------
+
+JOB = ["--budget", "5.5bpw", "--formats", "Q4_0,Q8_0", "--calibration-tokens", "64", "--preset", "Q8_0", "--ctx", "64",
+       "--max-windows", "1", "--no-imatrix", "--damage", "weight-error"]
+
+
+@pytest.fixture(scope="module")
+def finished_job(tiny_reference, tmp_path_factory) -> Path:
+    """A job folder run to its end: the fastest settings (the weight-error stand-in, one window)."""
+    folder = tmp_path_factory.mktemp("job") / "job"
+    assert main(["run", "--model", str(tiny_reference), *JOB, "--out-dir", str(folder)]) == 0
+    return folder
+
+
+def job_copy(finished_job: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of the finished job folder with `changes` written into its job.json (as a user's editor would)."""
+    import shutil
+
+    folder = tmp_path / "job"
+    shutil.copytree(finished_job, folder)
+    data = json.loads((folder / "job.json").read_text())
+    (folder / "job.json").write_text(json.dumps({**data, **changes}, indent=1))
+    return folder
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("change", [
+    {"damage": "Fisher"}, {"budget": 4}, {"budget": "four bits"}, {"ladder": "Q4_0,Q8_0"}, {"ladder": ["Q4_0", "Q9_X"]},
+    {"ladder": ["Q8_0", "Q4_0"]}, {"method": "annealing"}, {"presets": ["Q9_K_M"]}, {"eval_ctx": "64"}, {"eval_ctx": 63},
+    {"eval_max_windows": 0}, {"imatrix": "yes"}, {"imatrix_file": "/tmp/m.gguf"}, {"text": "dickens"}, {"fold": 2.0},
+    {"seed": "0"}, {"embeddings_calibration": {"text": "austen", "tokens": 0, "window": 256}}, {"model_sha256": "abc"},
+], ids=lambda change: "-".join(f"{key}={json.dumps(value)[:20]}" for key, value in change.items()))
+def test_a_job_file_with_a_bad_value_is_refused_before_stage_1(finished_job, tmp_path, capsys, change):
+    """Bad case 1 and the job.json tracebacks: every entry is checked when job.json is loaded; nothing is
+    measured under another name, and the folder is left as it was."""
+    folder = job_copy(finished_job, tmp_path, **change)
+    before = folder_bytes(folder)
+    capsys.readouterr()
+    assert main(["run", "--job", str(folder / "job.json")]) == 2
+    err = one_error(capsys)
+    [key] = change
+    assert key in err and "job.json" in err, err
+    assert folder_bytes(folder) == before
+
+
+def test_a_job_rerun_with_another_model_is_refused_and_job_json_kept(finished_job, other_models, tmp_path, capsys):
+    """Bad case 2: every stage would be kept, yet the model given is compared before stage 1, and job.json is
+    not rewritten to name it."""
+    folder = job_copy(finished_job, tmp_path)
+    before = folder_bytes(folder)
+    capsys.readouterr()
+    assert main(["run", "--job", str(folder / "job.json"), "--model", str(other_models["weights"])]) == 2
+    assert "is not this job's" in one_error(capsys)
+    assert folder_bytes(folder) == before
+
+
+def test_a_sensitivity_table_of_another_model_is_refused_before_stage_1(tiny_reference, other_models, tmp_path, capsys):
+    other = load_model(other_models["weights"])
+    names = [spec.name for spec in other.quantizable]
+    SensitivityTable(names, ["Q4_0", "Q8_0"], np.full((len(names), 2), 0.1), model_sha256=other.sha256).save(tmp_path / "t.json")
+    folder = tmp_path / "job"
+    capsys.readouterr()
+    assert main(["run", "--model", str(tiny_reference), *JOB[:-2], "--sensitivity", str(tmp_path / "t.json"),
+                 "--out-dir", str(folder)]) == 2
+    assert "measured on another model" in one_error(capsys)
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def make_node(kind: str, path: Path) -> Path:
+    """A node that is no regular file: a FIFO, a socket bound there, or a character device (/dev/null's numbers,
+    made where the test may; never opened by the test)."""
+    import socket
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()  # the node stays
+    else:
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except PermissionError:
+            return Path("/dev/null")  # refused before it is opened, like any device
+    return path
+
+
+def node_kind(path: Path) -> int:
+    return stat.S_IFMT(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "socket"])
+def test_an_output_that_is_a_device_fifo_or_socket_is_refused(tiny_reference, tmp_path, kind):
+    """Bad cases 3 and 4: the node is left as it was, in a child process as a user would run it."""
+    node = make_node(kind, tmp_path / "out.gguf")
+    before = node_kind(node)
+    child = ramp_child("export", "--model", tiny_reference, "--reference", "F16", "--out", node)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 2
+    assert "is not a regular file" in last_line(err) and str(node) in last_line(err)
+    assert node_kind(node) == before
+    assert [path.name for path in tmp_path.iterdir()] == ([node.name] if node.parent == tmp_path else [])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/stdout"])
+def test_eval_json_into_a_fifo_or_stdout_pipe_is_refused(tiny_reference, tmp_path, kind):
+    target = make_node("fifo", tmp_path / "results.json") if kind == "fifo" else Path("/dev/stdout")
+    child = ramp_child("eval", tiny_reference, "--reference", tiny_reference, "--ctx", "64", "--max-windows", "1",
+                       "--json", target)  # its stdout is a pipe: /dev/stdout names no file
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 2
+    assert "is not a regular file" in last_line(err)
+    if kind == "fifo":
+        assert stat.S_ISFIFO(os.lstat(target).st_mode)
+
+
+def test_an_output_that_is_a_symlink_to_a_file_is_written_through(tiny_reference, tmp_path, capsys):
+    real = tmp_path / "real" / "out.gguf"
+    real.parent.mkdir()
+    real.write_bytes(b"earlier output")
+    link = tmp_path / "link.gguf"
+    link.symlink_to(real)
+    assert main(["export", "--model", str(tiny_reference), "--reference", "F16", "--out", str(link)]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_bytes()[:4] == b"GGUF" and load_model(link).sha256
+    assert sorted(path.name for path in real.parent.iterdir()) == ["out.gguf"]
+    dangling = tmp_path / "dangling.gguf"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.gguf")
+    capsys.readouterr()
+    assert main(["export", "--model", str(tiny_reference), "--reference", "F16", "--out", str(dangling)]) == 2
+    assert "symlink to nothing" in one_error(capsys)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_second_run_into_a_busy_job_folder_is_refused_in_one_line(tiny_reference, tmp_path):
+    """Two runs into one folder: the second ends at once in one line, the first finishes untouched."""
+    folder = tmp_path / "job"
+    command = ["run", "--model", tiny_reference, *JOB, "--out-dir", folder]
+    first = ramp_child(*command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in first.stdout:
+        if line.startswith(b"[1/7]"):
+            break
+    second = ramp_child(*command)
+    _, err = second.communicate(timeout=120)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 2
+    assert "is in use by another ramp run" in last_line(err) and str(folder) in last_line(err)
+    first.stdout.read()
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()[-2000:]
+    assert json.loads((folder / "results.json").read_text())
+
+
+def test_a_second_writer_of_a_cache_entry_waits_for_the_first(tiny_reference, tmp_path):
+    from ramp.evaluate.llama_eval import _reference_cache_path
+    from ramp.files import exclusive_lock, file_sha256
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "RAMP_CACHE": str(cache)}
+    os.environ["RAMP_CACHE"], saved = str(cache), os.environ["RAMP_CACHE"]
+    try:
+        entry = _reference_cache_path(file_sha256(tiny_reference), make_windows(tiny_reference, evaluation_text(), 64, 1))
+    finally:
+        os.environ["RAMP_CACHE"] = saved
+    with exclusive_lock(entry.with_name(entry.name + ".lock"), "test", wait=False):
+        child = ramp_child("eval", tiny_reference, "--reference", tiny_reference, "--ctx", "64", "--max-windows", "1",
+                           "--json", tmp_path / "r.json", env=env)
+        line = child.stderr.readline().decode()
+        while line and "waiting for another ramp run" not in line:
+            line = child.stderr.readline().decode()
+        assert f"(pid {os.getpid()})" in line and str(entry) in line
+        assert child.poll() is None  # waiting, not failed
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())
+
+
+def killed_while_writing(args: list, folder: Path, pattern: str) -> Path:
+    """Run ramp with `args`, SIGKILL it while a temporary matching `pattern` is in `folder`: that temporary."""
+    child = ramp_child(*args)
+    deadline = time.monotonic() + 300
+    while not list(folder.glob(pattern)):
+        assert child.poll() is None and time.monotonic() < deadline, "ramp ended before it could be killed"
+        time.sleep(0.0005)
+    child.send_signal(signal.SIGSTOP)
+    [temporary] = list(folder.glob(pattern))
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert temporary.exists()
+    return temporary
+
+
+def test_the_temporary_of_a_killed_export_is_removed_by_the_next_export(tiny_reference, tmp_path):
+    out = tmp_path / "out.gguf"
+    args = ["export", "--model", tiny_reference, "--reference", "F32", "--out", out]
+    temporary = killed_while_writing(args, tmp_path, ".out.gguf.*.tmp")
+    assert main([str(arg) for arg in args]) == 0
+    assert not temporary.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_the_temporary_of_killed_reference_logits_is_removed_by_the_next_eval(tiny_reference, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RAMP_CACHE", str(cache))
+    (cache / "reference_logits").mkdir(parents=True)
+    args = ["eval", tiny_reference, "--reference", tiny_reference, "--ctx", "256", "--max-windows", "8",
+            "--json", tmp_path / "r.json"]
+    temporary = killed_while_writing(args, cache / "reference_logits", ".*.npy.*.tmp")
+    assert main([str(arg) for arg in args]) == 0
+    assert not temporary.exists()
+    assert not [path for path in (cache / "reference_logits").iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_temporary_whose_writer_still_runs_is_kept():
+    from ramp.files import remove_stale_temporaries
+
+    folder = Path(os.environ["RAMP_CACHE"]) / "stale-test"
+    folder.mkdir(exist_ok=True)
+    mine, dead = folder / f".x.json.{os.getpid()}.abc.tmp", folder / ".x.json.999999999.abc.tmp"
+    for path in (mine, dead):
+        path.write_text("partial")
+    remove_stale_temporaries(folder / "x.json")
+    assert mine.exists() and not dead.exists()
+
+
+def tiny_imatrix(model: Path, folder: Path) -> Path:
+    path = folder / "imatrix.gguf"
+    assert main(["imatrix", str(model), "--tokens", "256", "--window", "64", "--out", str(path)]) == 0
+    return path
+
+
+def other_allocation(model: str, folder: Path) -> Path:
+    path = folder / "other-allocation.json"
+    assert main(["allocate", "--model", model, "--method", "uniform", "--budget", "4.6bpw", "--formats", "Q4_K",
+                 "--out", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize("command", ["export", "presets", "profile"])
+def test_an_importance_matrix_of_another_model_with_the_same_shapes_is_refused(tiny_reference, other_models, tmp_path,
+                                                                              capsys, command):
+    from ramp.measure.imatrix import ImportanceMatrix
+
+    matrix = tiny_imatrix(tiny_reference, tmp_path)
+    assert ImportanceMatrix.load(matrix).origin_sha256 == load_model(tiny_reference).origin_sha256
+    other, out = str(other_models["weights"]), tmp_path / "out"
+    allocation = other_allocation(other, tmp_path)
+    argv = {"export": ["export", "--model", other, "--allocation", str(allocation), "--out", str(out)],
+            "presets": ["presets", "--reference", other, "--preset", "Q4_K_M", "--out-dir", str(out)],
+            "profile": ["profile", other, "--formats", "Q4_K", "--tokens", "64", "--window", "32", "--out", str(out)]}[command]
+    capsys.readouterr()
+    assert main(argv + ["--imatrix", str(matrix)]) == 2
+    assert "computed on another model" in one_error(capsys)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_an_importance_matrix_that_records_no_model_is_accepted_where_shapes_match(tiny_reference, other_models, tmp_path):
+    """llama-imatrix's own files record no model: only their shapes can be checked, and they are accepted."""
+    from ramp.measure.imatrix import ImportanceMatrix
+
+    matrix = tiny_imatrix(tiny_reference, tmp_path)
+    replace(ImportanceMatrix.load(matrix), origin_sha256="").save(tmp_path / "anonymous.gguf")
+    other = str(other_models["weights"])
+    assert main(["export", "--model", other, "--allocation", str(other_allocation(other, tmp_path)), "--imatrix",
+                 str(tmp_path / "anonymous.gguf"), "--out", str(tmp_path / "out.gguf")]) == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ramp.errors import RampError
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from ramp.models.model import Model
 
 JOB_FILE = "job.json"
-LOCK_FILE = ".ramp-run.lock"  # held by the run in the folder (`job_lock`)
 LOCATIONS = ("model", "imatrix_file", "sensitivity_file")
 IMATRIX_SOURCES = ("computed", "file", "none")
 _REMEDY = "correct it, or rerun `ramp run` with its settings into a new --out-dir"
@@ -121,6 +120,12 @@ class JobSettings:
         def entry(key: str, problem: str) -> RampError:
             return RampError(f"{key} = {json.dumps(getattr(self, key))} {problem}")
 
+        def checked(key: str, check: Callable[[], object]) -> None:
+            try:
+                check()
+            except RampError as exc:
+                raise RampError(f"{key}: {exc}") from None
+
         def expect(key: str, kinds: tuple[type, ...]) -> None:
             value = getattr(self, key)
             if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
@@ -139,9 +144,9 @@ class JobSettings:
         expect("seed", (int,))
         if not _is_sha256(self.model_sha256):
             raise entry("model_sha256", "is not a sha256")
-        check_text(self.text)
+        checked("text", lambda: check_text(self.text))
         if self.fold is not None:
-            check_alpha(self.fold)
+            checked("fold", lambda: check_alpha(self.fold))
         _needs("fold_calibration", self.fold_calibration, self.fold is not None, "fold")
         if self.imatrix not in IMATRIX_SOURCES:
             raise entry("imatrix", f"is none of {', '.join(IMATRIX_SOURCES)}")
@@ -162,17 +167,15 @@ class JobSettings:
                     raise entry(key, f"is not a calibration spec ({exc})") from None
         if not self.ladder:
             raise entry("ladder", "is empty")
+        checked("ladder", lambda: ordered(self.ladder))
         if ordered(self.ladder) != self.ladder:
             raise entry("ladder", f"is not a list of distinct formats in bits-per-weight order ({', '.join(ordered(self.ladder))})")
-        if self.budget[:1].isalpha():
-            ftype_of(self.budget)
-        else:
-            Budget.parse(self.budget)
+        checked("budget", lambda: ftype_of(self.budget) if self.budget[:1].isalpha() else Budget.parse(self.budget))
         if self.method not in METHODS:
             raise entry("method", f"is none of {', '.join(METHODS)}")
         for name in self.presets:
-            ftype_of(name)
-        check_window_length(self.eval_ctx)
+            checked("presets", lambda: ftype_of(name))
+        checked("eval_ctx", lambda: check_window_length(self.eval_ctx))
         if self.eval_max_windows is not None and self.eval_max_windows < 1:
             raise entry("eval_max_windows", "is not at least 1")
 
@@ -202,11 +205,11 @@ def check_same_job(folder: Path, settings: JobSettings) -> bool:
 
 
 def job_lock(folder: Path):
-    """One run at a time in a job folder: a second is refused in one line (waiting could run it on the first
-    one's half-made artifacts, and two writers would remove each other's temporaries)."""
+    """One run at a time in a job folder (the folder itself is locked: no file is added to it): a second is
+    refused in one line, since two writers would remove each other's temporaries and mix their artifacts."""
     from ramp.files import exclusive_lock
 
-    return exclusive_lock(folder / LOCK_FILE, f"the job folder {folder}", wait=False,
+    return exclusive_lock(folder, f"the job folder {folder}", wait=False,
                           remedy="wait for it to finish, or give another --out-dir")
 
 
