@@ -773,7 +773,7 @@ def tiny_imatrix(model: Path, folder: Path) -> Path:
 
 def other_allocation(model: str, folder: Path) -> Path:
     path = folder / "other-allocation.json"
-    assert main(["allocate", "--model", model, "--method", "uniform", "--budget", "4.6bpw", "--formats", "Q4_K",
+    assert main(["allocate", "--model", model, "--method", "uniform", "--budget", "8.5bpw",
                  "--out", str(path)]) == 0
     return path
 
