@@ -199,8 +199,12 @@ def _replacing(target: Path, tmp_name: str) -> Iterator[None]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp_name):
-            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        if isinstance(exc, OSError) and exc.filename in (None, tmp_name):
+            if exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
+            # numpy's short write (`tofile`) carries no errno: only a full disk or a size limit cuts a write short
+            raise OSError(None, f"the write was cut short ({exc}; a full disk or a file-size limit, ulimit -f)",
+                          str(target)) from exc
         raise
 
 

@@ -112,6 +112,10 @@ class ImportanceMatrix:
         kind = reader.fields.get("general.type")
         if kind is None or kind.value != "imatrix":
             raise RampError(f"{path} is not an importance matrix (general.type is not `imatrix`); make one with `ramp imatrix`")
+        for tensor in reader.tensors:  # a cut-short file keeps its tensor list: the data tells
+            if tensor.data.nbytes != tensor.n_bytes:
+                raise RampError(f"{path} is truncated: {tensor.name} runs past the end of the file; copy it again or "
+                                "make it again with `ramp imatrix`")
         tensors = {tensor.name: np.asarray(tensor.data, dtype=np.float32) for tensor in reader.tensors}
         sums, counts = {}, {}
         for key, values in tensors.items():
