@@ -31,11 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ramp.files import check_output_path
-    from ramp.evaluate.presets import ftype_of, quantize_preset
+    from ramp.evaluate.presets import check_presets, quantize_preset
 
     names = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
-    for name in names:
-        ftype_of(name)
+    check_presets(names, with_imatrix=bool(args.imatrix))
     out_dir = Path(args.out_dir)
     check_output_path(out_dir / "preset.gguf")
     reference = Path(args.reference) if args.reference else _reference_of(args.model)

@@ -142,7 +142,7 @@ def _new_settings(args: argparse.Namespace):
     from ramp.measure.ladder import parse_ladder
     from ramp.evaluate.llama_eval import check_window_length
     from ramp.models import load_model
-    from ramp.evaluate.presets import ftype_of
+    from ramp.evaluate.presets import check_presets
     from ramp.measure.sensitivity_table import SensitivityTable
     from ramp.models.text import check_text
 
@@ -150,8 +150,7 @@ def _new_settings(args: argparse.Namespace):
     presets = tuple(name.upper() for name in (args.preset or DEFAULT_PRESETS))
     budget = (args.budget or DEFAULT_BUDGET).strip()
     is_preset = budget[:1].isalpha()  # budgets start with a number
-    for name in presets + ((budget.upper(),) if is_preset else ()):
-        ftype_of(name)
+    check_presets(presets + ((budget.upper(),) if is_preset else ()), with_imatrix=not args.no_imatrix)
     ladder = parse_ladder(args.formats)
     eval_ctx = check_window_length(args.ctx or DEFAULT_N_CTX)
     if args.sensitivity:

@@ -110,7 +110,7 @@ class JobSettings:
         from ramp.allocate import METHODS
         from ramp.allocate.budget import Budget
         from ramp.evaluate.llama_eval import check_window_length
-        from ramp.evaluate.presets import ftype_of
+        from ramp.evaluate.presets import check_presets
         from ramp.measure.calibration import CalibrationSpec
         from ramp.measure.estimates import ESTIMATES
         from ramp.measure.folding import check_alpha
@@ -170,11 +170,14 @@ class JobSettings:
         checked("ladder", lambda: ordered(self.ladder))
         if ordered(self.ladder) != self.ladder:
             raise entry("ladder", f"is not a list of distinct formats in bits-per-weight order ({', '.join(ordered(self.ladder))})")
-        checked("budget", lambda: ftype_of(self.budget) if self.budget[:1].isalpha() else Budget.parse(self.budget))
+        with_imatrix = self.imatrix != "none"
+        if self.budget[:1].isalpha():
+            checked("budget", lambda: check_presets([self.budget], with_imatrix))
+        else:
+            checked("budget", lambda: Budget.parse(self.budget))
         if self.method not in METHODS:
             raise entry("method", f"is none of {', '.join(METHODS)}")
-        for name in self.presets:
-            checked("presets", lambda: ftype_of(name))
+        checked("presets", lambda: check_presets(self.presets, with_imatrix))
         checked("eval_ctx", lambda: check_window_length(self.eval_ctx))
         if self.eval_max_windows is not None and self.eval_max_windows < 1:
             raise entry("eval_max_windows", "is not at least 1")
@@ -229,9 +232,11 @@ def check_inputs(settings: JobSettings, source: "Model") -> None:
     """The importance matrix and sensitivity table a job names, against job.json's hashes and the job's model
     (`source`, already checked against its hash), before stage 1: a rerun pointed at other files fails before
     it keeps or rewrites anything."""
+    from ramp.evaluate.llama_eval import check_context
     from ramp.files import file_sha256
     from ramp.measure.imatrix import ImportanceMatrix
 
+    check_context(settings.eval_ctx, source.metadata.get(f"{source.arch}.context_length"), settings.model or "the model")
     given = [("importance matrix", settings.imatrix_file, settings.imatrix_sha256, "--imatrix")] if settings.imatrix == "file" else []
     if settings.damage == "file":
         given.append(("sensitivity table", settings.sensitivity_file, settings.sensitivity_sha256, "--sensitivity"))
