@@ -16,12 +16,47 @@ from ramp.errors import RampError
 Loaded = TypeVar("Loaded")
 
 
+# (environment variable, folder under HOME it defaults to, what it holds)
+STORAGE = (("RAMP_CACHE", ".cache/ramp", "cache"), ("RAMP_DATA", ".local/share/ramp", "installed data"))
+
+
+def _storage_root(variable: str) -> Path:
+    """The folder `variable` names, or its default under HOME, refused in one line when it cannot be one: a
+    file, a symlink loop, or a default under an empty or relative HOME (which would put it under / or the
+    current folder, and report what is installed as missing)."""
+    _, default, what = next(entry for entry in STORAGE if entry[0] == variable)
+    given = os.environ.get(variable)
+    if given:
+        root = Path(given)
+    else:
+        home = os.environ.get("HOME")
+        if home is not None and not os.path.isabs(home):
+            raise RampError(f"HOME is {home!r}, not an absolute path, so ramp cannot find its {what} (~/{default}); "
+                            f"set HOME, or set {variable} to a folder")
+        root = Path.home() / default
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        return root
+    except OSError as exc:  # a symlink loop, a path through a file
+        raise RampError(f"the {what} folder {root} cannot be used ({exc.strerror}); set {variable} to a folder") from None
+    if not stat.S_ISDIR(mode):
+        raise RampError(f"the {what} folder {root} is a file, not a folder; set {variable} to a folder (or remove the file)")
+    return root
+
+
+def check_storage() -> None:
+    """Both of ramp's folders usable, checked when a command starts rather than when it first caches."""
+    for variable, _, _ in STORAGE:
+        _storage_root(variable)
+
+
 def cache_dir() -> Path:
     """Root of ramp's on-disk caches (reference logits, profiles, dequantized weights).
 
     `RAMP_CACHE` overrides the default so CI and tests can point it at a scratch folder.
     """
-    root = Path(os.environ.get("RAMP_CACHE", Path.home() / ".cache" / "ramp"))
+    root = _storage_root("RAMP_CACHE")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -32,7 +67,7 @@ def data_dir() -> Path:
     Unlike the cache, nothing here is derived from a model, so clearing the cache keeps it.
     `RAMP_DATA` overrides the default.
     """
-    root = Path(os.environ.get("RAMP_DATA", Path.home() / ".local" / "share" / "ramp"))
+    root = _storage_root("RAMP_DATA")
     root.mkdir(parents=True, exist_ok=True)
     return root
 

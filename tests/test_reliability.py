@@ -25,7 +25,7 @@ import torch
 
 from ramp.allocate.allocation import Allocation
 from ramp.allocate.budget import Budget
-from ramp.cache_entries import remove_entry, seal_path
+from ramp.cache_entries import remove_entry, seal_path, write_cache_entry
 from ramp.cli import main
 from ramp.errors import RampError
 from ramp.export.gguf_writer import cached_reference, write_gguf, write_reference
@@ -223,7 +223,7 @@ def test_profile_sweep_resumes_from_its_partial_file(tiny_model, tmp_path, monke
     remove_entry(final)
     # a sweep interrupted after its first measurement: only the rest is measured, the first is kept
     partial = final.with_suffix(".partial.json")
-    partial.write_text(json.dumps({"token_embd.weight|Q8_0": 0.5}))
+    write_cache_entry(partial, lambda tmp: tmp.write_text(json.dumps({"token_embd.weight|Q8_0": 0.5})))
     resumed = measure_sensitivity(tiny_model, random_tokens(), ["Q8_0"], progress=False)
     assert resumed.damage[resumed.tensors.index("token_embd.weight"), resumed.formats.index("Q8_0")] == 0.5
 

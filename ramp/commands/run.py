@@ -29,6 +29,7 @@ its job.json alone. A folder refuses a run with other settings than its job.json
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ramp.measure.calibration import ESTIMATE, SENSITIVITY
 from ramp.commands._options import add_fold_argument, add_text_argument, positive_int
@@ -82,14 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(text=None, ctx=None, max_windows=None)
 
 
-def _out_dir(args: argparse.Namespace):
-    from pathlib import Path
-
+def _out_dir(args: argparse.Namespace) -> Path:
     return Path(args.out_dir or (Path(args.job).parent if args.job else "."))
 
 
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    if args.job and Path(args.job).name != JOB_FILE:  # J/ramp.gguf, or the folder: say what --job takes
+        from ramp.errors import RampError
+
+        folder = Path(args.job) if Path(args.job).is_dir() else Path(args.job).parent
+        raise RampError(f"--job takes a job folder's {JOB_FILE}, not {args.job}; pass --job {folder / JOB_FILE}")
     # rerunning a job in its own folder rewrites its job.json, which is then an input too
     outputs = {f"--out-dir ({name})": _out_dir(args) / name for name in artifact_names(args.fold)
                if name != JOB_FILE or not args.job}

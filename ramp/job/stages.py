@@ -36,6 +36,13 @@ READS = {
 STATE_FILE = "stages.json"
 RAMP_GGUF = "ramp.gguf"
 RESULTS = "results.json"
+# The artifacts each stage writes (the imatrix stage's depend on the settings: `_writes`). A record naming
+# others was not written by the stage, and is not kept: a stage kept without its files would leave every
+# later stage failing on them.
+WRITES = {
+    "presets": ("presets.json",), "embeddings": ("embeddings.json", "embeddings.csv"), "sensitivity": ("sensitivity.json",),
+    "allocation": ("allocation.json",), "gguf": (RAMP_GGUF,), "results": (RESULTS, "pareto.png"),
+}
 
 
 def artifact_names(fold: float | None) -> list[str]:
@@ -302,12 +309,23 @@ class Job:
         record = self.state.get(stage)
         if record is None or record.get("inputs") != self._inputs(stage) or not isinstance(record.get("outputs"), dict):
             return False
+        if sorted(record["outputs"]) != sorted(self._writes(stage)):
+            print(f"{stage}: {self.folder / STATE_FILE} does not record the files this stage writes; making them again")
+            return False
         for name, digest in record["outputs"].items():
             path = self.folder / name
             if not path.is_file() or file_sha256(path) != digest:
                 print(f"{stage}: {path} is not the file this stage wrote; making it again")
                 return False
         return True
+
+    def _writes(self, stage: str) -> list[str]:
+        if stage != "imatrix":
+            return list(WRITES[stage])
+        if self.settings.imatrix == "none":
+            return []
+        folded = self.settings.fold is not None and self.settings.imatrix == "computed"
+        return ["imatrix.gguf"] + ([_folded_imatrix(self.settings.fold)] if folded else [])
 
     def _remove_temporaries(self) -> None:
         """Hidden temporary files a killed run left beside its artifacts (`ramp.files.atomic_output`)."""
