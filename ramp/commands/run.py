@@ -140,7 +140,6 @@ def _job_settings(args: argparse.Namespace):
 
 def _new_settings(args: argparse.Namespace):
     """The settings the command line asks for, every mistake it can hold found before the first expensive step."""
-    from ramp.allocate.budget import Budget, feasible_range, require_within
     from ramp.commands._options import check_fold_argument, load_importance
     from ramp.job.settings import check_table_model, new_settings
     from ramp.measure.ladder import parse_ladder
@@ -163,8 +162,6 @@ def _new_settings(args: argparse.Namespace):
     source = load_model(args.model)
     if args.sensitivity:
         check_table_model(args.sensitivity, source, args.fold)
-    if not is_preset:
-        require_within(Budget.parse(budget), source, feasible_range(source, ladder))
     load_importance(args.imatrix, source)  # a matrix made for another model fails here
     settings = new_settings(
         source, args.model, text=text, fold=args.fold, imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),

@@ -229,14 +229,19 @@ def check_table_model(path: str | Path, source: "Model", fold: float | None) -> 
 
 
 def check_inputs(settings: JobSettings, source: "Model") -> None:
-    """The importance matrix and sensitivity table a job names, against job.json's hashes and the job's model
-    (`source`, already checked against its hash), before stage 1: a rerun pointed at other files fails before
-    it keeps or rewrites anything."""
+    """What can be checked against the job's model (`source`, already checked against its hash) before stage 1:
+    the importance matrix and sensitivity table it names (their hashes and their model), the evaluation
+    windows against the trained context, a budget within the feasible range. A rerun pointed at other files,
+    or a job.json edited by hand, fails before anything is kept, measured or rewritten."""
     from ramp.evaluate.llama_eval import check_context
     from ramp.files import file_sha256
     from ramp.measure.imatrix import ImportanceMatrix
 
     check_context(settings.eval_ctx, source.metadata.get(f"{source.arch}.context_length"), settings.model or "the model")
+    if not settings.budget[:1].isalpha():  # a preset's bytes are known once it is made; a number's range now
+        from ramp.allocate.budget import Budget, feasible_range, require_within
+
+        require_within(Budget.parse(settings.budget), source, feasible_range(source, settings.ladder))
     given = [("importance matrix", settings.imatrix_file, settings.imatrix_sha256, "--imatrix")] if settings.imatrix == "file" else []
     if settings.damage == "file":
         given.append(("sensitivity table", settings.sensitivity_file, settings.sensitivity_sha256, "--sensitivity"))
