@@ -307,18 +307,23 @@ def test_too_little_free_space_fails_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def export_under_a_size_limit(reference: Path, out: Path, limit_bytes: int) -> str:
+    """The line a child `ramp export --reference F32` ends with when writes past `limit_bytes` fail, as on a
+    full disk (EFBIG, SIGXFSZ ignored); its exit status asserted to be 2."""
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    child = ramp_child("export", "--model", reference, "--reference", "F32", "--out", out, preexec_fn=limit_file_size)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 2
+    return last_line(err)
+
+
 def test_a_write_that_fails_midway_is_one_line_and_keeps_the_old_output(tiny_reference, tmp_path):
     out = tmp_path / "out.gguf"
     out.write_bytes(b"earlier output")
-
-    def limit_file_size() -> None:  # as a full disk would: writes past 1 MB fail with EFBIG
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-
-    child = ramp_child("export", "--model", tiny_reference, "--reference", "F32", "--out", out, preexec_fn=limit_file_size)
-    _, err = child.communicate(timeout=300)
-    assert child.returncode == 2
-    line = last_line(err)
+    line = export_under_a_size_limit(tiny_reference, out, 1 << 20)
     assert line.startswith("ramp: error: File too large") and str(out) in line
     assert out.read_bytes() == b"earlier output"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.gguf"]
@@ -865,15 +870,7 @@ def test_an_allocation_giving_a_norm_a_format_says_it_is_not_quantized(tiny_refe
 def test_a_write_cut_short_by_a_size_limit_names_the_output(tiny_reference, tmp_path):
     """A limit past the header: numpy's write of a tensor comes back short, with no errno."""
     out = tmp_path / "out.gguf"
-
-    def limit_file_size() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, 20 << 20))
-
-    child = ramp_child("export", "--model", tiny_reference, "--reference", "F32", "--out", out, preexec_fn=limit_file_size)
-    _, err = child.communicate(timeout=300)
-    assert child.returncode == 2
-    line = last_line(err)
+    line = export_under_a_size_limit(tiny_reference, out, 20 << 20)
     assert str(out) in line and "cut short" in line and "ulimit" in line
     assert list(tmp_path.iterdir()) == []
 
