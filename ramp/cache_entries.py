@@ -7,10 +7,9 @@ its bytes against the seal; an entry that fails (overwritten, truncated, bit rot
 removed with a one-line notice and the caller computes it again. Nothing read from the cache is trusted
 on its name alone.
 
-Entries written before seals existed have none. The caller's `validate` (structure: size, shape, finite
-values) decides whether such an entry is kept; a kept one is sealed on the spot, so that expensive caches
-(a 40-minute sensitivity sweep) survive the upgrade. Damage that leaves an unsealed entry's structure
-intact cannot be seen: that is the one gap, and it closes as entries are rewritten.
+An entry without its seal is never trusted, whatever its structure: a seal removed (by hand, by a
+copy that skipped it) and bytes changed afterwards would otherwise be sealed as they are. Such an entry is
+computed again; a sweep's partial file is sealed too, so that an interrupted sweep keeps its measurements.
 
 A cache is a convenience: a failure to write an entry (full disk, read-only cache folder) is reported in
 one line and the run goes on without it (`write_cache_entry`). Entries the run needs as files (the
@@ -24,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ramp.files import atomic_path, file_sha256
+from ramp.files import atomic_path, exclusive_lock, file_sha256
 
 SEAL_SUFFIX = ".sha256"
 
@@ -43,9 +42,7 @@ def _write_seal(entry: Path, digest: str) -> None:
         tmp.write_text(digest + "\n")
 
 
-def _passes(validate: Validate | None, path: Path) -> bool:
-    if validate is None:
-        return False
+def _passes(validate: Validate, path: Path) -> bool:
     try:
         return bool(validate(path))
     except Exception:  # noqa: BLE001 - a validator that cannot parse the entry has rejected it
@@ -61,29 +58,23 @@ def remove_entry(path: str | os.PathLike) -> None:
 
 def discard_entry(path: str | os.PathLike) -> None:
     """Remove a damaged entry (and its seal) with a one-line notice, so that the caller computes it again."""
-    print(f"ramp: cache entry {path} is damaged (it does not match its checksum or cannot be read); "
+    print(f"ramp: cache entry {path} is damaged (it has no seal, does not match it or cannot be read); "
           "computing it again", file=sys.stderr)
     with contextlib.suppress(OSError):
         remove_entry(path)
 
 
 def trusted_entry(path: str | os.PathLike, validate: Validate | None = None) -> bool:
-    """True when the cache entry at `path` exists and can be used: its bytes match its seal or, unsealed,
-    `validate` accepts it (and it is sealed now). An entry that fails is removed, with a notice on stderr,
-    and False is returned so that the caller rebuilds it."""
+    """True when the cache entry at `path` exists and can be used: its bytes match its seal and `validate`
+    (structure: size, shape, a table that parses), when given, accepts it. An entry without a seal is not
+    trusted: its seal was lost, and nothing can tell whether its bytes changed since. An entry that fails is
+    removed, with a notice on stderr, and False is returned so that the caller rebuilds it."""
     path = Path(path)
     if not path.is_file():
         return False
     seal = seal_path(path)
     try:
-        recorded = seal.read_text().strip() if seal.is_file() else None
-        if recorded is not None:
-            good = recorded == file_sha256(path)
-        else:
-            good = _passes(validate, path)
-            if good:
-                with contextlib.suppress(OSError):  # a read-only cache is still usable, just not sealed
-                    _write_seal(path, file_sha256(path))
+        good = seal.is_file() and seal.read_text().strip() == file_sha256(path) and (validate is None or _passes(validate, path))
     except OSError:
         good = False
     if not good:
@@ -94,10 +85,12 @@ def trusted_entry(path: str | os.PathLike, validate: Validate | None = None) -> 
 @contextlib.contextmanager
 def cache_entry_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path to write a cache entry to; on success the entry is sealed and renamed into place
-    (the seal first, so that a reader never finds a new entry without its seal)."""
+    (the seal first, so that a reader never finds a new entry without its seal). One run writes an entry at
+    a time (`<entry>.lock`): a second run writing the same entry waits for the first, and removes, as it
+    starts, the temporaries a killed writer left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with exclusive_lock(path.with_name(path.name + ".lock"), f"the cache entry {path}", wait=True), atomic_path(path) as tmp:
         yield tmp
         _write_seal(path, file_sha256(tmp))
 

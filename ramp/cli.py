@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
+        from ramp.files import check_storage
+
+        check_storage()  # RAMP_CACHE, RAMP_DATA and HOME, before a command fails on them late
         if hasattr(module, "paths"):  # every command's files, against each other, before any work
             from ramp.command_paths import check_command_paths
 

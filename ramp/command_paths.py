@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Sequence, Union
 
 from ramp.errors import RampError
+from ramp.files import output_file
 
 PathArg = Union[str, os.PathLike, None]
 # The only inputs that may be folders: a Hugging Face safetensors model directory.
@@ -58,7 +59,8 @@ def check_input_path(path: str | os.PathLike, label: str) -> None:
 
 
 def check_command_paths(inputs: Mapping[str, PathArg | Sequence[PathArg]], outputs: Mapping[str, PathArg]) -> None:
-    """Refuse, before any work, an input that is no file, an output that would overwrite an input, and two
+    """Refuse, before any work, an input that is no file, an output that is no file ramp may replace (a
+    device, FIFO or socket: `ramp.files.output_file`), an output that would overwrite an input, and two
     outputs that are one file. Keys are the option names the user typed (`--model`, `--out`)."""
     read: list[tuple[str, Path]] = []
     for label, value in inputs.items():
@@ -68,6 +70,7 @@ def check_command_paths(inputs: Mapping[str, PathArg | Sequence[PathArg]], outpu
     written: list[tuple[str, Path]] = []
     for label, value in outputs.items():
         for path in _listed(value):
+            output_file(path, label)
             for input_label, source in read:
                 if same_file(path, source):
                     raise RampError(f"{label} {path} is the {input_label} input {source}; writing it would destroy "

@@ -132,7 +132,11 @@ def train(
         previous.check_compatible(env.embedding_size, list(env.ladder), record.feature_version, resume)
         sac = load_sac(resume, env, tensorboard_log=tensorboard_log)
         if replay_path(resume).is_file():
-            sac.load_replay_buffer(replay_path(resume))
+            try:
+                sac.load_replay_buffer(replay_path(resume))
+            except Exception as exc:  # noqa: BLE001 - a cut-short pickle fails anywhere in the unpickler
+                raise RampError(f"the replay buffer {replay_path(resume)} is damaged ({type(exc).__name__}); delete it to "
+                                "resume without past episodes, or resume from another checkpoint") from None
         # Fresh episodes after a resume must not replay the budgets/models drawn at the start.
         sac.set_random_seed(record.seed + sac.num_timesteps)
     else:

@@ -99,6 +99,8 @@ def train_policy(run: TrainingRun) -> tuple["SAC", "PolicyRecord"]:
             imatrix, _ = cached_imatrix(model, progress=run.progress)
         else:
             imatrix = None if entry.imatrix == "none" else ImportanceMatrix.load(entry.imatrix)
+            if imatrix is not None:
+                imatrix.importances(model)  # made for this model
         estimate = estimate_sensitivity(run.estimate, model, imatrix=imatrix, formats=ladder, progress=run.progress) \
             if run.estimate else None
         if table is None and estimate is None:

@@ -80,6 +80,10 @@ class Allocation:
         self.check_model(model)
         missing = [spec.name for spec in model.quantizable if spec.name not in self.formats]
         unknown = sorted(set(self.formats) - {spec.name for spec in model.quantizable})
+        kept = [name for name in unknown if name in model.tensors]
+        if kept:  # the model has it, but as a tensor no format applies to: not a sign of another model
+            raise RampError(f"allocation gives {kept[0]} a format, but ramp does not quantize it (norms, biases and other "
+                            "1-D tensors stay F32 in every file); remove it from the allocation")
         if missing or unknown:
             problem = f"lacks {missing[0]}" if missing else f"names {unknown[0]}, which the model does not have"
             raise RampError(f"allocation {problem}; it was made for another model, re-run `ramp allocate` for this one")

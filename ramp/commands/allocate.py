@@ -47,10 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_text_argument(parser, "measure sensitivity on (without --sensitivity)")
 
 
+def embeddings_file(given: str | None) -> str | None:
+    """--embeddings as a file: a job folder (or `ramp profile`'s --out folder) stands for its embeddings.json."""
+    from pathlib import Path
+
+    return str(Path(given) / "embeddings.json") if given is not None and Path(given).is_dir() else given
+
+
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
     return ({"--model": args.model, "--sensitivity": args.sensitivity, "--policy": args.policy, "--imatrix": args.imatrix,
-             "--embeddings": args.embeddings},
+             "--embeddings": embeddings_file(args.embeddings)},
             {"--out": args.out, "--tensor-type-file": args.tensor_type_file})
 
 
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "policy":
         from ramp.measure.profile import Profile
 
-        policy = TrainedPolicy(args.policy or DEFAULT_POLICY, Profile.load(args.embeddings) if args.embeddings else None, imatrix)
+        policy = TrainedPolicy(args.policy or DEFAULT_POLICY, Profile.load(embeddings_file(args.embeddings)) if args.embeddings else None, imatrix)
     if table is None and args.method == "target-bpw":
         from ramp.allocate import target_bpw
 

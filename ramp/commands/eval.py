@@ -36,7 +36,7 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
     from ramp.evaluate.llama_eval import (
-        check_same_model, evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result, report_results,
+        check_finite_results, check_reference, check_same_model, check_window_length, evaluate, gguf_size_stats, make_windows, reference_logprobs, reference_result, report_results,
     )
     from ramp.evaluate.referee import check_referee, format_agreement, referee
     from ramp.models.text import evaluation_text
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         gguf_size_stats(path)  # every file readable before the long passes start
     for path in args.files:
         check_same_model(args.reference, path)  # and a model of the reference: another one's KLD means nothing
+    check_reference(args.reference, check_window_length(args.ctx))
     text = evaluation_text(args.text)
     windows = make_windows(args.reference, text, args.ctx, args.max_windows)
     if args.referee:
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     results = [reference_result(args.reference, reference, windows)]
     results += [evaluate(path, reference, windows) for path in args.files]
     results = [result.annotate(args.text, None, None, None) for result in results]
+    check_finite_results(results)  # before the JSON is written
     report_results(results, windows, args.json)
     if args.referee:
         print(format_agreement(results, referee(args.reference, args.files, text, windows)))

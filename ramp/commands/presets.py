@@ -31,18 +31,18 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ramp.files import check_output_path
-    from ramp.evaluate.presets import ftype_of, quantize_preset
+    from ramp.evaluate.presets import check_presets, quantize_preset
 
     names = [name.upper() for name in (args.preset or DEFAULT_PRESETS)]
-    for name in names:
-        ftype_of(name)
+    check_presets(names, with_imatrix=bool(args.imatrix))
     out_dir = Path(args.out_dir)
     check_output_path(out_dir / "preset.gguf")
-    if args.imatrix:
-        from ramp.measure.imatrix import ImportanceMatrix
-
-        ImportanceMatrix.load(args.imatrix)  # a wrong file fails here, not inside llama-quantize
     reference = Path(args.reference) if args.reference else _reference_of(args.model)
+    if args.imatrix:  # a wrong file, or one of another model, fails here, not inside llama-quantize
+        from ramp.commands._options import load_importance
+        from ramp.models import load_model
+
+        load_importance(args.imatrix, load_model(reference))
     for name in names:
         path = quantize_preset(reference, name, out_dir / f"{reference.stem}-{name}.gguf", args.imatrix)
         print(f"wrote {path}: {path.stat().st_size:,d} bytes")

@@ -29,6 +29,7 @@ its job.json alone. A folder refuses a run with other settings than its job.json
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ramp.measure.calibration import ESTIMATE, SENSITIVITY
 from ramp.commands._options import add_fold_argument, add_text_argument, positive_int
@@ -82,14 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(text=None, ctx=None, max_windows=None)
 
 
-def _out_dir(args: argparse.Namespace):
-    from pathlib import Path
-
+def _out_dir(args: argparse.Namespace) -> Path:
     return Path(args.out_dir or (Path(args.job).parent if args.job else "."))
 
 
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
+    if args.job and Path(args.job).name != JOB_FILE:  # J/ramp.gguf, or the folder: say what --job takes
+        from ramp.errors import RampError
+
+        folder = Path(args.job) if Path(args.job).is_dir() else Path(args.job).parent
+        raise RampError(f"--job takes a job folder's {JOB_FILE}, not {args.job}; pass --job {folder / JOB_FILE}")
     # rerunning a job in its own folder rewrites its job.json, which is then an input too
     outputs = {f"--out-dir ({name})": _out_dir(args) / name for name in artifact_names(args.fold)
                if name != JOB_FILE or not args.job}
@@ -98,15 +102,18 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ramp.files import check_output_path
-    from ramp.job.settings import check_same_job
+    from ramp.job.settings import check_inputs, check_same_job, job_lock
     from ramp.job.stages import Job
 
     folder = _out_dir(args)
     check_output_path(folder / JOB_FILE)
-    settings, source = _job_settings(args) if args.job else _new_settings(args)
-    if not check_same_job(folder, settings):
-        settings.save(folder)  # new, or with the inputs found elsewhere now
-    Job(folder, settings, source).run(args.from_stage)
+    with job_lock(folder):
+        settings, source = _job_settings(args) if args.job else _new_settings(args)
+        job = Job(folder, settings, source)
+        check_inputs(settings, job.source)  # before job.json names the inputs given here
+        if not check_same_job(folder, settings):
+            settings.save(folder)  # new, or with the inputs found elsewhere now
+        job.run(args.from_stage)
     return 0
 
 
@@ -133,13 +140,12 @@ def _job_settings(args: argparse.Namespace):
 
 def _new_settings(args: argparse.Namespace):
     """The settings the command line asks for, every mistake it can hold found before the first expensive step."""
-    from ramp.allocate.budget import Budget, feasible_range, require_within
     from ramp.commands._options import check_fold_argument, load_importance
-    from ramp.job.settings import new_settings
+    from ramp.job.settings import check_table_model, new_settings
     from ramp.measure.ladder import parse_ladder
     from ramp.evaluate.llama_eval import check_window_length
     from ramp.models import load_model
-    from ramp.evaluate.presets import ftype_of
+    from ramp.evaluate.presets import check_presets
     from ramp.measure.sensitivity_table import SensitivityTable
     from ramp.models.text import check_text
 
@@ -147,16 +153,15 @@ def _new_settings(args: argparse.Namespace):
     presets = tuple(name.upper() for name in (args.preset or DEFAULT_PRESETS))
     budget = (args.budget or DEFAULT_BUDGET).strip()
     is_preset = budget[:1].isalpha()  # budgets start with a number
-    for name in presets + ((budget.upper(),) if is_preset else ()):
-        ftype_of(name)
+    check_presets(presets + ((budget.upper(),) if is_preset else ()), with_imatrix=not args.no_imatrix)
     ladder = parse_ladder(args.formats)
     eval_ctx = check_window_length(args.ctx or DEFAULT_N_CTX)
     if args.sensitivity:
         SensitivityTable.load(args.sensitivity)
     check_fold_argument(args)
     source = load_model(args.model)
-    if not is_preset:
-        require_within(Budget.parse(budget), source, feasible_range(source, ladder))
+    if args.sensitivity:
+        check_table_model(args.sensitivity, source, args.fold)
     load_importance(args.imatrix, source)  # a matrix made for another model fails here
     settings = new_settings(
         source, args.model, text=text, fold=args.fold, imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from ramp.errors import RampError
 from ramp.evaluate.intervals import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioInterval
 from ramp.files import cache_dir, file_sha256, text_sha256
 from ramp.models.tokenizer import token_windows
+
+if TYPE_CHECKING:
+    from ramp.models.model import MetadataValue
 
 DEFAULT_N_CTX = 512
 
@@ -237,12 +240,13 @@ def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLo
                 if out is None:
                     shape = (n_rows, logits.shape[1])
                     # writes through a memory map do not fail, they kill the process: check the space first
-                    check_output_path(cache, needed_bytes=2 * shape[0] * shape[1])
+                    check_output_path(cache, needed_bytes=2 * shape[0] * shape[1], elsewhere="set RAMP_CACHE to a folder with room")
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
 
-                def store(rows: slice, logits: np.ndarray = logits, base: int = index * n_scored) -> None:
+                def store(rows: slice, logits: np.ndarray = logits, base: int = index * n_scored,
+                          target: np.ndarray = out) -> None:
                     at = slice(base + rows.start, base + rows.stop)
-                    out[at] = log_softmax(logits[rows])
+                    target[at] = log_softmax(logits[rows])
                     top1[at] = logits[rows].argmax(axis=-1)  # the logits' argmax is the log-probs'
 
                 _by_row_blocks(n_scored, store)
@@ -300,6 +304,37 @@ def gguf_signature(path: str | os.PathLike) -> dict[str, object]:
         "vocabulary": (len(tokens), vocabulary.hexdigest()),
         "origin": text(ORIGIN_KEY),
     }
+
+
+def check_finite_results(results: "list[EvalResult]") -> None:
+    """A file whose log-probabilities are NaN or infinite (NaN or Inf weights that llama.cpp computes with)
+    has no perplexity or KLD: one line naming it, not NaN in a table and a JSON."""
+    for result in results:
+        if not np.isfinite([result.perplexity, result.kld_mean, result.kld_p99]).all():
+            raise RampError(f"{result.path} gives non-finite log-probabilities (perplexity {result.perplexity}, KLD "
+                            f"{result.kld_mean}): its weights hold NaN or Inf; re-export it from a model with finite weights")
+
+
+def check_reference(reference: str | os.PathLike, n_ctx: int) -> None:
+    """A reference KLD can be measured against: unquantized (a quantized one would label its own errors
+    "reference" and make every file's KLD a distance to it), and windows of `n_ctx` within the context it
+    was trained on (beyond it llama.cpp either refuses to load it or scores positions the model never saw)."""
+    from ramp.models.gguf import read_gguf
+
+    fields = read_gguf(_check_gguf(reference)).fields
+    quantized = [tensor for tensor in read_gguf(reference).tensors if tensor.tensor_type.name not in ("F32", "F16", "BF16")]
+    if quantized:
+        raise RampError(f"the reference {reference} is quantized ({quantized[0].name} is {quantized[0].tensor_type.name}); "
+                        "KLD is measured against the unquantized model: pass its F32 or F16 file (`ramp export --reference F32`)")
+    arch = fields["general.architecture"].value if "general.architecture" in fields else None
+    check_context(n_ctx, fields.get(f"{arch}.context_length"), str(reference))
+
+
+def check_context(n_ctx: int, trained: MetadataValue | None, model: str) -> None:
+    """Evaluation windows within the context the model was trained on (its `<arch>.context_length`)."""
+    if trained is not None and n_ctx > int(trained.value):
+        raise RampError(f"--ctx {n_ctx} is beyond the {int(trained.value)} tokens of context {model} was trained on; "
+                        f"pass --ctx {int(trained.value)} or less")
 
 
 def check_same_model(reference: str | os.PathLike, path: str | os.PathLike) -> None:

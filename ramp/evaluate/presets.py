@@ -33,6 +33,20 @@ def ftype_of(name: str) -> int:
     raise RampError(f"unknown llama.cpp preset {name!r}; known presets: {', '.join(known)}")
 
 
+# llama.cpp refuses these without an importance matrix (llama-quant.cpp: too few bits to guess the weights' importance)
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S")
+
+
+def check_presets(names: "list[str] | tuple[str, ...]", with_imatrix: bool) -> None:
+    """Every preset name known to llama.cpp, and none that it refuses to make without an importance matrix
+    when there is none: both fail here, before the reference is written, not inside llama-quantize."""
+    for name in names:
+        ftype_of(name)
+        if not with_imatrix and name.upper() in NEEDS_IMATRIX:
+            raise RampError(f"llama.cpp makes the {name.upper()} preset only with an importance matrix; pass --imatrix "
+                            "(or, in `ramp run`, leave --no-imatrix out), or choose another preset")
+
+
 def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.PathLike,
                     imatrix: str | os.PathLike | None = None) -> Path:
     """Quantize the reference GGUF to preset `name` with llama.cpp's defaults, with `imatrix` (an imatrix

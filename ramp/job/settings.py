@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ramp.errors import RampError
 
@@ -20,6 +20,21 @@ if TYPE_CHECKING:
 
 JOB_FILE = "job.json"
 LOCATIONS = ("model", "imatrix_file", "sensitivity_file")
+IMATRIX_SOURCES = ("computed", "file", "none")
+_REMEDY = "correct it, or rerun `ramp run` with its settings into a new --out-dir"
+_KIND_NAMES = {str: "a string", type(None): "null", dict: "an object", int: "a whole number", float: "a number"}
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(char in "0123456789abcdef" for char in value)
+
+
+def _needs(key: str, value: object, needed: bool, because: str) -> None:
+    """An entry that `because` (another entry) makes necessary is set, and one it rules out is null."""
+    if needed and value is None:
+        raise RampError(f"{key} is null, but {because} needs it")
+    if not needed and value is not None:
+        raise RampError(f"{key} = {json.dumps(value)} is set, but {because} does not use it (it must be null)")
 VERSIONS = ("ramp_version", "llama_cpp_version")
 
 
@@ -77,11 +92,95 @@ class JobSettings:
             missing = sorted(set(names) - set(data)) if isinstance(data, dict) else names
             raise RampError(f"{path} is not a job file of this ramp (missing {', '.join(missing) or 'nothing'}, "
                             f"or entries it does not know); rerun `ramp run` with its settings")
+        for key in ("ladder", "presets"):
+            if not isinstance(data[key], list) or not all(isinstance(name, str) for name in data[key]):
+                raise RampError(f"{path}: {key} = {json.dumps(data[key])} is not a list of names; {_REMEDY}")
+            data[key] = tuple(data[key])
+        settings = cls(**data)
         try:
-            data["ladder"], data["presets"] = tuple(data["ladder"]), tuple(data["presets"])
-        except TypeError:
-            raise RampError(f"{path}: `ladder` and `presets` must be lists of names; rerun `ramp run` with its settings") from None
-        return cls(**data)
+            settings.check_values()
+        except RampError as exc:
+            raise RampError(f"{path}: {exc}; {_REMEDY}") from None
+        return settings
+
+    def check_values(self) -> None:
+        """Every entry a value ramp can run, checked all at once before any stage: a hand-edited job.json
+        (`"damage": "Fisher"`, a budget of 4, a ladder of unknown formats) fails here in one line, not as
+        another measure quietly chosen, nor a traceback after the sweep. Raises RampError naming the entry."""
+        from ramp.allocate import METHODS
+        from ramp.allocate.budget import Budget
+        from ramp.evaluate.llama_eval import check_window_length
+        from ramp.evaluate.presets import check_presets
+        from ramp.measure.calibration import CalibrationSpec
+        from ramp.measure.estimates import ESTIMATES
+        from ramp.measure.folding import check_alpha
+        from ramp.measure.ladder import ordered
+        from ramp.models.text import check_text
+
+        def entry(key: str, problem: str) -> RampError:
+            return RampError(f"{key} = {json.dumps(getattr(self, key))} {problem}")
+
+        def checked(key: str, check: Callable[[], object]) -> None:
+            try:
+                check()
+            except RampError as exc:
+                raise RampError(f"{key}: {exc}") from None
+
+        def expect(key: str, kinds: tuple[type, ...]) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                raise entry(key, f"is not {' or '.join(_KIND_NAMES[kind] for kind in kinds)}")
+
+        for key in ("model_sha256", "text", "imatrix", "damage", "budget", "method", "ramp_version", "llama_cpp_version"):
+            expect(key, (str,))
+        for key in ("model", "imatrix_file", "imatrix_sha256", "sensitivity_file", "sensitivity_sha256"):
+            expect(key, (str, type(None)))
+        for key in ("fold_calibration", "imatrix_calibration", "damage_calibration"):
+            expect(key, (dict, type(None)))
+        expect("embeddings_calibration", (dict,))
+        expect("fold", (int, float, type(None)))
+        expect("eval_ctx", (int,))
+        expect("eval_max_windows", (int, type(None)))
+        expect("seed", (int,))
+        if not _is_sha256(self.model_sha256):
+            raise entry("model_sha256", "is not a sha256")
+        checked("text", lambda: check_text(self.text))
+        if self.fold is not None:
+            checked("fold", lambda: check_alpha(self.fold))
+        _needs("fold_calibration", self.fold_calibration, self.fold is not None, "fold")
+        if self.imatrix not in IMATRIX_SOURCES:
+            raise entry("imatrix", f"is none of {', '.join(IMATRIX_SOURCES)}")
+        _needs("imatrix_file", self.imatrix_file, self.imatrix == "file", "imatrix")
+        _needs("imatrix_sha256", self.imatrix_sha256, self.imatrix == "file", "imatrix")
+        _needs("imatrix_calibration", self.imatrix_calibration, self.imatrix == "computed", "imatrix")
+        damages = ("kld", *ESTIMATES, "weight-error", "file")
+        if self.damage not in damages:
+            raise entry("damage", f"is none of {', '.join(damages)} (names are lower case)")
+        _needs("damage_calibration", self.damage_calibration, self.damage in ("kld", *ESTIMATES), "damage")
+        _needs("sensitivity_file", self.sensitivity_file, self.damage == "file", "damage")
+        _needs("sensitivity_sha256", self.sensitivity_sha256, self.damage == "file", "damage")
+        for key in ("fold_calibration", "imatrix_calibration", "embeddings_calibration", "damage_calibration"):
+            if getattr(self, key) is not None:
+                try:
+                    CalibrationSpec.from_dict(getattr(self, key))
+                except RampError as exc:
+                    raise entry(key, f"is not a calibration spec ({exc})") from None
+        if not self.ladder:
+            raise entry("ladder", "is empty")
+        checked("ladder", lambda: ordered(self.ladder))
+        if ordered(self.ladder) != self.ladder:
+            raise entry("ladder", f"is not a list of distinct formats in bits-per-weight order ({', '.join(ordered(self.ladder))})")
+        with_imatrix = self.imatrix != "none"
+        if self.budget[:1].isalpha():
+            checked("budget", lambda: check_presets([self.budget], with_imatrix))
+        else:
+            checked("budget", lambda: Budget.parse(self.budget))
+        if self.method not in METHODS:
+            raise entry("method", f"is none of {', '.join(METHODS)}")
+        checked("presets", lambda: check_presets(self.presets, with_imatrix))
+        checked("eval_ctx", lambda: check_window_length(self.eval_ctx))
+        if self.eval_max_windows is not None and self.eval_max_windows < 1:
+            raise entry("eval_max_windows", "is not at least 1")
 
     def first_change(self, earlier: "JobSettings") -> tuple[str, object, object] | None:
         """(entry, earlier value, this value) of the first determining entry that differs, or None."""
@@ -106,6 +205,56 @@ def check_same_job(folder: Path, settings: JobSettings) -> bool:
         raise RampError(f"{path} was made with {key} = {json.dumps(before)}, this run asks for {json.dumps(now)}; a job "
                         f"folder holds one job: rerun it as it was (`ramp run --job {path}`) or give another --out-dir")
     return earlier == settings
+
+
+def job_lock(folder: Path):
+    """One run at a time in a job folder (the folder itself is locked: no file is added to it): a second is
+    refused in one line, since two writers would remove each other's temporaries and mix their artifacts."""
+    from ramp.files import exclusive_lock
+
+    return exclusive_lock(folder, f"the job folder {folder}", wait=False,
+                          remedy="wait for it to finish, or give another --out-dir")
+
+
+def check_table_model(path: str | Path, source: "Model", fold: float | None) -> None:
+    """A sensitivity table measured on another model fails before the first stage, not at the allocation. (A
+    --fold job's table is of the folded model, whose hash is known only once it is folded: the allocation
+    checks that one.)"""
+    from ramp.measure.sensitivity_table import SensitivityTable
+
+    table = SensitivityTable.load(path)
+    if fold is None and table.model_sha256 and table.model_sha256 != source.sha256:
+        raise RampError(f"the sensitivity table {path} was measured on another model (sha256 {table.model_sha256[:12]}, "
+                        f"the model is {source.sha256[:12]}); re-run `ramp profile` on this one, or leave --sensitivity out")
+
+
+def check_inputs(settings: JobSettings, source: "Model") -> None:
+    """What can be checked against the job's model (`source`, already checked against its hash) before stage 1:
+    the importance matrix and sensitivity table it names (their hashes and their model), the evaluation
+    windows against the trained context, a budget within the feasible range. A rerun pointed at other files,
+    or a job.json edited by hand, fails before anything is kept, measured or rewritten."""
+    from ramp.evaluate.llama_eval import check_context
+    from ramp.files import file_sha256
+    from ramp.measure.imatrix import ImportanceMatrix
+
+    check_context(settings.eval_ctx, source.metadata.get(f"{source.arch}.context_length"), settings.model or "the model")
+    if not settings.budget[:1].isalpha():  # a preset's bytes are known once it is made; a number's range now
+        from ramp.allocate.budget import Budget, feasible_range, require_within
+
+        require_within(Budget.parse(settings.budget), source, feasible_range(source, settings.ladder))
+    given = [("importance matrix", settings.imatrix_file, settings.imatrix_sha256, "--imatrix")] if settings.imatrix == "file" else []
+    if settings.damage == "file":
+        given.append(("sensitivity table", settings.sensitivity_file, settings.sensitivity_sha256, "--sensitivity"))
+    for what, path, digest, option in given:
+        if not Path(path).is_file():
+            raise RampError(f"the job's {what} {path} does not exist; pass it with {option}")
+        if file_sha256(path) != digest:
+            raise RampError(f"the {what} {path} is not this job's (its sha256 differs from job.json's); pass the job's "
+                            f"file with {option}")
+    if settings.imatrix == "file":
+        ImportanceMatrix.load(settings.imatrix_file).importances(source)
+    if settings.damage == "file":
+        check_table_model(settings.sensitivity_file, source, settings.fold)
 
 
 def versions() -> tuple[str, str]:

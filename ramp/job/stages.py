@@ -12,7 +12,6 @@ results.json and pareto.png (`ramp eval`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ramp.errors import RampError
-from ramp.job.settings import JOB_FILE, JobSettings
+from ramp.job.settings import JOB_FILE, JobSettings, check_inputs, job_lock
 
 if TYPE_CHECKING:
     from ramp.measure.imatrix import ImportanceMatrix
@@ -37,6 +36,13 @@ READS = {
 STATE_FILE = "stages.json"
 RAMP_GGUF = "ramp.gguf"
 RESULTS = "results.json"
+# The artifacts each stage writes (the imatrix stage's depend on the settings: `_writes`). A record naming
+# others was not written by the stage, and is not kept: a stage kept without its files would leave every
+# later stage failing on them.
+WRITES = {
+    "presets": ("presets.json",), "embeddings": ("embeddings.json", "embeddings.csv"), "sensitivity": ("sensitivity.json",),
+    "allocation": ("allocation.json",), "gguf": (RAMP_GGUF,), "results": (RESULTS, "pareto.png"),
+}
 
 
 def artifact_names(fold: float | None) -> list[str]:
@@ -303,6 +309,9 @@ class Job:
         record = self.state.get(stage)
         if record is None or record.get("inputs") != self._inputs(stage) or not isinstance(record.get("outputs"), dict):
             return False
+        if sorted(record["outputs"]) != sorted(self._writes(stage)):
+            print(f"{stage}: {self.folder / STATE_FILE} does not record the files this stage writes; making them again")
+            return False
         for name, digest in record["outputs"].items():
             path = self.folder / name
             if not path.is_file() or file_sha256(path) != digest:
@@ -310,15 +319,30 @@ class Job:
                 return False
         return True
 
+    def _writes(self, stage: str) -> list[str]:
+        if stage != "imatrix":
+            return list(WRITES[stage])
+        if self.settings.imatrix == "none":
+            return []
+        folded = self.settings.fold is not None and self.settings.imatrix == "computed"
+        return ["imatrix.gguf"] + ([_folded_imatrix(self.settings.fold)] if folded else [])
+
     def _remove_temporaries(self) -> None:
         """Hidden temporary files a killed run left beside its artifacts (`ramp.files.atomic_output`)."""
+        from ramp.files import remove_stale_temporaries
+
         for name in artifact_names(self.settings.fold):
-            for stale in self.folder.glob(f".{name}.*.tmp"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+            remove_stale_temporaries(self.folder / name)
 
     def run(self, start: str | None = None) -> None:
-        """Every stage in order, keeping those whose records match; from `start` on, every stage runs."""
+        """Every stage in order, keeping those whose records match; from `start` on, every stage runs. The
+        folder is locked for the run, and the model and given inputs checked before stage 1 (even when every
+        stage would be kept)."""
+        with job_lock(self.folder):
+            check_inputs(self.settings, self.source)
+            self._run(start)
+
+    def _run(self, start: str | None) -> None:
         from ramp.files import file_sha256
 
         if start is not None:

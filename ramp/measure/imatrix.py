@@ -24,7 +24,7 @@ from ramp.cache_entries import trusted_entry, write_cache_entry
 from ramp.measure.calibration import IMATRIX, CalibrationSpec
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir
-from ramp.models.model import Model
+from ramp.models.model import ORIGIN_KEY, Model
 
 if TYPE_CHECKING:  # torch loads only where the forward runs, so the CLI can read the defaults cheaply
     import torch
@@ -42,6 +42,9 @@ class ImportanceMatrix:
     chunk_count: int
     chunk_size: int
     datasets: list[str] = field(default_factory=list)
+    # `Model.origin_sha256` of the model the activations were taken on (GGUF key ORIGIN_KEY); "" for a matrix
+    # that records none, as llama-imatrix's own, which only its shapes can check
+    origin_sha256: str = ""
 
     def importance(self, name: str) -> np.ndarray | None:
         """The vector llama-quantize hands the quantizer for `name`: in_sum2 / counts, in float32 (None
@@ -51,7 +54,12 @@ class ImportanceMatrix:
         return self.sums[name].astype(np.float32) / np.float32(self.counts[name])
 
     def importances(self, model: Model) -> dict[str, np.ndarray]:
-        """`importance()` of every quantizable tensor of `model` that has an entry, checked against its rows."""
+        """`importance()` of every quantizable tensor of `model` that has an entry, checked against its rows and,
+        where the matrix records it, against the checkpoint it was computed on (another model of the same shapes
+        would otherwise pass)."""
+        if self.origin_sha256 and self.origin_sha256 not in (model.origin_sha256, model.sha256):
+            raise RampError(f"the importance matrix was computed on another model (sha256 {self.origin_sha256[:12]}), not "
+                            f"this one ({model.origin_sha256[:12]}); run `ramp imatrix` on this one")
         result = {}
         for spec in model.quantizable:
             values = self.importance(spec.name)
@@ -84,6 +92,8 @@ class ImportanceMatrix:
             writer.add_array("imatrix.datasets", list(self.datasets))
             writer.add_uint32("imatrix.chunk_count", self.chunk_count)
             writer.add_uint32("imatrix.chunk_size", self.chunk_size)
+            if self.origin_sha256:
+                writer.add_string(ORIGIN_KEY, self.origin_sha256)
             for name in sorted(self.sums):
                 writer.add_tensor(f"{name}.in_sum2", self.sums[name].astype(np.float32).reshape(1, -1))
                 writer.add_tensor(f"{name}.counts", np.array([[self.counts[name]]], dtype=np.float32))
@@ -102,6 +112,10 @@ class ImportanceMatrix:
         kind = reader.fields.get("general.type")
         if kind is None or kind.value != "imatrix":
             raise RampError(f"{path} is not an importance matrix (general.type is not `imatrix`); make one with `ramp imatrix`")
+        for tensor in reader.tensors:  # a cut-short file keeps its tensor list: the data tells
+            if tensor.data.nbytes != tensor.n_bytes:
+                raise RampError(f"{path} is truncated: {tensor.name} runs past the end of the file; copy it again or "
+                                "make it again with `ramp imatrix`")
         tensors = {tensor.name: np.asarray(tensor.data, dtype=np.float32) for tensor in reader.tensors}
         sums, counts = {}, {}
         for key, values in tensors.items():
@@ -122,7 +136,7 @@ class ImportanceMatrix:
             return default if entry is None else entry.value
 
         return cls(sums, counts, int(field_value("imatrix.chunk_count", 0)), int(field_value("imatrix.chunk_size", 0)),
-                   list(field_value("imatrix.datasets", [])))
+                   list(field_value("imatrix.datasets", [])), str(field_value(ORIGIN_KEY, "")))
 
 
 def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", device: str = "cpu",
@@ -150,7 +164,7 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
     for batch in tqdm(batches, desc="imatrix", unit=f"x{tokens.shape[1]} tokens", disable=not progress, leave=False):
         forward.logits(batch.to(forward.device), capture=capture)
     return ImportanceMatrix({name: value.cpu().numpy() for name, value in sums.items()}, counts,
-                            int(tokens.shape[0]), int(tokens.shape[1]), [dataset] if dataset else [])
+                            int(tokens.shape[0]), int(tokens.shape[1]), [dataset] if dataset else [], model.origin_sha256)
 
 
 def cached_imatrix(model: Model, calibration: CalibrationSpec = IMATRIX, progress: bool = True) -> tuple[ImportanceMatrix, Path]:

@@ -241,8 +241,10 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         data = read_json(path, "embedding table", "create it with `ramp profile`")
-        if not isinstance(data, dict):
-            raise RampError(f"{path} is not a ramp embedding table; re-run `ramp profile`")
+        if not isinstance(data, dict) or "feature_version" not in data:
+            kind = " but a sensitivity table" if isinstance(data, dict) and "damage" in data else ""
+            raise RampError(f"{path} is not a ramp embedding table{kind}; pass the embeddings.json `ramp profile` "
+                            "writes (or its job folder)")
         if data.get("feature_version") != FEATURE_VERSION or tuple(data.get("feature_names", ())) != FEATURE_NAMES:
             raise RampError(
                 f"{path} holds features of version {data.get('feature_version')}, this ramp computes version "

@@ -61,9 +61,28 @@ def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise RampError(f"{path.parent} has no {path.name}; a Hugging Face model directory needs {what}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RampError(f"{path} is not valid JSON ({exc}); re-download the model") from None
+    if not isinstance(data, dict):
+        raise RampError(f"{path} holds a JSON {type(data).__name__}, not the object {what} is; re-download the model")
+    return data
+
+
+# config.json entries the conversion cannot do without, and those it reads with a default
+_REQUIRED_CONFIG = ("num_attention_heads", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+_OPTIONAL_CONFIG = ("num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta", "rms_norm_eps")
+
+
+def _check_config(config: dict, path: Path) -> None:
+    """A config.json cut short or edited by hand fails in one line naming the entry, not as a KeyError."""
+    missing = [key for key in _REQUIRED_CONFIG if key not in config]
+    if missing:
+        raise RampError(f"{path} lacks {', '.join(missing)}; re-download the model (or save it again with save_pretrained)")
+    for key in _REQUIRED_CONFIG + _OPTIONAL_CONFIG:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise RampError(f"{path}: {key} = {json.dumps(value)} is not a number; re-download the model")
 
 
 def _pre_tokenizer_name(pre_tokenizer: dict | None, directory: Path) -> str:
@@ -154,6 +173,7 @@ def load_safetensors_dir(directory: str | Path) -> Model:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise RampError(f"{directory} has no *.safetensors files; pass a directory saved with safetensors")
+    _check_config(config, directory / "config.json")
     n_heads = int(config["num_attention_heads"])
     n_kv_heads = int(config.get("num_key_value_heads", n_heads))
     n_embd = int(config["hidden_size"])
