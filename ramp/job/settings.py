@@ -1,5 +1,5 @@
 """What determines a job's result, as `JOB/job.json` records it: the model (by its sha256), the text and every
-calibration spec, the importance matrix, the damage measure, the ladder, the budget, the method, the presets
+calibration spec, the importance matrix, the damage measure, the ladder, the rows (methods x budgets), the presets
 compared against, the evaluation windows, the seed, and the versions of ramp and llama.cpp.
 
 A few entries only say where an input was found (`LOCATIONS`: the model as given, a given importance matrix
@@ -21,6 +21,28 @@ if TYPE_CHECKING:
 JOB_FILE = "job.json"
 LOCATIONS = ("model", "imatrix_file", "sensitivity_file")
 VERSIONS = ("ramp_version", "llama_cpp_version")
+LISTS = ("ladder", "budgets", "methods", "presets")  # lists in job.json, tuples here
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a job's results: an allocation method at a budget."""
+
+    method: str
+    budget: str  # bits per weight, bytes, or a preset's name: the bytes it spends on the quantizable tensors
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What fixes a job's file names (`ramp.job.stages.artifact_names`): the fold and the rows."""
+
+    fold: float | None
+    rows: tuple[Row, ...]
+
+
+def job_rows(methods: tuple[str, ...], budgets: tuple[str, ...]) -> tuple[Row, ...]:
+    """Every method at every budget, method by method."""
+    return tuple(Row(method, budget) for method in methods for budget in budgets)
 
 
 @dataclass(frozen=True)
@@ -40,8 +62,8 @@ class JobSettings:
     sensitivity_file: str | None
     sensitivity_sha256: str | None
     ladder: tuple[str, ...]
-    budget: str  # bits per weight, bytes, or a preset's name: the bytes it spends on the quantizable tensors
-    method: str
+    budgets: tuple[str, ...]  # each a `Row.budget`
+    methods: tuple[str, ...]  # the job's rows: every method at every budget
     presets: tuple[str, ...]
     eval_ctx: int
     eval_max_windows: int | None
@@ -49,9 +71,18 @@ class JobSettings:
     ramp_version: str
     llama_cpp_version: str
 
+    @property
+    def rows(self) -> tuple[Row, ...]:
+        return job_rows(self.methods, self.budgets)
+
+    @property
+    def shape(self) -> JobShape:
+        return JobShape(self.fold, self.rows)
+
     def as_dict(self) -> dict:
         data = asdict(self)
-        data["ladder"], data["presets"] = list(self.ladder), list(self.presets)
+        for key in LISTS:
+            data[key] = list(data[key])
         return data
 
     def determining(self) -> dict:
@@ -77,10 +108,11 @@ class JobSettings:
             missing = sorted(set(names) - set(data)) if isinstance(data, dict) else names
             raise RampError(f"{path} is not a job file of this ramp (missing {', '.join(missing) or 'nothing'}, "
                             f"or entries it does not know); rerun `ramp run` with its settings")
-        try:
-            data["ladder"], data["presets"] = tuple(data["ladder"]), tuple(data["presets"])
-        except TypeError:
-            raise RampError(f"{path}: `ladder` and `presets` must be lists of names; rerun `ramp run` with its settings") from None
+        if not all(isinstance(data[key], list) and all(isinstance(item, str) for item in data[key]) for key in LISTS):
+            raise RampError(f"{path}: {', '.join(f'`{key}`' for key in LISTS)} must be lists of names; rerun `ramp run` "
+                            "with its settings")
+        for key in LISTS:
+            data[key] = tuple(data[key])
         return cls(**data)
 
     def first_change(self, earlier: "JobSettings") -> tuple[str, object, object] | None:
@@ -139,8 +171,8 @@ def new_settings(
     damage_tokens: int | None,
     sensitivity_file: str | None,
     ladder: tuple[str, ...],
-    budget: str,
-    method: str,
+    budgets: tuple[str, ...],
+    methods: tuple[str, ...],
     presets: tuple[str, ...],
     eval_ctx: int,
     eval_max_windows: int | None,
@@ -174,6 +206,6 @@ def new_settings(
         imatrix_calibration=IMATRIX.sized(text=text).as_dict() if imatrix == "computed" else None,
         embeddings_calibration=EMBEDDINGS.sized(text=text).as_dict(), damage=damage, damage_calibration=damage_calibration,
         sensitivity_file=located(sensitivity_file), sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
-        ladder=tuple(ladder), budget=budget, method=method, presets=tuple(presets), eval_ctx=eval_ctx,
+        ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods), presets=tuple(presets), eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
