@@ -116,9 +116,10 @@ def _out_dir(args: argparse.Namespace) -> "Path":
     methods (when not the default alone) and the budgets."""
     if args.out_dir or args.job:
         return Path(args.out_dir or Path(args.job).parent)
-    model = Path(args.model).name.removesuffix(".gguf") if args.model else "smollm2-135m"
+    from ramp.job.settings import model_label
+
     methods = _methods(args)
-    parts = [model, *([",".join(methods)] if methods != (DEFAULT_METHOD,) else []), ",".join(_budgets(args))]
+    parts = [model_label(args.model), *([",".join(methods)] if methods != (DEFAULT_METHOD,) else []), ",".join(_budgets(args))]
     return Path(JOBS_FOLDER) / "-".join(parts)
 
 

@@ -209,3 +209,9 @@ def new_settings(
         ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods), presets=tuple(presets), eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
+
+
+def model_label(model: str | None) -> str:
+    """The model as a short name for titles and folder names: a file's name without .gguf, a name from
+    `ramp models` as it is (short names keep their dots), the default model's name."""
+    return Path(model).name.removesuffix(".gguf") if model else "smollm2-135m"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ramp.errors import RampError
-from ramp.job.settings import JOB_FILE, JobSettings, JobShape, Row
+from ramp.job.settings import JOB_FILE, JobSettings, JobShape, Row, model_label
 
 if TYPE_CHECKING:
     from ramp.measure.imatrix import ImportanceMatrix
@@ -454,7 +454,7 @@ def make_results(job: Job) -> list[str]:
 
     plot_pareto(lines, [(result.name, result.file_bytes, result.kld_mean) for result in presets],
                 "llama.cpp presets" + suffix, job.folder / PARETO,
-                f"{Path(settings.model).name if settings.model else 'smollm2-135m'}: held-out {settings.text}", source_bytes)
+                f"{model_label(settings.model)}: held-out {settings.text}", source_bytes)
     return [RESULTS, PARETO]
 
 
