@@ -1,7 +1,7 @@
 """Scale Folding at low bits: the embedded model quantized uniformly (Q3_K and Q2_K requests) with and
 without folding, measured through llama.cpp against the unfolded F32 reference on held-out text.
 
-    python benchmarks/folding.py --alphas 0.5 --windows 8
+    python -m benchmarks.folding --alphas 0.5 --windows 8
 
 Most SmolLM2 tensors have 576-wide rows, which do not fit 256-weight K-quant super-blocks: llama.cpp writes
 them as Q4_0, so the "real formats" column says what each file holds. The folded F32 row checks that the

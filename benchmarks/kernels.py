@@ -1,6 +1,6 @@
 """Throughput of the ggml and torch kernel backends, and their quantization error, per format.
 
-    python benchmarks/kernels.py --size 4096 --formats Q4_K,Q6_K,Q8_0
+    python -m benchmarks.kernels --size 4096 --formats Q4_K,Q6_K,Q8_0
 
 Prints a Markdown table (weights quantized per second, and relative RMS error of the round trip).
 Both backends use every core: libggml through ramp's row-chunk threads, torch through one

@@ -2,8 +2,8 @@
 it with the same command, and compare its results.json with a run never interrupted (issue 13's check on a real
 model; tests/test_job.py makes the same check on the tiny model).
 
-    python benchmarks/resume.py                           # SmolLM2-135M, ramp run's defaults
-    python benchmarks/resume.py --model gemma3-270m --sweep-seconds 120
+    python -m benchmarks.resume                           # SmolLM2-135M, ramp run's defaults
+    python -m benchmarks.resume --model gemma3-270m --sweep-seconds 120
 
 Each job gets its own empty cache, so the interrupted sweep really measures when it is killed and nothing either
 job computes comes from the other or from an earlier ramp (llama-quantize names the importance matrix by its
