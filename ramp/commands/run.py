@@ -59,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "makes one row per budget")
     parser.add_argument("--method",
                         help=f"allocation method, or a comma list of them: one row per method and budget "
-                             f"({', '.join(self_contained_methods())}; default ilp; target-bpw is llama.cpp PR #15550's "
+                             f"({', '.join(self_contained_methods())}, policy; default ilp; target-bpw is llama.cpp PR #15550's "
                              "allocator)")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="the trained policy (`ramp train`) of a `policy` row (--method policy,...); default: the "
+                             "policy that ships with ramp")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp's ladder, ramp.measure.ladder)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
     parser.add_argument("--damage", choices=(AUTO, "kld", *ESTIMATES, "weight-error"),
@@ -128,7 +131,8 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     # rerunning a job in its own folder rewrites its job.json, which is then an input too
     outputs = {f"--out-dir ({name})": _out_dir(args) / name for name in artifact_names(_shape(args))
                if name != JOB_FILE or not args.job}
-    return {"--model": args.model, "--sensitivity": args.sensitivity, "--imatrix": args.imatrix, "--job": args.job}, outputs
+    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--imatrix": args.imatrix, "--policy": args.policy,
+             "--job": args.job}, outputs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +167,7 @@ def _job_settings(args: argparse.Namespace):
     return replace(settings, model=located(args.model) or settings.model,
                    imatrix_file=located(args.imatrix) or settings.imatrix_file,
                    sensitivity_file=located(args.sensitivity) or settings.sensitivity_file,
+                   policy_file=located(args.policy) or settings.policy_file,
                    ramp_version=ramp_version, llama_cpp_version=llama_cpp), None
 
 
@@ -183,9 +188,18 @@ def _new_settings(args: argparse.Namespace):
     presets = tuple(name.upper() for name in (args.preset or DEFAULT_PRESETS))
     budgets, methods = _budgets(args), _methods(args)
     for method in methods:
-        if method not in self_contained_methods():
+        if method not in (*self_contained_methods(), "policy"):
             raise RampError(f"ramp run has no allocation method {method!r}; choose from "
-                            f"{', '.join(self_contained_methods())} (`ramp allocate` runs the others)")
+                            f"{', '.join(self_contained_methods())}, policy (`ramp allocate` runs the others)")
+    policy = None
+    if "policy" in methods:
+        from ramp.agent.policy import DEFAULT_POLICY
+        from ramp.agent.sac import read_policy_record
+
+        policy = args.policy or str(DEFAULT_POLICY)
+        read_policy_record(policy)  # a foreign file fails before the model loads
+    elif args.policy:
+        raise RampError("--policy feeds a `policy` row; add policy to --method, or drop --policy")
     for name in presets + tuple(budget for budget in budgets if budget[:1].isalpha()):
         ftype_of(name)
     ladder = parse_ladder(args.formats)
@@ -201,7 +215,7 @@ def _new_settings(args: argparse.Namespace):
     settings = new_settings(
         source, args.model, text=text, fold=args.fold, imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
         damage=args.damage or AUTO, damage_tokens=args.calibration_tokens, sensitivity_file=args.sensitivity,
-        ladder=ladder, budgets=budgets, methods=methods, presets=presets,
+        ladder=ladder, budgets=budgets, methods=methods, policy_file=policy, presets=presets,
         eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,
     )
     return settings, source

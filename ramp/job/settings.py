@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ramp.models.model import Model
 
 JOB_FILE = "job.json"
-LOCATIONS = ("model", "imatrix_file", "sensitivity_file")
+LOCATIONS = ("model", "imatrix_file", "sensitivity_file", "policy_file")
 VERSIONS = ("ramp_version", "llama_cpp_version")
 LISTS = ("ladder", "budgets", "methods", "presets")  # lists in job.json, tuples here
 
@@ -64,6 +64,8 @@ class JobSettings:
     ladder: tuple[str, ...]
     budgets: tuple[str, ...]  # each a `Row.budget`
     methods: tuple[str, ...]  # the job's rows: every method at every budget
+    policy_file: str | None  # the trained policy of a "policy" row (`ramp train`)
+    policy_sha256: str | None
     presets: tuple[str, ...]
     eval_ctx: int
     eval_max_windows: int | None
@@ -173,6 +175,7 @@ def new_settings(
     ladder: tuple[str, ...],
     budgets: tuple[str, ...],
     methods: tuple[str, ...],
+    policy_file: str | None,
     presets: tuple[str, ...],
     eval_ctx: int,
     eval_max_windows: int | None,
@@ -206,7 +209,8 @@ def new_settings(
         imatrix_calibration=IMATRIX.sized(text=text).as_dict() if imatrix == "computed" else None,
         embeddings_calibration=EMBEDDINGS.sized(text=text).as_dict(), damage=damage, damage_calibration=damage_calibration,
         sensitivity_file=located(sensitivity_file), sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
-        ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods), presets=tuple(presets), eval_ctx=eval_ctx,
+        ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods),
+        policy_file=located(policy_file), policy_sha256=file_sha256(policy_file) if policy_file else None, presets=tuple(presets), eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
 

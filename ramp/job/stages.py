@@ -34,6 +34,7 @@ from ramp.errors import RampError
 from ramp.job.settings import JOB_FILE, JobSettings, JobShape, Row, model_label
 
 if TYPE_CHECKING:
+    from ramp.agent.policy import TrainedPolicy
     from ramp.measure.imatrix import ImportanceMatrix
     from ramp.evaluate.llama_eval import EvalResult
     from ramp.models.model import Model
@@ -157,6 +158,18 @@ class Job:
         for name in names:
             ftype_of(name)
         return names
+
+    def policy(self) -> "TrainedPolicy":
+        """The job's trained policy, reading the embeddings stage's profile and the export's importance matrix."""
+        from ramp.agent.policy import TrainedPolicy
+        from ramp.files import file_sha256
+        from ramp.measure.profile import Profile
+
+        given = Path(self.settings.policy_file)
+        if file_sha256(given) != self.settings.policy_sha256:
+            raise RampError(f"the policy {given} is not this job's (its sha256 differs from job.json's); pass the job's "
+                            "policy with --policy")
+        return TrainedPolicy(given, Profile.load(self.folder / EMBEDDINGS), self.importance(folded=True)[0])
 
     def given_table(self) -> Path:
         from ramp.files import file_sha256
@@ -363,6 +376,7 @@ def make_allocations(job: Job) -> list[str]:
     settings = job.settings
     table = SensitivityTable.load(job.folder / SENSITIVITY)
     presets = job.presets()
+    policy = job.policy() if "policy" in settings.methods else None
     records, written, gguf_of_formats = [], [], {}
     for row in settings.rows:
         if row.budget in presets:
@@ -372,7 +386,9 @@ def make_allocations(job: Job) -> list[str]:
             budget = Budget.parse(row.budget)
         record = {"method": row.method, "budget": row.budget, "allocation": None, "gguf": None, "infeasible": None}
         try:
-            allocation = allocate(job.model, row.method, budget, table, ladder=settings.ladder)
+            # a policy acts on the ladder it was trained on
+            allocation = allocate(job.model, row.method, budget, table, ladder=None if row.method == "policy" else settings.ladder,
+                                  policy=policy)
         except RampError as exc:
             if len(settings.rows) == 1:
                 raise
@@ -467,7 +483,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("presets", ("imatrix",), lambda shape: [PRESETS], make_presets),
     Stage("embeddings", (), lambda shape: [EMBEDDINGS, EMBEDDINGS_CSV], make_embeddings),
     Stage("sensitivity", ("imatrix",), lambda shape: [SENSITIVITY], make_sensitivity),
-    Stage("allocation", ("presets", "sensitivity"),
+    Stage("allocation", ("presets", "embeddings", "sensitivity"),
           lambda shape: [ROWS, *(allocation_file(shape, row) for row in shape.rows)], make_allocations),
     Stage("gguf", ("imatrix", "allocation"), lambda shape: [gguf_file(shape, row) for row in shape.rows], make_ggufs),
     Stage("results", ("presets", "allocation", "gguf"), lambda shape: [RESULTS, PARETO], make_results),
