@@ -18,11 +18,13 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="GGUF file or a name from `ramp models` (default: the embedded SmolLM2)")
     parser.add_argument("--requests", default="Q3_K,Q2_K", help="uniform formats requested (default Q3_K,Q2_K)")
     parser.add_argument("--alphas", default="0.5", help="comma-separated folding strengths (default 0.5)")
     parser.add_argument("--fold-tokens", type=int, default=None,
                         help="calibration tokens for activation maxima (default: ramp.measure.calibration.FOLD's)")
-    parser.add_argument("--windows", type=int, default=8, help="evaluation windows of 512 tokens (default 8)")
+    parser.add_argument("--windows", type=int, default=8, help="evaluation windows (default 8)")
+    parser.add_argument("--ctx", type=int, default=512, help="tokens per evaluation window (default 512)")
     parser.add_argument("--work", default=".cache/bench-folding", help="folder for the GGUF files")
     args = parser.parse_args(argv)
 
@@ -36,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = load_model()
+    model = load_model(args.model)
     reference_path = work / "reference-F32.gguf"
     write_reference(model, reference_path, "F32", progress=False)
-    windows = make_windows(reference_path, evaluation_text(), max_windows=args.windows)
+    windows = make_windows(reference_path, evaluation_text(), args.ctx, max_windows=args.windows)
     reference = reference_logprobs(reference_path, windows)
 
     variants = [("none", model)]
