@@ -1,6 +1,6 @@
 """The Pareto picture of a comparison: mean KLD against file size, ramp's files as lines (one per method) and
-llama.cpp's presets as the dotted line of stars they are measured against. `ramp run` draws its job's and
-`benchmarks/baselines.py` its sweeps'."""
+llama.cpp's presets as the dotted line of stars they are measured against: the plot of every `ramp run` job,
+the benchmarks' among them."""
 from __future__ import annotations
 
 import os
