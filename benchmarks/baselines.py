@@ -1,187 +1,91 @@
-"""Baselines sweep against llama.cpp's whole preset ladder: each preset is made by llama.cpp's own tools from the
-F32 reference (with an importance matrix: `llama-quantize --imatrix`), and each allocation method allocates at
-exactly the bytes that preset spends on the quantizable tensors (and at any extra bpw budgets), quantized with
-the same importance matrix; every file is written as GGUF and measured through llama.cpp on the same held-out
-windows of the same text. Writes a results JSON, a Pareto plot (KLD vs file bytes) and one section of
-docs/BENCHMARKS.md per (model, imatrix) pair.
+"""Baselines against llama.cpp's whole preset ladder, as one `ramp run` job: the presets made by llama.cpp's own
+quantizer from the F32 reference (with an importance matrix: `llama-quantize --imatrix`), and each allocation
+method at exactly the bytes each preset spends on the quantizable tensors (and at any extra bpw budgets),
+quantized with the same importance matrix; every file written as GGUF and measured through llama.cpp on the
+same held-out windows of the same text. The job folder holds the results; this writes a JSON of them, the
+job's Pareto plot and one section of docs/BENCHMARKS.md per (model, imatrix) pair.
 
-    python benchmarks/baselines.py                        # SmolLM2, imatrix, Austen
-    python benchmarks/baselines.py --imatrix none         # the same without importance matrix on both sides
-    python benchmarks/baselines.py --model gemma3-270m --max-windows 8
+    python -m benchmarks.baselines                        # SmolLM2, imatrix, Austen
+    python -m benchmarks.baselines --imatrix none         # the same without importance matrix on both sides
+    python -m benchmarks.baselines --model gemma3-270m --max-windows 8
 
-Damage is the KLD sensitivity table `ramp run` measures (same calibration tokens, ladder and importance
-matrix, so both share the disk cache), or with `--damage` one of its sweep-free estimates. Budgets an allocation cannot meet are listed as infeasible. Rows whose
-file is at or above the source checkpoint's size are marked: no claim is made there.
+Damage is what `ramp run --damage` makes (measured KLD by default, so both share the disk cache), or one of its
+sweep-free estimates. Rows no allocation of a method fits are listed as infeasible. Rows whose file is at or
+above the source checkpoint's size are marked: no claim is made there.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import resource
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL = 0.60  # issue 10: ramp's ILP at <= 60% of the imatrix preset's mean KLD, at its bytes, below the source's size
 
 
-def parse_budgets(text: str) -> list[float]:
-    """`3.0:5.5:0.25` (inclusive range), `4.2,4.5,5.0` (bpw) or `` (none)."""
+def parse_budgets(text: str) -> list[str]:
+    """`3.0:5.5:0.25` (inclusive range), `4.2,4.5,5.0` (bpw) or `` (none), as `ramp run --budget` entries."""
     if not text:
         return []
     if ":" in text:
         start, stop, step = (float(part) for part in text.split(":"))
-        return [round(value, 4) for value in np.arange(start, stop + step / 2, step)]
-    return [float(part) for part in text.split(",")]
+        count = int(round((stop - start) / step)) + 1
+        return [f"{round(start + index * step, 4):g}bpw" for index in range(count)]
+    return [f"{float(part):g}bpw" for part in text.split(",")]
 
 
-def cached_pairs(measure):
-    """The pair KLDs do not depend on the budget: measure each pair once per sweep."""
-    memo: dict[tuple, float] = {}
-
-    def measure_pair(assignments: dict[str, str]) -> float:
-        key = tuple(sorted(assignments.items()))
-        if key not in memo:
-            memo[key] = measure(assignments)
-        return memo[key]
-
-    return measure_pair
-
-
-class StageClock:
-    """Wall and CPU seconds per stage, summed over its repeats, and the peak RSS seen by its end (this process's
-    and its largest child's, e.g. llama-quantize): the cost table every benchmark section carries."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, dict] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            stage = self.stages.setdefault(name, {"stage": name, "runs": 0, "wall_s": 0.0, "cpu_s": 0.0})
-            stage["runs"] += 1
-            stage["wall_s"] += time.perf_counter() - wall
-            stage["cpu_s"] += time.process_time() - cpu
-            stage["peak_rss_mb"] = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+def job_arguments(args: argparse.Namespace, folder: Path) -> list[str]:
+    """The `ramp run` command line of the sweep: every method at every preset's bytes and every extra budget."""
+    command = ["run", "--method", ",".join(args.methods), "--budget", ",".join([*args.presets, *args.budgets]),
+               "--damage", args.damage, "--text", args.text, "--max-windows", str(args.max_windows), "--out-dir", str(folder)]
+    command += [option for preset in args.presets for option in ("--preset", preset)]
+    for option, value in (("--model", args.model), ("--calibration-tokens", args.calibration_tokens),
+                          ("--formats", args.formats), ("--ctx", args.ctx)):
+        if value is not None:
+            command += [option, str(value)]
+    if args.imatrix == "none":
+        command.append("--no-imatrix")
+    elif args.imatrix != "auto":
+        command += ["--imatrix", args.imatrix]
+    return command
 
 
-def sweep(args: argparse.Namespace) -> dict:
-    from ramp.allocate import allocate
-    from ramp.allocate.budget import Budget
-    from ramp.allocate.quadratic import kld_pair_measure
-    from ramp.measure.calibration import ESTIMATE, IMATRIX, SENSITIVITY
-    from ramp.errors import RampError
-    from ramp.export.gguf_writer import cached_reference, write_allocation
-    from ramp.measure.imatrix import ImportanceMatrix, cached_imatrix
-    from ramp.measure.ladder import DEFAULT_LADDER
-    from ramp.evaluate.llama_eval import evaluate, make_windows, reference_logprobs, reference_result
-    from ramp.models import load_model
-    from ramp.evaluate.presets import preset_path, quantizable_bytes
-    from ramp.measure.sensitivity import measure_sensitivity
-    from ramp.measure.estimates import ESTIMATES, estimate_sensitivity
-    from ramp.evaluate.source_grid import source_match_share
-    from ramp.models.text import evaluation_text
+def results(record) -> dict:
+    """The job's record as the JSON beside the section: what the Markdown is made from."""
+    from ramp.measure.imatrix import ImportanceMatrix
 
-    clock = StageClock()
-    with clock("load model"):
-        model = load_model(args.model)  # a path, or a short name from `ramp models`
-    with clock("F32 reference GGUF"):
-        reference = cached_reference(model)
-    with clock("importance matrix"):
-        if args.imatrix == "none":
-            imatrix, imatrix_file = None, None
-        elif args.imatrix == "auto":
-            imatrix, imatrix_file = cached_imatrix(model, IMATRIX.sized(text=args.text))
-        else:
-            imatrix, imatrix_file = ImportanceMatrix.load(args.imatrix), Path(args.imatrix)
-    ladder = DEFAULT_LADDER
-    default = ESTIMATE if args.damage in ESTIMATES else SENSITIVITY  # `ramp run`'s, so both share the cache
-    n_tokens = args.calibration_tokens or default.tokens
-    calibration = default.sized(n_tokens, min(default.window, n_tokens), args.text)
-    with clock(f"damage ({args.damage})"):
-        if not args.methods:  # presets only: no damage is needed
-            table = None
-        elif args.damage in ESTIMATES:
-            table = estimate_sensitivity(args.damage, model, calibration, imatrix, ladder)
-        else:
-            table = measure_sensitivity(model, calibration, formats=ladder, imatrix=imatrix)
-    with clock("reference log-probs (llama.cpp)"):
-        windows = make_windows(reference, evaluation_text(args.text), max_windows=args.max_windows)
-        reference_lp = reference_logprobs(reference, windows)
-    source_bytes = model.source_file_bytes
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-
-    def measured(path: Path, name: str) -> dict:
-        with clock("evaluate (llama.cpp)"):
-            result = evaluate(path, reference_lp, windows, name=name)
-        result = result.annotate(args.text, imatrix is not None, source_match_share(path, model), source_bytes)
-        return {k: getattr(result, k) for k in _MEASURED}
-
-    presets = []
-    for name in args.presets:
-        with clock("presets (llama-quantize)"):
-            path = preset_path(reference, name, imatrix_file)
-        presets.append({"preset": name, "quantizable_bytes": quantizable_bytes(path, model), **measured(path, name)})
-        print(f"preset {name}: {presets[-1]['file_bytes']:,} bytes, KLD {presets[-1]['kld_mean']:.5f}", file=sys.stderr)
-
-    # at or above the source's size a format can write the source's grid back: no claim there, so by default
-    # no allocation is spent on those sizes either
-    budgets = [(f"{p['preset']} bytes", Budget.parse(f"{p['quantizable_bytes']}B")) for p in presets
-               if args.all_sizes or not p["at_or_above_source"]]
-    budgets += [(f"{bpw:g} bpw", Budget.parse(f"{bpw}bpw")) for bpw in args.budgets]
-    measure_pair = cached_pairs(kld_pair_measure(model, table, imatrix)) if "quadratic" in args.methods else None
-    rows, infeasible, by_formats = [], [], {}
-    for method in args.methods:
-        for label, budget in budgets:
-            try:
-                with clock(f"allocate ({method})"):
-                    allocation = allocate(model, method, budget, table, ladder=ladder, measure_pair=measure_pair)
-            except RampError as exc:
-                infeasible.append({"method": method, "budget": label, "reason": str(exc)})
-                print(f"{method} at {label}: {exc}", file=sys.stderr)
-                continue
-            key = hashlib.sha256(json.dumps(allocation.formats, sort_keys=True).encode()).hexdigest()
-            if key not in by_formats:  # uniform gives one file for many budgets: measure it once
-                path = work / f"{method}-{key[:12]}.gguf"
-                with clock("export (ramp)"):
-                    write_allocation(model, allocation, path, progress=False, imatrix=imatrix)
-                by_formats[key] = measured(path, f"{method} {label}")
-                path.unlink()  # keep the work folder small: the cache holds reference and presets
-            rows.append({"method": method, "budget": label, "predicted_damage": allocation.extra["predicted_damage"],
-                         "data_bytes": allocation.extra["data_bytes"], **by_formats[key]})
-            print(f"{method} at {label}: {rows[-1]['file_bytes']:,} bytes, KLD {rows[-1]['kld_mean']:.5f}", file=sys.stderr)
-    ref = reference_result(reference, reference_lp, windows)
-    return {"model": str(model.source_path), "model_sha256": model.sha256, "text": args.text,
-            "imatrix": None if imatrix is None else {"sha256": imatrix.content_sha256(), "chunks": imatrix.chunk_count,
-                                                     "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets},
-            "sensitivity_tokens": calibration.n_windows * calibration.window, "sensitivity_measure": table.measure if table else None,
-            "eval_tokens": ref.n_tokens, "eval_windows": len(windows.tokens), "reference_perplexity": ref.perplexity,
-            "reference_file_bytes": ref.file_bytes, "source_file_bytes": source_bytes,
-            "rows": rows, "presets": presets, "infeasible": infeasible, "stages": list(clock.stages.values())}
+    settings = record.settings
+    matrix = ImportanceMatrix.load(record.folder / "imatrix.gguf") if settings.imatrix != "none" else None
+    presets = [{"preset": preset["preset"], "quantizable_bytes": preset["quantizable_bytes"], **preset["result"]}
+               for preset in record.presets]
+    rows = [{"method": row["method"], "budget": _budget_label(row["budget"]), "predicted_damage": row["predicted_damage"],
+             "data_bytes": row["data_bytes"], **row["result"]} for row in record.rows if row["result"] is not None]
+    infeasible = [{"method": row["method"], "budget": _budget_label(row["budget"]), "reason": row["infeasible"]}
+                  for row in record.rows if row["infeasible"]]
+    calibration = settings.damage_calibration or {}
+    return {"model": settings.model, "model_sha256": settings.model_sha256, "text": settings.text,
+            "imatrix": None if matrix is None else {"sha256": matrix.content_sha256(), "chunks": matrix.chunk_count,
+                                                    "chunk_size": matrix.chunk_size, "datasets": matrix.datasets},
+            "sensitivity_tokens": calibration.get("tokens"), "sensitivity_measure": record.damage_measure,
+            "eval_ctx": settings.eval_ctx, "eval_tokens": record.reference["n_tokens"],
+            "eval_windows": settings.eval_max_windows, "reference_perplexity": record.reference["perplexity"],
+            "reference_file_bytes": record.reference["file_bytes"],
+            "source_file_bytes": _source_bytes(record), "rows": rows, "presets": presets, "infeasible": infeasible,
+            "stages": [{"stage": name, "wall_s": stage["wall_s"], "cpu_s": stage["cpu_s"], "peak_rss_mb": stage["peak_rss_mb"]}
+                       for name, stage in record.stages.items() if "wall_s" in stage]}
 
 
-_MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99", "top1_agreement", "text", "imatrix",
-             "source_match", "at_or_above_source")
+def _budget_label(budget: str) -> str:
+    return f"{budget} bytes" if budget[:1].isalpha() else budget
 
 
-def plot(results: dict, path: Path, title: str) -> None:
-    from ramp.evaluate.pareto import plot_pareto
+def _source_bytes(record) -> int | None:
+    """The source checkpoint's size (None for a safetensors folder), without loading the model."""
+    from ramp.models.embedded import resolve_model
 
-    lines = {f"ramp {method}": [(row["file_bytes"], row["kld_mean"]) for row in results["rows"] if row["method"] == method]
-             for method in dict.fromkeys(row["method"] for row in results["rows"])}
-    presets = [(preset["preset"], preset["file_bytes"], preset["kld_mean"]) for preset in results["presets"]]
-    plot_pareto(lines, presets, "llama.cpp presets" + (" (imatrix)" if results["imatrix"] else ""), path, title,
-                results["source_file_bytes"])
+    path = resolve_model(record.settings.model)
+    return path.stat().st_size if path.is_file() else None
 
 
 def markdown(results: dict, png: Path, command: str, heading: str, goal: float = GOAL) -> str:
@@ -194,7 +98,7 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
             f"same importance matrix), damage = `{results['sensitivity_measure']}` on {results['sensitivity_tokens']} "
             "calibration tokens") if results["sensitivity_measure"] else " (presets only)")
         + ". Measured through llama.cpp on "
-        f"{results['eval_windows']} windows of 512 tokens of the held-out `{results['text']}` text "
+        f"{results['eval_windows']} windows of {results['eval_ctx']} tokens of the held-out `{results['text']}` text "
         f"({results['eval_tokens']:,} scored tokens; reference perplexity {results['reference_perplexity']:.4f})."
         + (f" Importance matrix: `ramp imatrix`, {matrix['chunks']} chunks of {matrix['chunk_size']} tokens of the "
            "calibration half." if matrix else ""),
@@ -238,10 +142,10 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
         lines += ["", "Infeasible (no allocation of the ladder fits): "
                   + ", ".join(f"{item['method']} at {item['budget']}" for item in results["infeasible"]) + "."]
     if results.get("stages"):
-        lines += ["", "Cost of each stage in this run (summed over its repeats; peak RSS of the process or its largest "
-                  "child so far; cached stages cost nothing):", "",
-                  "| stage | runs | wall | CPU | peak RSS |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {stage['stage']} | {stage['runs']} | {stage['wall_s']:.0f} s | {stage['cpu_s']:.0f} s | "
+        lines += ["", "Cost of each stage of the job (`stages.json`; peak RSS of the process or its largest child by the "
+                  "stage's end; what the cache held cost nothing):", "",
+                  "| stage | wall | CPU | peak RSS |", "|---|---:|---:|---:|"]
+        lines += [f"| {stage['stage']} | {stage['wall_s']:.0f} s | {stage['cpu_s']:.0f} s | "
                   f"{stage['peak_rss_mb'] / 1024:.1f} GB |" for stage in results["stages"]]
     return "\n".join(lines) + "\n"
 
@@ -262,9 +166,12 @@ def write_section(doc: Path, heading: str, section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ramp.allocate import METHODS
-    from ramp.files import atomic_output, cache_dir
+    from ramp.allocate import self_contained_methods
+    from ramp.cli import main as ramp
     from ramp.evaluate.presets import PRESET_LADDER
+    from ramp.files import atomic_output
+    from ramp.job.record import read_job
+    from ramp.job.settings import model_label
     from ramp.measure.estimates import ESTIMATES
     from ramp.models.text import DEFAULT_TEXT, TEXTS
 
@@ -275,40 +182,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--damage", default="kld", choices=("kld", *ESTIMATES),
                         help="ramp's damage: measured KLD sensitivity (default) or a sweep-free estimate, as ramp run --damage")
     parser.add_argument("--calibration-tokens", type=int, help="damage calibration tokens (default: ramp run's for --damage)")
+    parser.add_argument("--formats", help="ramp's candidate formats (default: ramp run's ladder)")
     parser.add_argument("--budgets", default="", help="extra budgets in bpw: START:STOP:STEP or a comma list (default none)")
-    parser.add_argument("--methods", default="ilp", help="comma list of methods (default ilp)")
+    parser.add_argument("--methods", default="ilp", help=f"comma list of methods (default ilp; any of {', '.join(self_contained_methods())})")
     parser.add_argument("--presets", default=",".join(PRESET_LADDER), help="llama.cpp presets (default: the whole ladder)")
-    parser.add_argument("--all-sizes", action="store_true",
-                        help="also allocate at the presets at or above the source checkpoint's size (default: below only)")
-    parser.add_argument("--max-windows", type=int, default=32, help="512-token evaluation windows (default 32)")
+    parser.add_argument("--max-windows", type=int, default=32, help="evaluation windows (default 32)")
+    parser.add_argument("--ctx", type=int, help="tokens per evaluation window (default ramp run's, 512)")
     parser.add_argument("--goal", type=float, default=GOAL,
                         help=f"goal line: ILP mean KLD at most this multiple of the preset's (default {GOAL}, issue 10's)")
-    parser.add_argument("--work", default=str(cache_dir() / "baselines"), help="scratch folder for the allocations' GGUFs")
+    parser.add_argument("--jobs", default="ramp-jobs", help="folder of the job folders (default ramp-jobs)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="folder for the JSON, the PNG and BENCHMARKS.md")
     args = parser.parse_args(argv)
     args.budgets = parse_budgets(args.budgets)
     args.methods = [method for method in args.methods.split(",") if method]
     args.presets = [preset for preset in args.presets.split(",") if preset]
-    unknown = [method for method in args.methods if method not in METHODS or method == "policy"]
-    if unknown:
-        parser.error(f"unknown or unsupported method {unknown[0]!r}; choose from uniform, greedy, ilp, quadratic")
 
+    label = model_label(args.model)
+    variant = "no-imatrix" if args.imatrix == "none" else "imatrix"
+    stem = f"baselines-{label}-{variant}"
+    folder = Path(args.jobs) / stem
+    code = ramp(job_arguments(args, folder))
+    if code:
+        return code
+    measured = results(read_job(folder))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = sweep(args)
-    model_name = args.model or "smollm2-135m"
-    variant = "imatrix" if results["imatrix"] else "no-imatrix"
-    # the file or folder name without .gguf: a short name keeps its dots ("qwen2.5-coder-1.5b" has no suffix)
-    label = Path(model_name).name.removesuffix(".gguf")
-    stem = f"baselines-{label}-{variant}"
     with atomic_output(out / f"{stem}.json", "w") as handle:
-        handle.write(json.dumps(results, indent=1) + "\n")
+        handle.write(json.dumps(measured, indent=1) + "\n")
     png = out / f"{stem}.png"
-    title = f"{label}: ramp vs llama.cpp presets, {'with' if results['imatrix'] else 'without'} imatrix, {args.text}"
-    plot(results, png, title)
-    heading = f"## Baselines: {label}, {'imatrix' if results['imatrix'] else 'no imatrix'}"
-    command = "python benchmarks/baselines.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_section(out / "BENCHMARKS.md", heading, markdown(results, png, command.strip(), heading, args.goal))
+    with atomic_output(png, "wb") as handle:
+        handle.write((folder / "pareto.png").read_bytes())
+    heading = f"## Baselines: {label}, {'imatrix' if measured['imatrix'] else 'no imatrix'}"
+    command = "python -m benchmarks.baselines " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_section(out / "BENCHMARKS.md", heading, markdown(measured, png, command.strip(), heading, args.goal))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Scale Folding at low bits: the embedded model quantized uniformly (Q3_K and Q2_K requests) with and
 without folding, measured through llama.cpp against the unfolded F32 reference on held-out text.
 
-    python benchmarks/folding.py --alphas 0.5 --windows 8
+    python -m benchmarks.folding --alphas 0.5 --windows 8
 
 Most SmolLM2 tensors have 576-wide rows, which do not fit 256-weight K-quant super-blocks: llama.cpp writes
 them as Q4_0, so the "real formats" column says what each file holds. The folded F32 row checks that the
@@ -18,11 +18,13 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="GGUF file or a name from `ramp models` (default: the embedded SmolLM2)")
     parser.add_argument("--requests", default="Q3_K,Q2_K", help="uniform formats requested (default Q3_K,Q2_K)")
     parser.add_argument("--alphas", default="0.5", help="comma-separated folding strengths (default 0.5)")
     parser.add_argument("--fold-tokens", type=int, default=None,
                         help="calibration tokens for activation maxima (default: ramp.measure.calibration.FOLD's)")
-    parser.add_argument("--windows", type=int, default=8, help="evaluation windows of 512 tokens (default 8)")
+    parser.add_argument("--windows", type=int, default=8, help="evaluation windows (default 8)")
+    parser.add_argument("--ctx", type=int, default=512, help="tokens per evaluation window (default 512)")
     parser.add_argument("--work", default=".cache/bench-folding", help="folder for the GGUF files")
     args = parser.parse_args(argv)
 
@@ -36,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = load_model()
+    model = load_model(args.model)
     reference_path = work / "reference-F32.gguf"
     write_reference(model, reference_path, "F32", progress=False)
-    windows = make_windows(reference_path, evaluation_text(), max_windows=args.windows)
+    windows = make_windows(reference_path, evaluation_text(), args.ctx, max_windows=args.windows)
     reference = reference_logprobs(reference_path, windows)
 
     variants = [("none", model)]

@@ -1,6 +1,6 @@
 """Throughput of the ggml and torch kernel backends, and their quantization error, per format.
 
-    python benchmarks/kernels.py --size 4096 --formats Q4_K,Q6_K,Q8_0
+    python -m benchmarks.kernels --size 4096 --formats Q4_K,Q6_K,Q8_0
 
 Prints a Markdown table (weights quantized per second, and relative RMS error of the round trip).
 Both backends use every core: libggml through ramp's row-chunk threads, torch through one
@@ -40,13 +40,13 @@ def _best_of(repeats: int, fns: list[Callable[[], object]]) -> list[tuple[float,
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096, help="the matrix is size x size")
     parser.add_argument("--formats", default=DEFAULT_FORMATS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5, help="report the best of this many runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     x = np.random.default_rng(args.seed).standard_normal((args.size, args.size)).astype(np.float32)
     warm = x[:8, :512].copy()
@@ -72,7 +72,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for fmt, qg, qt, ratio, dg, dt, err, same in rows:
         print(f"| {fmt} | {qg / 1e6:.1f} | {qt / 1e6:.1f} | {ratio:.2f}x | {dg / 1e6:.0f} | {dt / 1e6:.0f} | {err:.4f} | {'yes' if same else 'NO'} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,8 +2,8 @@
 it with the same command, and compare its results.json with a run never interrupted (issue 13's check on a real
 model; tests/test_job.py makes the same check on the tiny model).
 
-    python benchmarks/resume.py                           # SmolLM2-135M, ramp run's defaults
-    python benchmarks/resume.py --model gemma3-270m --sweep-seconds 120
+    python -m benchmarks.resume                           # SmolLM2-135M, ramp run's defaults
+    python -m benchmarks.resume --model gemma3-270m --sweep-seconds 120
 
 Each job gets its own empty cache, so the interrupted sweep really measures when it is killed and nothing either
 job computes comes from the other or from an earlier ramp (llama-quantize names the importance matrix by its
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 
-def ramp_run(folder: Path, model: str, cache: Path, kill_at: str | None = None, after: float = 0.0) -> int:
+def ramp_run(folder: Path, model: str, cache: Path, options: list[str], kill_at: str | None = None, after: float = 0.0) -> int:
     """`ramp run` into `folder`; with `kill_at`, SIGKILL it `after` seconds past the first line starting with it.
     Returns the exit status (-9 when killed)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAMP_CACHE": str(cache)}
-    process = subprocess.Popen([sys.executable, "-m", "ramp.cli", "run", "--model", model, "--out-dir", str(folder)],
+    process = subprocess.Popen([sys.executable, "-m", "ramp.cli", "run", "--model", model, "--out-dir", str(folder), *options],
                                stdout=subprocess.PIPE, text=True, env=env)
     started = time.monotonic()
     try:
@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-seconds", type=float, default=60.0, help="how long into the sweep the first kill comes")
     parser.add_argument("--eval-seconds", type=float, default=5.0, help="how long into the evaluation the second kill comes")
     parser.add_argument("--work", default=None, help="folder for both jobs and their caches (default: a temporary one)")
+    parser.add_argument("run_options", nargs=argparse.REMAINDER,
+                        help="after --: options for both `ramp run`s (e.g. -- --formats Q4_0,Q8_0 --max-windows 1)")
     args = parser.parse_args(argv)
+    options = args.run_options[1:] if args.run_options[:1] == ["--"] else args.run_options
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ramp-resume-"))
     interrupted, uninterrupted = work / "interrupted", work / "uninterrupted"
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, folder, phase_cache, kill_at, after in phases:
         print(f"{label}:", flush=True)
         started = time.monotonic()
-        code = ramp_run(folder, args.model, phase_cache, kill_at, after)
+        code = ramp_run(folder, args.model, phase_cache, options, kill_at, after)
         print(f"{label}: exit {code}, {time.monotonic() - started:.0f} s", flush=True)
         if code != (-signal.SIGKILL if kill_at else 0):
             return 1

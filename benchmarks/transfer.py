@@ -1,186 +1,114 @@
 """Leave-one-family-out: a policy trained on two families allocates zero-shot for the third, rotated over
 SmolLM2 (llama), Gemma 3 and Qwen2.5, next to everything else that could allocate for the held-out model.
 
-    python benchmarks/transfer.py                       # all three rotations, then the all-family policy
-    python benchmarks/transfer.py --held-out gemma3-270m --timesteps 30000
+    python -m benchmarks.transfer                       # all three rotations, then the all-family policy
+    python -m benchmarks.transfer --held-out gemma3-270m --timesteps 30000
 
-Per held-out model and budget (each imatrix preset's quantizable bytes below the source's size, and two
-bpw budgets), every file measured through llama.cpp on the held-out windows of `benchmarks/baselines.py`:
+Training runs and jobs, then a table. Each policy is one `ramp train --resume auto` (a finished policy is
+kept, an interrupted one continued, one trained under another contract or reward trained again). Per held-out
+model, its rows are `ramp run` jobs at each imatrix preset's quantizable bytes below the source's size (from
+`benchmarks.baselines`' job of that model: run it first) and two bpw budgets:
 - policy (zero-shot): trained on the other two families, reading the held-out model's profile and its
   cheap damage estimate only;
 - ILP (measured): the ILP over the held-out model's own measured KLD table, the best the table allows
-  (SmolLM2 and Gemma; Qwen has no measured table: its sweep would take hours);
-- ILP (estimate): the ILP over the cheap estimate, which costs about what the policy's inputs cost;
+  (not on Qwen: its sweep would take hours; `--no-measured`);
+- ILP (estimate): the ILP over the cheap Fisher estimate, which costs about what the policy's inputs cost;
 - policy (own): trained on the held-out model itself;
-- uniform, and the imatrix preset (from `benchmarks/baselines.py`'s results JSON for that model: run it first).
-
-Training: shaping by each training model's best table (measured where it exists, else the estimate), the
-estimate in every observation, each model's budget range from just above its smallest allocation to its
-source's bpw (`ramp.agent.training.default_budget_range`). Each model loads once; trained policies and
-measured files are kept in --work, so an interrupted run resumes where it stopped. Writes
-docs/transfer.json, docs/transfer.png and the `## Agent: leave one family out` section of BENCHMARKS.md.
+- uniform, and the imatrix preset.
+Every file is measured once (`ramp run` caches measurements by formats), so the rows the jobs share cost
+nothing twice. Training shapes by each training model's measured table where every training model has one
+(the baselines job's), else by the estimate. Writes transfer.json, transfer.png and the
+`## Agent: leave one family out` section of BENCHMARKS.md into --out.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks.baselines import write_section
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from baselines import StageClock, write_section  # noqa: E402
-
 FAMILIES = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-1.5b")
 EXTRA_BPW = {"smollm2-135m": (4.5, 5.0), "gemma3-270m": (5.5, 6.5), "qwen2.5-coder-1.5b": (2.75, 5.0)}
+NO_MEASURED = ("qwen2.5-coder-1.5b",)
 HEADING = "## Agent: leave one family out"
 GOALS = {"preset": 1.0, "measured ILP": 1.15, "estimate ILP": 1.0}
 
 
-class Family:
-    """One model with everything the rotations need from it, loaded and computed once."""
+def baselines_job(args: argparse.Namespace, family: str):
+    """The record of `benchmarks.baselines`' job of this family (imatrix): its presets and measured table."""
+    from ramp.errors import RampError
+    from ramp.job.record import read_job
+    from ramp.job.settings import model_label
 
-    def __init__(self, name: str, ladder: tuple[str, ...], clock: StageClock, text: str, windows: int) -> None:
-        from ramp.agent.contexts import episode_items, model_embedding
-        from ramp.agent.training import default_budget_range
-        from ramp.envs.bit_allocation import ModelContext
-        from ramp.evaluate.llama_eval import make_windows, reference_logprobs
-        from ramp.export.gguf_writer import cached_reference
-        from ramp.measure.calibration import SENSITIVITY
-        from ramp.measure.estimates import FISHER, estimate_sensitivity
-        from ramp.measure.imatrix import cached_imatrix
-        from ramp.measure.calibration import calibration_tokens
-        from ramp.measure.forward import tokens_sha256
-        from ramp.measure.sensitivity import cached_table, table_cache_path
-        from ramp.models import load_model
-        from ramp.models.text import evaluation_text
-
-        self.name = name
-        with clock(f"load {name}"):
-            self.model = load_model(name)
-            self.imatrix, _ = cached_imatrix(self.model)
-        with clock(f"estimate {name}"):
-            self.estimate = estimate_sensitivity(FISHER, self.model, imatrix=self.imatrix, formats=ladder)
-        # the measured table only where it already exists (baselines.py made it): never hours of sweep here
-        tokens, record = calibration_tokens(self.model, SENSITIVITY.sized(text=text))
-        self.measured = cached_table(table_cache_path(self.model, tokens_sha256(tokens), list(ladder), self.imatrix.content_sha256()),
-                                     self.model, list(ladder), record)
-        with clock(f"profile {name}"):
-            embedding, _ = model_embedding(self.model)
-        self.context = ModelContext(name, self.model, embedding, damage=self.measured or self.estimate,
-                                    items=episode_items(self.model, ladder), estimate=self.estimate)
-        self.budget_range = default_budget_range(self.model, ladder)
-        baselines = REPO / "docs" / f"baselines-{name}-imatrix.json"
-        if not baselines.is_file():
-            raise SystemExit(f"{baselines} is missing: run `python benchmarks/baselines.py --model {name} --max-windows {windows}` first")
-        self.baselines = json.loads(baselines.read_text())
-        if self.baselines["model_sha256"] != self.model.sha256 or self.baselines["eval_windows"] != windows:
-            raise SystemExit(f"{baselines} was measured on another model or window count; rerun benchmarks/baselines.py")
-        with clock("reference log-probs (llama.cpp)"):
-            self.reference = cached_reference(self.model)
-            self.windows = make_windows(self.reference, evaluation_text(text), max_windows=windows)
-            self.reference_lp = reference_logprobs(self.reference, self.windows)
-
-    def budgets(self) -> list[tuple[str, int | str]]:
-        """(label, budget) pairs: each preset's quantizable bytes below the source's size, then two bpw budgets."""
-        sizes = [(f"{p['preset']} bytes", f"{p['quantizable_bytes']}B") for p in self.baselines["presets"]
-                 if not p["at_or_above_source"]]
-        return sizes + [(f"{bpw:g} bpw", f"{bpw}bpw") for bpw in EXTRA_BPW[self.name]]
+    folder = Path(args.jobs) / f"baselines-{model_label(family)}-imatrix"
+    try:
+        return read_job(folder)
+    except RampError:
+        raise SystemExit(f"{folder} holds no finished job: run `python -m benchmarks.baselines --model {family} "
+                         f"--max-windows {args.windows} --jobs {args.jobs}` first") from None
 
 
-def train(families: list[Family], out: Path, timesteps: int, seed: int, ladder: tuple[str, ...], clock: StageClock) -> Path:
-    """A policy trained on `families` (kept: a rerun reuses it)."""
-    from ramp.agent.checkpoints import default_checkpoint_dir, latest_checkpoint
-    from ramp.agent.policy_file import read_policy_record
-    from ramp.agent.sac import SACConfig, new_record, train as train_sac
-    from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
-    from ramp.envs.bit_allocation import BitAllocationEnv
-    from ramp.envs.observation import OBSERVATION_VERSION
-    from ramp.envs.reward import RewardConfig
+def train(args: argparse.Namespace, families: list[str], out: Path) -> Path:
+    """`ramp train --resume auto` on `families`: kept when finished, continued when interrupted."""
+    from ramp.cli import main as ramp
+    from ramp.measure.estimates import MEASURES
 
-    # done when the last checkpoint reached the step count (the file itself may hold an earlier, selected step);
-    # one trained under another action mapping, observation layout or reward is stale: trained again from nothing
-    checkpoints = default_checkpoint_dir(out)
-    if (last := latest_checkpoint(checkpoints)) is not None:
-        record = read_policy_record(last)
-        if (record.action_mapping, record.observation_version, record.reward) != (
-                ACTION_MAPPING_VERSION, OBSERVATION_VERSION, asdict(RewardConfig())):
-            shutil.rmtree(checkpoints)
-            out.unlink(missing_ok=True)
-            last = None
-        elif out.is_file() and record.timesteps >= timesteps:
-            return out
-    env = BitAllocationEnv([family.context for family in families], [family.budget_range for family in families], ladder)
-    config = SACConfig()
-    record = new_record(env, [family.model for family in families], config, seed, "fisher")
-    with clock("train"):
-        train_sac(env, record, out, timesteps, config, checkpoint_every=3000, select_every=3000, progress_bar=True, resume=last)
+    records = [baselines_job(args, family) for family in families]
+    measured = all(record.damage_measure not in MEASURES.values() for record in records)
+    command = ["train", "--out", str(out), "--timesteps", str(args.timesteps), "--seed", str(args.seed), "--resume", "auto",
+               "--checkpoint-every", str(min(3000, args.timesteps)), "--select-every", str(min(3000, args.timesteps)),
+               "--tensorboard", str(Path(args.work) / "runs"), *(["--formats", args.formats] if args.formats else [])]
+    for family, record in zip(families, records):
+        command += ["--model", family] + (["--sensitivity", str(record.folder / "sensitivity.json")] if measured else [])
+    command += [option for override in args.sac for option in ("--sac", override)]
+    if ramp(command):
+        raise SystemExit(f"ramp {' '.join(command)} failed")
     return out
 
 
-def measured(family: Family, allocation, work: Path, clock: StageClock) -> dict:
-    """The allocation written and measured through llama.cpp, remembered by its formats."""
-    from ramp.evaluate.llama_eval import evaluate
-    from ramp.export.gguf_writer import write_allocation
+def job(args: argparse.Namespace, family: str, name: str, methods: str, damage: str, budgets: list[str],
+        presets: list[str], policy: Path | None = None):
+    """One `ramp run` job on the held-out family, read back."""
+    from ramp.cli import main as ramp
+    from ramp.job.record import read_job
+    from ramp.job.settings import model_label
 
-    key = hashlib.sha256(json.dumps([family.model.sha256, family.windows.n_ctx, len(family.windows.tokens),
-                                     sorted(allocation.formats.items())]).encode()).hexdigest()[:20]
-    memo = work / "measured" / f"{key}.json"
-    if memo.is_file():
-        return json.loads(memo.read_text())
-    path = work / f"{key}.gguf"
-    with clock("export (ramp)"):
-        write_allocation(family.model, allocation, path, progress=False, imatrix=family.imatrix)
-    with clock("evaluate (llama.cpp)"):
-        result = evaluate(path, family.reference_lp, family.windows)
-    path.unlink()
-    row = {key: getattr(result, key) for key in ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99", "top1_agreement")}
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps(row))
-    return row
+    folder = Path(args.jobs) / f"transfer-{model_label(family)}-{name}"
+    command = ["run", "--model", family, "--method", methods, "--damage", damage, "--budget", ",".join(budgets),
+               "--max-windows", str(args.windows), "--out-dir", str(folder), *(["--policy", str(policy)] if policy else [])]
+    command += [option for preset in presets for option in ("--preset", preset)]
+    for option, value in (("--formats", args.formats), ("--calibration-tokens", args.calibration_tokens), ("--ctx", args.ctx)):
+        if value is not None:
+            command += [option, str(value)]
+    if ramp(command):
+        raise SystemExit(f"ramp {' '.join(command)} failed")
+    return read_job(folder)
 
 
-def held_out_rows(family: Family, zero_shot: Path | None, own: Path | None, work: Path, clock: StageClock) -> list[dict]:
-    """Every row of the held-out model's table (a policy given as None: without its rows)."""
-    from ramp.agent.policy import allocate_with_policy
-    from ramp.allocate import allocate
-    from ramp.allocate.budget import Budget
-    from ramp.errors import RampError
-    from ramp.measure.estimates import MEASURES
+MEASURED = ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99", "top1_agreement")
 
-    reuse = {("ILP (estimate)" if family.baselines["sensitivity_measure"] == MEASURES["fisher"] else "ILP (measured)", r["budget"]): r
-             for r in family.baselines["rows"] if r["method"] == "ilp"}
-    reuse.update({("uniform", r["budget"]): r for r in family.baselines["rows"] if r["method"] == "uniform"})
-    methods = {"policy (zero-shot)": ("policy", zero_shot, None), "ILP (measured)": ("ilp", None, family.measured),
-               "ILP (estimate)": ("ilp", None, family.estimate), "policy (own)": ("policy", own, None),
-               "uniform": ("uniform", None, None)}
-    rows = []
-    for label, budget in family.budgets():
-        for name, (method, policy, table) in methods.items():
-            if (method == "ilp" and table is None) or (method == "policy" and policy is None):
-                continue
-            if (name, label) in reuse:
-                rows.append({"method": name, "budget": label, **{k: reuse[(name, label)][k] for k in
-                             ("file_bytes", "bits_per_weight", "perplexity", "kld_mean", "kld_p99", "top1_agreement")}})
-                continue
-            try:
-                with clock(f"allocate ({method})"):
-                    if policy is not None:  # the profile and estimate the family already holds: no second pass
-                        allocation = allocate_with_policy(family.model, policy, Budget.parse(budget), embedding=family.context.embedding,
-                                                          estimate=family.estimate, imatrix=family.imatrix)
-                    else:
-                        allocation = allocate(family.model, method, Budget.parse(budget), table or family.estimate,
-                                              ladder=tuple(family.estimate.formats))
-            except RampError as exc:
-                print(f"{family.name} {name} at {label}: {exc}", file=sys.stderr)
-                continue
-            rows.append({"method": name, "budget": label, **measured(family, allocation, work, clock)})
-            print(f"{family.name} {name} at {label}: KLD {rows[-1]['kld_mean']:.5f}", file=sys.stderr)
-    return rows
+
+def held_out_rows(args: argparse.Namespace, family: str, zero_shot: Path | None, own: Path | None) -> tuple[list[dict], list[dict]]:
+    """The held-out model's rows and its presets below the source's size."""
+    baselines = baselines_job(args, family)
+    presets = [preset for preset in baselines.presets if not preset["result"]["at_or_above_source"]]
+    names = [preset["preset"] for preset in presets]
+    budgets = names + [f"{bpw:g}bpw" for bpw in EXTRA_BPW.get(family, ())] + [f"{bpw:g}bpw" for bpw in args.extra_bpw]
+    labels = {"ilp": "ILP (estimate)", "uniform": "uniform", "policy": "policy (zero-shot)"}
+    records = [(job(args, family, "estimate", ",".join(["ilp", "uniform"] + (["policy"] if zero_shot else [])), "fisher",
+                    budgets, names, zero_shot), labels)]
+    if own is not None:
+        records.append((job(args, family, "own", "policy", "fisher", budgets, names, own), {"policy": "policy (own)"}))
+    if family not in args.no_measured:
+        records.append((job(args, family, "measured", "ilp", "kld", budgets, names), {"ilp": "ILP (measured)"}))
+    rows = [{"method": label_of[row["method"]], "budget": f"{row['budget']} bytes" if row["budget"] in names else row["budget"],
+             **{key: row["result"][key] for key in MEASURED}}
+            for record, label_of in records for row in record.rows if row["result"] is not None]
+    return rows, [{"preset": preset["preset"], **{key: preset["result"][key] for key in MEASURED}} for preset in presets]
 
 
 # one colour per method in every panel (Qwen has no measured-table rows, which would shift the default cycle)
@@ -220,7 +148,7 @@ def markdown(results: dict, command: str) -> str:
     lines = [HEADING, "",
              f"`{command}`. Each held-out model's policy (zero-shot) was trained on the other two families only; "
              f"{results['timesteps']} steps per policy, seed {results['seed']}. Every file is measured through llama.cpp on "
-             "the held-out windows of `benchmarks/baselines.py` (4 windows of 512 tokens of held-out Austen); presets "
+             f"the held-out windows of `benchmarks.baselines` ({results['windows']} windows of held-out Austen); presets "
              "made by llama-quantize with the same importance matrix; references are the dequantized source checkpoints. "
              "Qwen2.5 has no measured table (its sweep would take hours): its training shapes with the Fisher estimate "
              "and its `ILP (measured)` rows are absent. The policy's action is a correction to the estimate: action 0 "
@@ -257,10 +185,6 @@ def markdown(results: dict, command: str) -> str:
     if results.get("shipped"):
         lines += ["", f"The policy that ships (`{results['shipped']['path']}`, used by `ramp allocate --method policy` without "
                   f"`--policy`) was trained the same way on all of {', '.join(results['shipped']['trained_on'])}."]
-    if results.get("stages"):
-        lines += ["", "| stage | runs | wall | CPU | peak RSS |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {stage['stage']} | {stage['runs']} | {stage['wall_s']:.0f} s | {stage['cpu_s']:.0f} s | "
-                  f"{stage['peak_rss_mb'] / 1024:.1f} GB |" for stage in results["stages"]]
     return "\n".join(lines) + "\n"
 
 
@@ -280,66 +204,56 @@ def worst_ratios(rows: list[dict], presets: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from ramp.agent.policy import DEFAULT_POLICY
-    from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
-    from ramp.envs.reward import RewardConfig
-    from ramp.files import cache_dir
-    from ramp.kernels import get_format
-    from ramp.measure.ladder import DEFAULT_LADDER
-    from ramp.models.text import DEFAULT_TEXT
+    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, RewardConfig
+    from ramp.files import atomic_output
+    from ramp.job.settings import model_label as stem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--held-out", action="append", choices=FAMILIES, help="rotations to run (default: all three)")
+    parser.add_argument("--families", action="append", help=f"the families, model names or files (default {', '.join(FAMILIES)})")
+    parser.add_argument("--held-out", action="append", help="rotations to run (default: every family)")
     parser.add_argument("--timesteps", type=int, default=30000, help="environment steps per policy (default 30000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--windows", type=int, default=4, help="held-out windows, as the baselines JSON (default 4)")
-    parser.add_argument("--work", default=str(cache_dir() / "transfer"), help="policies and measured files (resumable)")
-    parser.add_argument("--ship", action="store_true", help="also train on all three families and install it as the default policy")
-    parser.add_argument("--own", action="append", choices=FAMILIES,
-                        help="held-out families that also get a policy trained on themselves (default all)")
-    parser.add_argument("--families", action="append", choices=FAMILIES,
-                        help="load only these (default all): rotations missing a training family skip the zero-shot rows "
-                             "and write no docs, which lets the other rows be measured ahead into --work")
+    parser.add_argument("--windows", type=int, default=4, help="held-out windows, as the baselines job's (default 4)")
+    parser.add_argument("--ctx", type=int, help="tokens per evaluation window (default ramp run's)")
+    parser.add_argument("--formats", help="candidate formats (default ramp's ladder)")
+    parser.add_argument("--calibration-tokens", type=int, help="damage calibration tokens of the jobs (default ramp run's)")
+    parser.add_argument("--extra-bpw", action="append", type=float, default=[], help="another bpw budget for every family")
+    parser.add_argument("--no-measured", action="append", default=list(NO_MEASURED),
+                        help=f"families without ILP (measured) rows (default {', '.join(NO_MEASURED)})")
+    parser.add_argument("--sac", action="append", default=[], metavar="KEY=VALUE", help="a SAC setting for every training")
+    parser.add_argument("--ship", action="store_true", help="also train on every family and install it as the default policy")
+    parser.add_argument("--own", action="append", help="held-out families that also get a policy trained on themselves (default all)")
+    parser.add_argument("--jobs", default="ramp-jobs", help="folder of the job folders, the baselines' among them (default ramp-jobs)")
+    parser.add_argument("--work", default="ramp-jobs/transfer-policies", help="the trained policies (resumable)")
+    parser.add_argument("--out", default=str(REPO / "docs"), help="folder for transfer.json, transfer.png and BENCHMARKS.md")
     args = parser.parse_args(argv)
 
-    ladder = tuple(get_format(name).name for name in DEFAULT_LADDER)
-    clock = StageClock()
+    families = args.families or list(FAMILIES)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    families = {name: Family(name, ladder, clock, DEFAULT_TEXT, args.windows) for name in args.families or FAMILIES}
-    complete = len(families) == len(FAMILIES)
-    results = {"timesteps": args.timesteps, "seed": args.seed, "action_mapping": ACTION_MAPPING_VERSION,
+    results = {"timesteps": args.timesteps, "seed": args.seed, "windows": args.windows, "action_mapping": ACTION_MAPPING_VERSION,
                "deviation_weight": RewardConfig().deviation_weight, "held_out": {}}
-    if args.ship and complete:  # first: the policy users get exists even if a rotation is cut short
-        shipped = train(list(families.values()), work / f"all-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed, ladder, clock)
+    if args.ship:  # first: the policy users get exists even if a rotation is cut short
+        shipped = train(args, families, work / f"all-{args.timesteps}-{args.seed}.zip")
         shutil.copyfile(shipped, DEFAULT_POLICY)
-        results["shipped"] = {"path": str(DEFAULT_POLICY.relative_to(REPO)), "trained_on": list(families)}
-    for name in [name for name in args.held_out or FAMILIES if name in families]:
-        others = [family for other, family in families.items() if other != name]
-        zero_shot = train(others, work / f"without-{name}-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed,
-                          ladder, clock) if complete else None
-        own = train([families[name]], work / f"only-{name}-{args.timesteps}-{args.seed}.zip", args.timesteps, args.seed,
-                    ladder, clock) if name in (args.own or FAMILIES) else None
-        rows = held_out_rows(families[name], zero_shot, own, work, clock)
-        presets = [p for p in families[name].baselines["presets"] if not p["at_or_above_source"]]
-        results["held_out"][name] = {"trained_on": [family.name for family in others], "rows": rows, "presets": presets,
-                                     "worst_ratio": worst_ratios(rows, presets)}
-        if complete:  # after every rotation, so a cut-short run still documents what it measured
-            results["stages"] = list(clock.stages.values())
-            write_docs(results, argv)
-    if not complete:
-        print("measured ahead into the work folder; run again with every family for the zero-shot rows and the docs")
+        results["shipped"] = {"path": "ramp/agent/default_policy.zip", "trained_on": families}
+    for family in args.held_out or families:
+        others = [other for other in families if other != family]
+        zero_shot = train(args, others, work / f"without-{stem(family)}-{args.timesteps}-{args.seed}.zip") if others else None
+        own = (train(args, [family], work / f"only-{stem(family)}-{args.timesteps}-{args.seed}.zip")
+               if family in (args.own or families) else None)
+        rows, presets = held_out_rows(args, family, zero_shot, own)
+        results["held_out"][stem(family)] = {"trained_on": [stem(other) for other in others], "rows": rows, "presets": presets,
+                                             "worst_ratio": worst_ratios(rows, presets)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "transfer.json", "w") as handle:
+        handle.write(json.dumps(results, indent=1) + "\n")
+    plot(results, out / "transfer.png")
+    command = "python -m benchmarks.transfer " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_section(out / "BENCHMARKS.md", HEADING, markdown(results, command.strip()))
     return 0
 
-
-def write_docs(results: dict, argv: list[str] | None) -> None:
-    from ramp.files import atomic_output
-
-    docs = REPO / "docs"
-    with atomic_output(docs / "transfer.json", "w") as handle:
-        handle.write(json.dumps(results, indent=1) + "\n")
-    plot(results, docs / "transfer.png")
-    command = "python benchmarks/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_section(docs / "BENCHMARKS.md", HEADING, markdown(results, command.strip()))
 
 if __name__ == "__main__":
     sys.exit(main())

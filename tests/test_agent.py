@@ -198,6 +198,30 @@ def test_train_command_learns_on_the_formats_its_table_measured(tiny_reference, 
     assert code == 2 and "give one --budget for every model or one per --model (2), not 3" in err
 
 
+def test_train_resume_auto_keeps_continues_or_retrains(tiny_reference, tmp_path, capsys) -> None:
+    from ramp.cli import main
+
+    out = tmp_path / "policy.zip"
+    common = ["train", "--model", str(tiny_reference), "--budget", "5bpw..6bpw", "--out", str(out), "--no-progress",
+              "--calibration-tokens", "64", "--window", "32", "--tensorboard", str(tmp_path / "runs"), "--resume", "auto",
+              "--checkpoint-every", "20", "--select-every", "0", "--sac", "learning_starts=10", "--sac", "batch_size=16"]
+    assert main(common + ["--timesteps", "40"]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out and read_policy_record(out).timesteps == 40
+    written = out.read_bytes()
+
+    assert main(common + ["--timesteps", "40"]) == 0  # finished: kept as it is
+    assert ": kept" in capsys.readouterr().out and out.read_bytes() == written
+
+    assert main(common + ["--timesteps", "60"]) == 0  # more steps asked: continued from the last checkpoint
+    assert "continuing from" in capsys.readouterr().out and read_policy_record(out).timesteps == 60
+
+    assert main(common + ["--timesteps", "60", "--reward", "over_weight=31"]) == 0  # another reward: trained afresh
+    printed = capsys.readouterr().out
+    assert "another reward: removed, training afresh" in printed
+    record = read_policy_record(out)
+    assert record.timesteps == 60 and record.reward["over_weight"] == 31
+
+
 def test_selection_keeps_the_best_scoring_policy(model, tmp_path) -> None:
     from test_env import damage_table
 

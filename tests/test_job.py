@@ -104,7 +104,7 @@ def test_a_rerun_keeps_every_stage_and_other_settings_are_refused(finished, tiny
     code = main(run_command(tiny_reference, folder, "--method", "greedy"))
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert 'was made with method = "ilp", this run asks for "greedy"' in err and "--job" in err
+    assert 'was made with methods = ["ilp"], this run asks for ["greedy"]' in err and "--job" in err
 
     # --from redoes that stage and every later one; the earlier stay
     assert main(run_command(tiny_reference, folder, "--from", "allocation")) == 0
@@ -130,9 +130,49 @@ def test_stage_commands_read_the_jobs_artifacts(finished, tiny_reference, tmp_pa
     # of that allocation writes the job's ramp.gguf byte for byte
     settings = json.loads((finished / "job.json").read_text())
     assert main(["allocate", "--model", str(tiny_reference), "--sensitivity", str(finished / "sensitivity.json"),
-                 "--budget", settings["budget"], "--formats", ",".join(settings["ladder"]),
+                 "--budget", settings["budgets"][0], "--formats", ",".join(settings["ladder"]),
                  "--out", str(tmp_path / "allocation.json")]) == 0
     assert Allocation.load(tmp_path / "allocation.json").formats == Allocation.load(finished / "allocation.json").formats
     assert main(["export", "--model", str(tiny_reference), "--allocation", str(finished / "allocation.json"),
                  "--out", str(tmp_path / "ramp.gguf")]) == 0
     assert (tmp_path / "ramp.gguf").read_bytes() == (finished / "ramp.gguf").read_bytes()
+
+
+def test_a_job_of_many_rows_measures_each_file_once(finished, tiny_reference, tmp_path, capsys):
+    # two methods at three budgets: six rows in one table. Uniform fits neither below Q4_0's 6.43 bpw (its row
+    # says why, the others go on) and is Q5_0 at both 7 and 7.2 bpw: one GGUF and one measurement for the two.
+    folder = tmp_path / "rows"
+    command = ["run", "--model", str(tiny_reference), *SETTINGS[2:], "--method", "ilp,uniform",
+               "--budget", "5.5bpw,7bpw,7.2bpw", "--out-dir", str(folder)]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((folder / "rows.json").read_text())
+    assert [(row["method"], row["budget"]) for row in rows] == [
+        (method, budget) for method in ("ilp", "uniform") for budget in ("5.5bpw", "7bpw", "7.2bpw")]
+    assert "below the smallest uniform allocation" in rows[3]["infeasible"] and rows[3]["gguf"] is None
+    assert Allocation.load(folder / rows[4]["allocation"]).formats == Allocation.load(folder / rows[5]["allocation"]).formats
+    assert rows[4]["gguf"] == rows[5]["gguf"] == "ramp-uniform-7bpw.gguf" and not (folder / "ramp-uniform-7.2bpw.gguf").exists()
+    by_name = {row["name"]: row for row in json.loads((folder / "results.json").read_text())}
+    assert {"ramp ilp 5.5bpw", "ramp ilp 7bpw", "ramp ilp 7.2bpw", "ramp uniform 7bpw", "ramp uniform 7.2bpw"} <= set(by_name)
+    assert by_name["ramp uniform 7bpw"]["kld_mean"] == by_name["ramp uniform 7.2bpw"]["kld_mean"]
+    # the one-row job measured ilp at 5.5bpw and the preset already (same reference, formats, windows): not again
+    assert "ramp ilp 5.5bpw: measured before" in printed and "Q8_0: measured before" in printed
+    assert "ramp uniform 7.2bpw: measured before" in printed and "ramp uniform 7bpw: measured before" not in printed
+    single = {row["name"]: row for row in json.loads((finished / "results.json").read_text())}
+    assert by_name["ramp ilp 5.5bpw"]["kld_mean"] == single["ramp ilp"]["kld_mean"]
+    # stages.json records what each stage cost
+    for record in json.loads((folder / "stages.json").read_text()).values():
+        assert record["wall_s"] >= 0 and record["cpu_s"] >= 0 and record["peak_rss_mb"] > 10
+    assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a rerun keeps every stage
+    assert main(command) == 0
+    assert capsys.readouterr().out.count(": kept (") == 7
+
+
+def test_run_without_out_dir_writes_its_job_under_a_folder_of_its_own(tiny_reference, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--model", str(tiny_reference), *SETTINGS]) == 0
+    folder = tmp_path / "ramp-jobs" / f"{tiny_reference.name.removesuffix('.gguf')}-5.5bpw"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ramp-jobs"]
+    assert (folder / "job.json").is_file() and (folder / "ramp.gguf").is_file() and (folder / "results.json").is_file()

@@ -259,7 +259,7 @@ def test_cli_target_bpw_needs_an_imatrix_and_writes_an_allocation(tiny_model, ti
 
 
 def test_estimate_check_agreement_and_regret(tiny_model):
-    from ramp.evaluate.estimate_check import distinct_cells, rank_agreement, regret
+    from benchmarks.estimate_check import distinct_cells, rank_agreement, regret
     from ramp.measure.sensitivity_table import SensitivityTable
 
     seed = 8

@@ -123,3 +123,42 @@ def train_policy(run: TrainingRun) -> tuple["SAC", "PolicyRecord"]:
                       checkpoint_every=run.checkpoint_every, tensorboard_log=run.tensorboard, resume=run.resume,
                       progress_bar=run.progress, select_every=run.select_every)
     return sac, read_policy_record(run.out)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What `ramp train --resume auto` does with what an earlier training left: keep a finished policy,
+    continue from the latest checkpoint, or start afresh (`checkpoint` None, `finished` False)."""
+
+    checkpoint: Path | None
+    finished: bool
+    why: str
+
+
+def resume_point(out: Path, checkpoint_dir: Path, timesteps: int, reward: "RewardConfig") -> ResumePoint:
+    """The rule behind `--resume auto`. The latest checkpoint tells how far training got (the policy file may
+    hold an earlier step, the one selection kept). A training under another contract (action mapping,
+    observation layout) or reward cannot be continued or kept: its checkpoints and policy are removed and
+    training starts afresh. Otherwise the policy is finished when its checkpoints reached `timesteps` and the
+    file exists; short of that, training continues from the latest checkpoint."""
+    import shutil
+    from dataclasses import asdict
+
+    from ramp.agent.checkpoints import latest_checkpoint
+    from ramp.agent.policy_file import read_policy_record
+    from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
+    from ramp.envs.observation import OBSERVATION_VERSION
+
+    last = latest_checkpoint(checkpoint_dir)
+    if last is None:
+        return ResumePoint(None, False, f"no checkpoint in {checkpoint_dir}: training from the start")
+    record = read_policy_record(last)
+    trained_under = (record.action_mapping, record.observation_version, record.reward)
+    if trained_under != (ACTION_MAPPING_VERSION, OBSERVATION_VERSION, asdict(reward)):
+        shutil.rmtree(checkpoint_dir)
+        out.unlink(missing_ok=True)
+        return ResumePoint(None, False, f"{last} was trained under action mapping {record.action_mapping}, observation "
+                                        f"layout {record.observation_version} or another reward: removed, training afresh")
+    if out.is_file() and record.timesteps >= timesteps:
+        return ResumePoint(None, True, f"{out} finished its {timesteps} steps ({last}): kept")
+    return ResumePoint(last, False, f"continuing from {last} (step {record.timesteps} of {timesteps})")

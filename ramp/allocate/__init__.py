@@ -1,31 +1,36 @@
-"""Allocation baselines: choose a format per quantizable tensor under a memory budget.
+"""Allocation methods: choose a format per quantizable tensor under a memory budget.
 
 `allocate(model, method, budget, sensitivity, ...)` is the one entry point (`ramp allocate` and `ramp run`
-call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
-quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR
-15550's Lagrangian allocator, the closest competitor, on its own imatrix-weighted error table from
-`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.agent.policy.TrainedPolicy`, which
-the caller hands in: the agent comes later in the flow and allocation imports nothing of it).
+call it). `METHODS` is the registry: each method is one function of one `Request` (the model, the problem
+with its items and budget, the damage table and the method's own inputs) returning the formats and the facts
+it reports, looked up by name. Adding a method is one row of `METHODS`; its solver module is imported when
+the method runs, so importing this package stays cheap (the command line reads the method names from here).
 
-Submodules are imported when a method runs, so importing this package stays cheap.
+Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage), quadratic (ilp
+plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR 15550's Lagrangian
+allocator, the closest competitor, on its own imatrix-weighted error table from
+`ramp.allocate.target_bpw.error_table` or on the table given), and policy (a trained agent,
+`ramp.agent.policy.TrainedPolicy`, which the caller hands in: the agent comes later in the flow and
+allocation imports nothing of it).
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from ramp.allocate.allocation import Allocation
 from ramp.errors import RampError
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from ramp.allocate.allocation import Allocation
     from ramp.allocate.budget import Budget
     from ramp.allocate.problem import Pin, Problem
     from ramp.allocate.quadratic import MeasurePair
     from ramp.models.model import Model
     from ramp.measure.sensitivity_table import SensitivityTable
 
-METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")
-NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy", "target-bpw")
+Choice = tuple[dict[str, str], dict]  # formats per tensor, facts for `Allocation.extra`
 
 
 class Policy(Protocol):
@@ -34,8 +39,109 @@ class Policy(Protocol):
 
     ladder: tuple[str, ...]
 
-    def __call__(self, model: "Model", problem: "Problem", sensitivity: "SensitivityTable | None") -> tuple[dict[str, str], dict]:
+    def __call__(self, model: "Model", problem: "Problem", sensitivity: "SensitivityTable | None") -> Choice:
         ...
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything a method may read: `problem` holds the items (groups applied, formats resolved) and the
+    budget in bytes; the rest are the inputs only some methods use."""
+
+    model: "Model"
+    problem: "Problem"
+    budget: "Budget"
+    sensitivity: "SensitivityTable | None"
+    pins: "list[Pin]"
+    embedding_format: str
+    output_format: str
+    measure_pair: "MeasurePair | None"
+    pairs_per_role: int
+    policy: "Policy | None"
+
+    def item_damage(self) -> "list[np.ndarray]":
+        """The table's damage of every choice of every item (requires a table)."""
+        from ramp.allocate.problem import item_damage
+
+        return item_damage(self.model, self.problem.items, self.sensitivity)
+
+    def chosen(self, picks: list[int], facts: dict) -> Choice:
+        """A solver's choice index per item as formats per tensor."""
+        return self.problem.formats(picks), facts
+
+
+@dataclass(frozen=True)
+class Method:
+    """One allocation method: its function, whether it needs a damage table, whether it honours --group, and the
+    input it needs beyond the table (a `Request` field; `ramp run` runs the methods that need none)."""
+
+    choose: Callable[[Request], Choice]
+    needs_sensitivity: bool = True
+    groups: bool = True
+    needs: str | None = None
+
+
+def choose_uniform(request: Request) -> Choice:
+    from ramp.allocate import uniform
+
+    return uniform.solve(request.model, request.budget, request.problem.ladder, request.pins, request.embedding_format,
+                         request.output_format)
+
+
+def choose_ilp(request: Request) -> Choice:
+    from ramp.allocate import ilp
+
+    return request.chosen(*ilp.solve(request.problem, request.item_damage()))
+
+
+def choose_greedy(request: Request) -> Choice:
+    from ramp.allocate import greedy
+
+    return request.chosen(*greedy.solve(request.problem, request.item_damage()))
+
+
+def choose_target_bpw(request: Request) -> Choice:
+    from ramp.allocate import target_bpw
+
+    return request.chosen(*target_bpw.solve(request.problem, request.item_damage()))
+
+
+def choose_quadratic(request: Request) -> Choice:
+    from ramp.allocate import quadratic
+    from ramp.allocate.problem import member_damage
+
+    damage = member_damage(request.model, request.problem.items, request.sensitivity)
+    return request.chosen(*quadratic.solve(request.model, request.problem, damage, request.measure_pair,
+                                           request.pairs_per_role))
+
+
+def choose_policy(request: Request) -> Choice:
+    return request.policy(request.model, request.problem, request.sensitivity)
+
+
+METHODS: dict[str, Method] = {
+    "uniform": Method(choose_uniform, needs_sensitivity=False, groups=False),
+    "ilp": Method(choose_ilp),
+    "quadratic": Method(choose_quadratic, needs="measure_pair"),
+    "greedy": Method(choose_greedy),
+    "target-bpw": Method(choose_target_bpw),
+    "policy": Method(choose_policy, needs_sensitivity=False, needs="policy"),
+}
+# What each `needs` asks the caller for, in the words of `ramp allocate`'s options.
+NEEDED_INPUT = {"measure_pair": "a pair measurement (KLD of the model with two tensors quantized)",
+                "policy": "--policy FILE, a policy trained with `ramp train`"}
+
+
+def method_named(name: str) -> Method:
+    """The registered method `name`, or the one-line error listing them."""
+    if name not in METHODS:
+        raise RampError(f"unknown allocation method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def self_contained_methods() -> tuple[str, ...]:
+    """The methods that need nothing beyond the model, the budget and a damage table (what `ramp run` runs)."""
+    return tuple(name for name, method in METHODS.items() if method.needs is None)
 
 
 def allocate(
@@ -52,22 +158,24 @@ def allocate(
     measure_pair: "MeasurePair | None" = None,
     pairs_per_role: int = 2,
     policy: Policy | None = None,
-) -> Allocation:
+) -> "Allocation":
     """Allocate `model`'s quantizable tensors with `method` within `budget` (e.g. "3.65bpw", "60MB").
 
-    `sensitivity` is required by ilp, quadratic and greedy, and reported on for the others; quadratic also
-    needs `measure_pair`, policy a `policy`. Pins (`REGEX=FORMAT`) and groups (regexes whose matches
-    within one block share a format) apply to every method except that uniform ignores groups.
+    `sensitivity` is required by the methods that need it (`Method.needs_sensitivity`) and reported on for
+    the others; quadratic also needs `measure_pair`, policy a `policy`. Pins (`REGEX=FORMAT`) and groups
+    (regexes whose matches within one block share a format) apply to every method except that uniform
+    ignores groups.
     """
     from ramp.allocate import budget as budgets
     from ramp.allocate import problem as problems
+    from ramp.allocate.allocation import Allocation
 
-    if method not in METHODS:
-        raise RampError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
+    chosen = method_named(method)
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
-    if method == "policy" and policy is None:
-        raise RampError("--method policy needs --policy FILE, a policy trained with `ramp train`")
-    if ladder is None and method == "policy":
+    inputs = {"measure_pair": measure_pair, "policy": policy}
+    if chosen.needs is not None and inputs[chosen.needs] is None:
+        raise RampError(f"--method {method} needs {NEEDED_INPUT[chosen.needs]}")
+    if ladder is None and policy is not None and method == "policy":
         ladder = policy.ladder  # a policy acts on the ladder it was trained on (its table's formats, say)
     elif ladder is None:  # an explicit ladder is taken as asked
         from ramp.measure.ladder import ladder_of
@@ -76,32 +184,16 @@ def allocate(
     pins = [pin if isinstance(pin, problems.Pin) else problems.Pin.parse(pin) for pin in pins]
     if sensitivity is not None and sensitivity.model_sha256 and model.sha256 and sensitivity.model_sha256 != model.sha256:
         raise RampError("the sensitivity table was measured on another model file or --fold; re-run `ramp profile` for this one")
-    if method in NEEDS_SENSITIVITY and sensitivity is None:
+    if chosen.needs_sensitivity and sensitivity is None:
         raise RampError(f"--method {method} needs a sensitivity table; pass --sensitivity FILE from `ramp profile`")
 
-    if method == "uniform":  # it ignores groups, but one that matches nothing is still a mistake to report
+    if not chosen.groups:  # it ignores groups, but one that matches nothing is still a mistake to report
         problems.require_matches(model, groups=groups)
-    items = problems.build_items(model, ladder, pins, [] if method == "uniform" else groups)
+    items = problems.build_items(model, ladder, pins, groups if chosen.groups else [])
     budget_bytes = budgets.require_within(budget, model, budgets.items_range(model, items))
-    problem = problems.Problem(items, budget_bytes, ladder)
-    if method == "uniform":
-        from ramp.allocate import uniform
-
-        formats, facts = uniform.solve(model, budget, ladder, pins, embedding_format, output_format)
-    elif method == "policy":
-        formats, facts = policy(model, problem, sensitivity)
-    else:
-        if method == "quadratic":
-            from ramp.allocate import quadratic
-
-            if measure_pair is None:
-                raise RampError("--method quadratic needs a pair measurement (KLD of the model with two tensors quantized)")
-            damage = problems.member_damage(model, items, sensitivity)
-            picks, facts = quadratic.solve(model, problem, damage, measure_pair, pairs_per_role)
-        else:
-            solver = importlib.import_module(f"ramp.allocate.{method.replace('-', '_')}")
-            picks, facts = solver.solve(problem, problems.item_damage(model, items, sensitivity))
-        formats = problem.formats(picks)
+    request = Request(model, problems.Problem(items, budget_bytes, ladder), budget, sensitivity, pins, embedding_format,
+                      output_format, measure_pair, pairs_per_role, policy)
+    formats, facts = chosen.choose(request)
 
     allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha,
                             origin_sha256=model.origin_sha256)

@@ -8,14 +8,13 @@ from collections import Counter
 from ramp.commands._options import (
     add_fold_argument, add_imatrix_argument, add_text_argument, load_importance, load_model_for, positive_int,
 )
+from ramp.allocate import METHODS  # the registry imports no solver until a method runs: the CLI stays quick
 from ramp.measure.ladder import DEFAULT_LADDER
-
-METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="GGUF file, safetensors directory or a name from `ramp models` (default: smollm2-135m)")
-    parser.add_argument("--method", choices=METHODS, default="ilp",
+    parser.add_argument("--method", choices=list(METHODS), default="ilp",
                         help="allocation method (default: ilp); target-bpw is llama.cpp PR 15550's allocator on its own "
                              "error from --imatrix (with --sensitivity, its solver on that table)")
     parser.add_argument("--budget", required=True,
@@ -62,7 +61,7 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ramp.allocate import NEEDS_SENSITIVITY, allocate
+    from ramp.allocate import allocate
     from ramp.allocate.budget import Budget, describe_bytes
     from ramp.allocate.problem import Pin
     from ramp.allocate.quadratic import kld_pair_measure
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         from ramp.allocate import target_bpw
 
         table = target_bpw.error_table(model, ladder or DEFAULT_LADDER, imatrix)
-    elif table is None and args.method in NEEDS_SENSITIVITY:
+    elif table is None and METHODS[args.method].needs_sensitivity:
         from ramp.measure.calibration import SENSITIVITY
         from ramp.measure.sensitivity import measure_sensitivity
 

@@ -34,14 +34,17 @@ from pathlib import Path
 from ramp.measure.calibration import ESTIMATE, SENSITIVITY
 from ramp.commands._options import add_fold_argument, add_text_argument, positive_int
 from ramp.commands.eval import DEFAULT_N_CTX, add_window_arguments
+from ramp.allocate import self_contained_methods  # the registry: light, no solver imported
 from ramp.job.settings import JOB_FILE
-from ramp.job.stages import STAGES, artifact_names  # both light: no torch, no model
+from ramp.job.stages import STAGE_NAMES, artifact_names  # both light: no torch, no model
 from ramp.evaluate.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
 from ramp.measure.estimates import AUTO, ESTIMATES, STAND_IN  # numpy-only too
 from ramp.models.text import DEFAULT_TEXT
 
 DEFAULT_MAX_WINDOWS = 32
 DEFAULT_BUDGET = "Q4_K_M"
+DEFAULT_METHOD = "ilp"
+JOBS_FOLDER = "ramp-jobs"
 # Options that say what the job computes: with --job they come from its job.json. (--model, --imatrix and
 # --sensitivity only say where an input is, checked by its sha256: they may point the job at its files.)
 SETTINGS = ("budget", "method", "formats", "damage", "calibration_tokens", "preset", "no_imatrix", "text", "fold", "ctx",
@@ -52,9 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="GGUF file, safetensors directory or a name from `ramp models` (default: smollm2-135m)")
     parser.add_argument("--budget",
                         help="bits per quantizable weight (4.5bpw), bytes of their data (60MB), or a preset name: "
-                             f"the bytes llama.cpp's preset spends on them (default {DEFAULT_BUDGET})")
-    parser.add_argument("--method", choices=("ilp", "greedy", "target-bpw"),
-                        help="allocation method (default ilp; target-bpw is llama.cpp PR #15550's allocator)")
+                             f"the bytes llama.cpp's preset spends on them (default {DEFAULT_BUDGET}); a comma list "
+                             "makes one row per budget")
+    parser.add_argument("--method",
+                        help=f"allocation method, or a comma list of them: one row per method and budget "
+                             f"({', '.join(self_contained_methods())}, policy; default ilp; target-bpw is llama.cpp PR #15550's "
+                             "allocator)")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="the trained policy (`ramp train`) of a `policy` row (--method policy,...); default: the "
+                             "policy that ships with ramp")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp's ladder, ramp.measure.ladder)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
     parser.add_argument("--damage", choices=(AUTO, "kld", *ESTIMATES, "weight-error"),
@@ -72,19 +81,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quantize ramp's file and the presets without an importance matrix")
     add_text_argument(parser, "calibrate on (its calibration half) and evaluate on (its held-out half)")
     parser.add_argument("--out-dir",
-                        help=f"the job folder: {JOB_FILE} and every stage's artifacts (default: the folder of --job, else .; "
-                             "created if missing)")
+                        help=f"the job folder: {JOB_FILE} and every stage's artifacts (default: the folder of --job, "
+                             f"else {JOBS_FOLDER}/MODEL-BUDGET; created if missing)")
     parser.add_argument("--job", metavar="FILE", help=f"rerun the job a {JOB_FILE} describes, with its settings")
-    parser.add_argument("--from", dest="from_stage", choices=STAGES, metavar="STAGE",
-                        help=f"make this stage and every later one again ({', '.join(STAGES)})")
+    parser.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, metavar="STAGE",
+                        help=f"make this stage and every later one again ({', '.join(STAGE_NAMES)})")
     add_fold_argument(parser, "profiling, allocating and exporting it; the reference and presets stay unfolded")
     add_window_arguments(parser, DEFAULT_MAX_WINDOWS)
     # No defaults here: an option left out is told from one given, so --job can refuse settings beside it.
     parser.set_defaults(text=None, ctx=None, max_windows=None)
 
 
-def _out_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out_dir or (Path(args.job).parent if args.job else "."))
+def _names(text: str | None, default: str) -> tuple[str, ...]:
+    """A comma list of names as given (empty entries dropped), or the default alone."""
+    return tuple(dict.fromkeys(part.strip() for part in (text or default).split(",") if part.strip())) or (default,)
+
+
+def _budgets(args: argparse.Namespace) -> tuple[str, ...]:
+    # budgets start with a number; a preset's name is written as llama.cpp spells it
+    return tuple(budget.upper() if budget[:1].isalpha() else budget for budget in _names(args.budget, DEFAULT_BUDGET))
+
+
+def _methods(args: argparse.Namespace) -> tuple[str, ...]:
+    return _names(args.method, DEFAULT_METHOD)
+
+
+def _shape(args: argparse.Namespace):
+    from ramp.job.settings import JobSettings, JobShape, job_rows
+
+    if args.job and Path(args.job).is_file():
+        return JobSettings.load(args.job).shape
+    return JobShape(args.fold, job_rows(_methods(args), _budgets(args)))
+
+
+def _out_dir(args: argparse.Namespace) -> "Path":
+    """--out-dir; else the folder of --job; else a folder of its own under ramp-jobs/, named by the model, the
+    methods (when not the default alone) and the budgets."""
+    if args.out_dir or args.job:
+        return Path(args.out_dir or Path(args.job).parent)
+    from ramp.job.settings import model_label
+
+    methods = _methods(args)
+    parts = [model_label(args.model), *([",".join(methods)] if methods != (DEFAULT_METHOD,) else []), ",".join(_budgets(args))]
+    return Path(JOBS_FOLDER) / "-".join(parts)
 
 
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -95,9 +134,10 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
         folder = Path(args.job) if Path(args.job).is_dir() else Path(args.job).parent
         raise RampError(f"--job takes a job folder's {JOB_FILE}, not {args.job}; pass --job {folder / JOB_FILE}")
     # rerunning a job in its own folder rewrites its job.json, which is then an input too
-    outputs = {f"--out-dir ({name})": _out_dir(args) / name for name in artifact_names(args.fold)
+    outputs = {f"--out-dir ({name})": _out_dir(args) / name for name in artifact_names(_shape(args))
                if name != JOB_FILE or not args.job}
-    return {"--model": args.model, "--sensitivity": args.sensitivity, "--imatrix": args.imatrix, "--job": args.job}, outputs
+    return ({"--model": args.model, "--sensitivity": args.sensitivity, "--imatrix": args.imatrix, "--policy": args.policy,
+             "--job": args.job}, outputs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,11 +175,13 @@ def _job_settings(args: argparse.Namespace):
     return replace(settings, model=located(args.model) or settings.model,
                    imatrix_file=located(args.imatrix) or settings.imatrix_file,
                    sensitivity_file=located(args.sensitivity) or settings.sensitivity_file,
+                   policy_file=located(args.policy) or settings.policy_file,
                    ramp_version=ramp_version, llama_cpp_version=llama_cpp), None
 
 
 def _new_settings(args: argparse.Namespace):
     """The settings the command line asks for, every mistake it can hold found before the first expensive step."""
+    from ramp.errors import RampError
     from ramp.commands._options import check_fold_argument, load_importance
     from ramp.job.settings import check_table_model, new_settings
     from ramp.measure.ladder import parse_ladder
@@ -151,9 +193,21 @@ def _new_settings(args: argparse.Namespace):
 
     text = check_text(args.text or DEFAULT_TEXT)
     presets = tuple(name.upper() for name in (args.preset or DEFAULT_PRESETS))
-    budget = (args.budget or DEFAULT_BUDGET).strip()
-    is_preset = budget[:1].isalpha()  # budgets start with a number
-    check_presets(presets + ((budget.upper(),) if is_preset else ()), with_imatrix=not args.no_imatrix)
+    budgets, methods = _budgets(args), _methods(args)
+    for method in methods:
+        if method not in (*self_contained_methods(), "policy"):
+            raise RampError(f"ramp run has no allocation method {method!r}; choose from "
+                            f"{', '.join(self_contained_methods())}, policy (`ramp allocate` runs the others)")
+    policy = None
+    if "policy" in methods:
+        from ramp.agent.policy import DEFAULT_POLICY
+        from ramp.agent.policy_file import read_policy_record
+
+        policy = args.policy or str(DEFAULT_POLICY)
+        read_policy_record(policy)  # a foreign file fails before the model loads
+    elif args.policy:
+        raise RampError("--policy feeds a `policy` row; add policy to --method, or drop --policy")
+    check_presets(presets + tuple(budget for budget in budgets if budget[:1].isalpha()), with_imatrix=not args.no_imatrix)
     ladder = parse_ladder(args.formats)
     eval_ctx = check_window_length(args.ctx or DEFAULT_N_CTX)
     if args.sensitivity:
@@ -166,7 +220,7 @@ def _new_settings(args: argparse.Namespace):
     settings = new_settings(
         source, args.model, text=text, fold=args.fold, imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
         damage=args.damage or AUTO, damage_tokens=args.calibration_tokens, sensitivity_file=args.sensitivity,
-        ladder=ladder, budget=budget.upper() if is_preset else budget, method=args.method or "ilp", presets=presets,
+        ladder=ladder, budgets=budgets, methods=methods, policy_file=policy, presets=presets,
         eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,
     )
     return settings, source

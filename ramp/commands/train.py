@@ -34,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 3000; 0 = the last)")
     parser.add_argument("--checkpoint-dir", help="where checkpoints go (default: <out>_checkpoints/)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="continue from a checkpoint (default: the latest in the checkpoint directory)")
+                        help="continue from a checkpoint (default: the latest in the checkpoint directory); auto: keep a "
+                             "policy that finished its --timesteps, continue an interrupted training, start afresh where "
+                             "none was begun or the earlier one was trained under another action mapping, observation "
+                             "layout or reward")
     parser.add_argument("--tensorboard", default="runs", metavar="DIR", help="TensorBoard log directory (default runs/)")
     parser.add_argument("--evaluate-episodes", action="store_true",
                         help="score every episode by a real KLD forward too (slow; with gamma 0 it reaches only the last step)")
@@ -48,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def paths(args: argparse.Namespace) -> tuple[dict, dict]:
     """Inputs and outputs, checked against each other by `ramp.cli` before the command runs."""
-    resume = args.resume if args.resume not in (None, "latest") else None
+    resume = args.resume if args.resume not in (None, "latest", "auto") else None
     imatrix = [path for path in args.imatrix if path not in ("auto", "none")]
     return {"--model": args.model, "--sensitivity": args.sensitivity, "--imatrix": imatrix, "--resume": resume}, {"--out": args.out}
 
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.agent.arguments import parse_overrides
     from ramp.agent.checkpoints import TrainingInterrupted, default_checkpoint_dir, latest_checkpoint
     from ramp.agent.sac import SACConfig
-    from ramp.agent.training import AUTO, TrainingModel, TrainingRun, train_policy
+    from ramp.agent.training import AUTO, TrainingModel, TrainingRun, resume_point, train_policy
     from ramp.envs.reward import RewardConfig
     from ramp.errors import RampError
     from ramp.files import check_output_path
@@ -88,8 +91,15 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate == "none" and not args.sensitivity:
         raise RampError("--estimate none leaves nothing to shape rewards with; give a --sensitivity table per --model")
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else default_checkpoint_dir(out)
+    reward = RewardConfig(**parse_overrides(args.reward, RewardConfig, "reward"))
     resume = None
-    if args.resume is not None:
+    if args.resume == "auto":
+        point = resume_point(out, checkpoint_dir, args.timesteps, reward)
+        print(f"--resume auto: {point.why}")
+        if point.finished:
+            return 0
+        resume = point.checkpoint
+    elif args.resume is not None:
         resume = latest_checkpoint(checkpoint_dir) if args.resume == "latest" else Path(args.resume)
         if resume is None or not resume.is_file():
             raise RampError(f"no checkpoint to resume from ({args.resume if args.resume != 'latest' else checkpoint_dir}); "
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every, select_every=args.select_every,
         resume=resume, tensorboard=args.tensorboard, progress=not args.no_progress,
         evaluate_calibration=calibration_of(args, args.calibration_tokens) if args.evaluate_episodes else None,
-        reward=RewardConfig(**parse_overrides(args.reward, RewardConfig, "reward")),
+        reward=reward,
         sac=SACConfig(**parse_overrides(args.sac, SACConfig, "sac")),
     )
     try:

@@ -1,6 +1,6 @@
 """The Pareto picture of a comparison: mean KLD against file size, ramp's files as lines (one per method) and
-llama.cpp's presets as the dotted line of stars they are measured against. `ramp run` draws its job's and
-`benchmarks/baselines.py` its sweeps'."""
+llama.cpp's presets as the dotted line of stars they are measured against: the plot of every `ramp run` job,
+the benchmarks' among them."""
 from __future__ import annotations
 
 import os
@@ -27,8 +27,8 @@ def plot_pareto(lines: Mapping[str, Sequence[Point]], presets: Sequence[tuple[st
     ordered = sorted(presets, key=lambda preset: preset[1])
     axes.plot([n_bytes / 2**20 for _, n_bytes, _ in ordered], [kld for _, _, kld in ordered], color="black",
               linestyle=":", marker="*", markersize=11, label=presets_label)
-    for name, n_bytes, kld in ordered:
-        axes.annotate(name, (n_bytes / 2**20, kld), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    labels = [axes.annotate(name, (n_bytes / 2**20, kld), textcoords="offset points", xytext=(5, 4), fontsize=8)
+              for name, n_bytes, kld in ordered]
     if source_bytes:
         axes.axvline(source_bytes / 2**20, color="grey", linestyle="--", linewidth=1)
         axes.annotate("source checkpoint size: no claims at or right of it", (source_bytes / 2**20, 0.98),
@@ -41,6 +41,22 @@ def plot_pareto(lines: Mapping[str, Sequence[Point]], presets: Sequence[tuple[st
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
+    separate_labels(figure, labels)
     with atomic_output(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
+
+
+def separate_labels(figure, labels: list) -> None:
+    """Move each annotation down, in the order given, until its box overlaps none placed before it (presets
+    a few MB apart would otherwise print their names over each other)."""
+    renderer = figure.canvas.get_renderer()
+    placed = []
+    for label in labels:
+        for _ in range(12):
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = label.xyann
+            label.xyann = (x, y - box.height * 72 / figure.dpi)
+        placed.append(label.get_window_extent(renderer))

@@ -1,5 +1,5 @@
 """What determines a job's result, as `JOB/job.json` records it: the model (by its sha256), the text and every
-calibration spec, the importance matrix, the damage measure, the ladder, the budget, the method, the presets
+calibration spec, the importance matrix, the damage measure, the ladder, the rows (methods x budgets), the presets
 compared against, the evaluation windows, the seed, and the versions of ramp and llama.cpp.
 
 A few entries only say where an input was found (`LOCATIONS`: the model as given, a given importance matrix
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ramp.models.model import Model
 
 JOB_FILE = "job.json"
-LOCATIONS = ("model", "imatrix_file", "sensitivity_file")
+LOCATIONS = ("model", "imatrix_file", "sensitivity_file", "policy_file")
 IMATRIX_SOURCES = ("computed", "file", "none")
 _REMEDY = "correct it, or rerun `ramp run` with its settings into a new --out-dir"
 _KIND_NAMES = {str: "a string", type(None): "null", dict: "an object", int: "a whole number", float: "a number"}
@@ -36,6 +36,28 @@ def _needs(key: str, value: object, needed: bool, because: str) -> None:
     if not needed and value is not None:
         raise RampError(f"{key} = {json.dumps(value)} is set, but {because} does not use it (it must be null)")
 VERSIONS = ("ramp_version", "llama_cpp_version")
+LISTS = ("ladder", "budgets", "methods", "presets")  # lists in job.json, tuples here
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a job's results: an allocation method at a budget."""
+
+    method: str
+    budget: str  # bits per weight, bytes, or a preset's name: the bytes it spends on the quantizable tensors
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What fixes a job's file names (`ramp.job.stages.artifact_names`): the fold and the rows."""
+
+    fold: float | None
+    rows: tuple[Row, ...]
+
+
+def job_rows(methods: tuple[str, ...], budgets: tuple[str, ...]) -> tuple[Row, ...]:
+    """Every method at every budget, method by method."""
+    return tuple(Row(method, budget) for method in methods for budget in budgets)
 
 
 @dataclass(frozen=True)
@@ -55,8 +77,10 @@ class JobSettings:
     sensitivity_file: str | None
     sensitivity_sha256: str | None
     ladder: tuple[str, ...]
-    budget: str  # bits per weight, bytes, or a preset's name: the bytes it spends on the quantizable tensors
-    method: str
+    budgets: tuple[str, ...]  # each a `Row.budget`
+    methods: tuple[str, ...]  # the job's rows: every method at every budget
+    policy_file: str | None  # the trained policy of a "policy" row (`ramp train`)
+    policy_sha256: str | None
     presets: tuple[str, ...]
     eval_ctx: int
     eval_max_windows: int | None
@@ -64,9 +88,18 @@ class JobSettings:
     ramp_version: str
     llama_cpp_version: str
 
+    @property
+    def rows(self) -> tuple[Row, ...]:
+        return job_rows(self.methods, self.budgets)
+
+    @property
+    def shape(self) -> JobShape:
+        return JobShape(self.fold, self.rows)
+
     def as_dict(self) -> dict:
         data = asdict(self)
-        data["ladder"], data["presets"] = list(self.ladder), list(self.presets)
+        for key in LISTS:
+            data[key] = list(data[key])
         return data
 
     def determining(self) -> dict:
@@ -92,7 +125,7 @@ class JobSettings:
             missing = sorted(set(names) - set(data)) if isinstance(data, dict) else names
             raise RampError(f"{path} is not a job file of this ramp (missing {', '.join(missing) or 'nothing'}, "
                             f"or entries it does not know); rerun `ramp run` with its settings")
-        for key in ("ladder", "presets"):
+        for key in LISTS:
             if not isinstance(data[key], list) or not all(isinstance(name, str) for name in data[key]):
                 raise RampError(f"{path}: {key} = {json.dumps(data[key])} is not a list of names; {_REMEDY}")
             data[key] = tuple(data[key])
@@ -131,9 +164,10 @@ class JobSettings:
             if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
                 raise entry(key, f"is not {' or '.join(_KIND_NAMES[kind] for kind in kinds)}")
 
-        for key in ("model_sha256", "text", "imatrix", "damage", "budget", "method", "ramp_version", "llama_cpp_version"):
+        for key in ("model_sha256", "text", "imatrix", "damage", "ramp_version", "llama_cpp_version"):
             expect(key, (str,))
-        for key in ("model", "imatrix_file", "imatrix_sha256", "sensitivity_file", "sensitivity_sha256"):
+        for key in ("model", "imatrix_file", "imatrix_sha256", "sensitivity_file", "sensitivity_sha256", "policy_file",
+                    "policy_sha256"):
             expect(key, (str, type(None)))
         for key in ("fold_calibration", "imatrix_calibration", "damage_calibration"):
             expect(key, (dict, type(None)))
@@ -171,12 +205,20 @@ class JobSettings:
         if ordered(self.ladder) != self.ladder:
             raise entry("ladder", f"is not a list of distinct formats in bits-per-weight order ({', '.join(ordered(self.ladder))})")
         with_imatrix = self.imatrix != "none"
-        if self.budget[:1].isalpha():
-            checked("budget", lambda: check_presets([self.budget], with_imatrix))
-        else:
-            checked("budget", lambda: Budget.parse(self.budget))
-        if self.method not in METHODS:
-            raise entry("method", f"is none of {', '.join(METHODS)}")
+        if not self.budgets:
+            raise entry("budgets", "is empty")
+        for budget in self.budgets:
+            if budget[:1].isalpha():
+                checked("budgets", lambda budget=budget: check_presets([budget], with_imatrix))
+            else:
+                checked("budgets", lambda budget=budget: Budget.parse(budget))
+        if not self.methods:
+            raise entry("methods", "is empty")
+        for method in self.methods:
+            if method not in METHODS:
+                raise entry("methods", f"names {method!r}, none of {', '.join(METHODS)}")
+        _needs("policy_file", self.policy_file, "policy" in self.methods, "methods")
+        _needs("policy_sha256", self.policy_sha256, "policy" in self.methods, "methods")
         checked("presets", lambda: check_presets(self.presets, with_imatrix))
         checked("eval_ctx", lambda: check_window_length(self.eval_ctx))
         if self.eval_max_windows is not None and self.eval_max_windows < 1:
@@ -238,10 +280,13 @@ def check_inputs(settings: JobSettings, source: "Model") -> None:
     from ramp.measure.imatrix import ImportanceMatrix
 
     check_context(settings.eval_ctx, source.metadata.get(f"{source.arch}.context_length"), settings.model or "the model")
-    if not settings.budget[:1].isalpha():  # a preset's bytes are known once it is made; a number's range now
+    numeric = [budget for budget in settings.budgets if not budget[:1].isalpha()]  # a preset's bytes: once it is made
+    if numeric:
         from ramp.allocate.budget import Budget, feasible_range, require_within
 
-        require_within(Budget.parse(settings.budget), source, feasible_range(source, settings.ladder))
+        feasible = feasible_range(source, settings.ladder)
+        for budget in numeric:
+            require_within(Budget.parse(budget), source, feasible)
     given = [("importance matrix", settings.imatrix_file, settings.imatrix_sha256, "--imatrix")] if settings.imatrix == "file" else []
     if settings.damage == "file":
         given.append(("sensitivity table", settings.sensitivity_file, settings.sensitivity_sha256, "--sensitivity"))
@@ -288,8 +333,9 @@ def new_settings(
     damage_tokens: int | None,
     sensitivity_file: str | None,
     ladder: tuple[str, ...],
-    budget: str,
-    method: str,
+    budgets: tuple[str, ...],
+    methods: tuple[str, ...],
+    policy_file: str | None,
     presets: tuple[str, ...],
     eval_ctx: int,
     eval_max_windows: int | None,
@@ -323,6 +369,13 @@ def new_settings(
         imatrix_calibration=IMATRIX.sized(text=text).as_dict() if imatrix == "computed" else None,
         embeddings_calibration=EMBEDDINGS.sized(text=text).as_dict(), damage=damage, damage_calibration=damage_calibration,
         sensitivity_file=located(sensitivity_file), sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
-        ladder=tuple(ladder), budget=budget, method=method, presets=tuple(presets), eval_ctx=eval_ctx,
+        ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods),
+        policy_file=located(policy_file), policy_sha256=file_sha256(policy_file) if policy_file else None, presets=tuple(presets), eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
+
+
+def model_label(model: str | None) -> str:
+    """The model as a short name for titles and folder names: a file's name without .gguf, a name from
+    `ramp models` as it is (short names keep their dots), the default model's name."""
+    return Path(model).name.removesuffix(".gguf") if model else "smollm2-135m"

@@ -86,7 +86,7 @@ ESTIMATE = CalibrationSpec(DEFAULT_TEXT, 1024, 256)
 EMBEDDINGS = CalibrationSpec(DEFAULT_TEXT, 1024, 256)
 # Scale Folding's activation maxima: more tokens than the embeddings, as a maximum needs a rare token to see.
 FOLD = CalibrationSpec(DEFAULT_TEXT, 2048, 256)
-# The agent's episode-end KLD evaluator and its tables (`benchmarks/agent.py`).
+# The agent's episode-end KLD evaluator (`ramp train --evaluate-episodes`, `ramp tune`).
 AGENT = CalibrationSpec(DEFAULT_TEXT, 256, 128)
 
 

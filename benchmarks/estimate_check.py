@@ -10,7 +10,7 @@ the measured table judges it.
   (1.0: no loss). llama.cpp PR 15550's own allocator (`target-bpw`, with its own error) and uniform are
   judged the same way.
 
-    python -m ramp.evaluate.estimate_check --model M --measured TABLE.json --budgets 4.5bpw,5bpw [--estimate fisher ...]
+    python -m benchmarks.estimate_check --model M --measured TABLE.json --budgets 4.5bpw,5bpw [--estimate fisher ...]
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def regret(model: Model, measured: SensitivityTable, tables: dict[str, Sensitivi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ramp.evaluate.estimate_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.estimate_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF file (default: the embedded SmolLM2)")
     parser.add_argument("--measured", required=True,
                         help="measured KLD table (SensitivityTable JSON) of this model, or a sweep's .partial.json")

@@ -1,0 +1,1 @@
+"""Benchmarks: thin drivers over ramp's public pipeline, each run as `python -m benchmarks.NAME`."""
