@@ -4,7 +4,8 @@
 call it). Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage),
 quadratic (ilp plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR
 15550's Lagrangian allocator, the closest competitor, on its own imatrix-weighted error table from
-`ramp.allocate.target_bpw.error_table`), and policy (a trained agent, `ramp.agent.policy.TrainedPolicy`, which
+`ramp.allocate.target_bpw.error_table`), search (the ILP's allocation improved by the measured KLD of the whole
+model, `ramp.allocate.search`), and policy (a trained agent, `ramp.agent.policy.TrainedPolicy`, which
 the caller hands in: the agent comes later in the flow and allocation imports nothing of it).
 
 Submodules are imported when a method runs, so importing this package stays cheap.
@@ -21,11 +22,12 @@ if TYPE_CHECKING:
     from ramp.allocate.budget import Budget
     from ramp.allocate.problem import Pin, Problem
     from ramp.allocate.quadratic import MeasurePair
+    from ramp.measure.imatrix import ImportanceMatrix
     from ramp.models.model import Model
     from ramp.measure.sensitivity_table import SensitivityTable
 
-METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")
-NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy", "target-bpw")
+METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "search", "policy")
+NEEDS_SENSITIVITY = ("ilp", "quadratic", "greedy", "target-bpw", "search")
 
 
 class Policy(Protocol):
@@ -52,11 +54,17 @@ def allocate(
     measure_pair: "MeasurePair | None" = None,
     pairs_per_role: int = 2,
     policy: Policy | None = None,
+    imatrix: "ImportanceMatrix | None" = None,
+    seed: int = 0,
+    search_minutes: float = 10.0,
+    search_generations: int | None = None,
+    search_state: str | None = None,
 ) -> Allocation:
     """Allocate `model`'s quantizable tensors with `method` within `budget` (e.g. "3.65bpw", "60MB").
 
     `sensitivity` is required by ilp, quadratic and greedy, and reported on for the others; quadratic also
-    needs `measure_pair`, policy a `policy`. Pins (`REGEX=FORMAT`) and groups (regexes whose matches
+    needs `measure_pair`, policy a `policy`; search quantizes with `imatrix` (the table's own), takes `seed` and
+    stops after `search_minutes` or `search_generations`, keeping its state at `search_state` (default: the cache). Pins (`REGEX=FORMAT`) and groups (regexes whose matches
     within one block share a format) apply to every method except that uniform ignores groups.
     """
     from ramp.allocate import budget as budgets
@@ -98,6 +106,16 @@ def allocate(
                 raise RampError("--method quadratic needs a pair measurement (KLD of the model with two tensors quantized)")
             damage = problems.member_damage(model, items, sensitivity)
             picks, facts = quadratic.solve(model, problem, damage, measure_pair, pairs_per_role)
+        elif method == "search":
+            from ramp.allocate import search
+
+            given = imatrix.content_sha256() if imatrix is not None else None
+            if sensitivity.extra.get("imatrix") != given:
+                raise RampError("the search must quantize with the importance matrix the sensitivity table was measured "
+                                "with; pass that one with --imatrix (or none if the table used none)")
+            picks, facts = search.solve(model, problem, problems.item_damage(model, items, sensitivity), imatrix=imatrix,
+                                        seed=seed, minutes=search_minutes, generations=search_generations,
+                                        state_path=search_state)
         else:
             solver = importlib.import_module(f"ramp.allocate.{method.replace('-', '_')}")
             picks, facts = solver.solve(problem, problems.item_damage(model, items, sensitivity))

@@ -1,5 +1,5 @@
 """`ramp allocate`: choose a format per quantizable tensor under a budget, with one of the baselines
-(uniform, ilp, quadratic, greedy, target-bpw) or a trained policy, and write the allocation JSON."""
+(uniform, ilp, quadratic, greedy, target-bpw), the whole-model search or a trained policy, and write the allocation JSON."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from ramp.commands._options import (
 )
 from ramp.measure.ladder import DEFAULT_LADDER
 
-METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "policy")  # mirrors ramp.allocate.METHODS, kept light
+METHODS = ("uniform", "ilp", "quadratic", "greedy", "target-bpw", "search", "policy")  # mirrors ramp.allocate.METHODS, kept light
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "format is larger; llama.cpp's default Q6_K, 'same' = the uniform format")
     parser.add_argument("--pairs-per-role", type=positive_int, default=2,
                         help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
+    parser.add_argument("--search-minutes", type=float, default=10.0, metavar="MIN",
+                        help="search: minutes the search may take in all, an interrupted and resumed search counted "
+                             "once (default 10)")
+    parser.add_argument("--search-generations", type=positive_int, metavar="N",
+                        help="search: stop after N generations at the latest (the allocation is fixed by --seed and N)")
+    parser.add_argument("--seed", type=int, default=0, help="search: seed of its random moves (default 0)")
     parser.add_argument("--policy", metavar="FILE",
                         help="policy: a policy file from `ramp train` (default: the policy that ships with ramp, trained on every family it loads)")
     parser.add_argument("--embeddings", metavar="FILE",
@@ -78,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         read_policy_record(args.policy or DEFAULT_POLICY)  # a foreign file fails before the model loads
     elif args.embeddings:
         raise RampError("--embeddings feed a trained policy; pass --method policy --policy FILE, or drop --embeddings")
+    if args.method == "search" and args.search_minutes <= 0:
+        raise RampError(f"--search-minutes must be positive, got {args.search_minutes}; give the minutes the search may take")
     if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):
         raise RampError("--method target-bpw weighs its error by an importance matrix; pass --imatrix FILE (`ramp imatrix`)")
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
@@ -102,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         model, args.method, budget, table, ladder=ladder, pins=pins, groups=args.group,
         embedding_format=args.embedding_format, output_format=args.output_format,
         measure_pair=kld_pair_measure(model, table, imatrix) if args.method == "quadratic" else None,
-        pairs_per_role=args.pairs_per_role, policy=policy,
+        pairs_per_role=args.pairs_per_role, policy=policy, imatrix=imatrix, seed=args.seed,
+        search_minutes=args.search_minutes, search_generations=args.search_generations,
     )
     allocation.save(args.out)
     if args.tensor_type_file:
