@@ -1,8 +1,8 @@
 """Whole-model search: start from the ILP over the damage table, then let the measured KLD of the whole
 allocation decide.
 
-The table assumes damages add up; they do not quite (docs/BENCHMARKS.md, Additivity), so the allocation that
-minimises the table's sum need not minimise the real KLD. The search moves in the ILP's neighbourhood with
+The table assumes damages add up; they do not quite (`benchmarks/additivity.py`, docs/additivity-*.json), so
+the allocation that minimises the table's sum need not minimise the real KLD. The search moves in the ILP's neighbourhood with
 budget-keeping level switches (one item climbs a format, randomly chosen others step down until the bytes fit
 again, as EvoPress's level switch) and keeps a move only when the whole model, measured by the KLD oracle on
 calibration windows, is better for it. Each generation makes 16 offspring of the best allocation so far and
