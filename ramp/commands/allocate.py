@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"predicted damage (sum of measured {table.measure} increases): {extra['predicted_damage']:.5g}")
     if "predicted_damage_with_interaction" in extra:
         print(f"predicted damage with pair interaction: {extra['predicted_damage_with_interaction']:.5g}")
+    if args.method == "search":
+        print(f"measured KLD on {extra['calibration']['tokens']} calibration tokens: {extra['kld']:.5g} after "
+              f"{extra['generations']} generations ({extra['scorings']} scorings), the ILP's {extra['ilp_kld']:.5g}")
     counts = Counter(allocation.formats.values())
     print("formats: " + ", ".join(f"{fmt} x{counts[fmt]}" for fmt in sorted(counts, key=_bits)))
     print(f"wrote {args.out}" + (f" and {args.tensor_type_file}" if args.tensor_type_file else ""))
