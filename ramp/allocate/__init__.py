@@ -9,7 +9,8 @@ the method runs, so importing this package stays cheap (the command line reads t
 Methods: uniform (one format), ilp (exact multiple-choice knapsack over measured damage), quadratic (ilp
 plus pairwise interaction), greedy (marginal damage per byte), target-bpw (llama.cpp PR 15550's Lagrangian
 allocator, the closest competitor, on its own imatrix-weighted error table from
-`ramp.allocate.target_bpw.error_table` or on the table given), and policy (a trained agent,
+`ramp.allocate.target_bpw.error_table` or on the table given), search (the ILP's allocation improved by
+the measured KLD of the whole model, `ramp.allocate.search`), and policy (a trained agent,
 `ramp.agent.policy.TrainedPolicy`, which the caller hands in: the agent comes later in the flow and
 allocation imports nothing of it).
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ramp.allocate.budget import Budget
     from ramp.allocate.problem import Pin, Problem
     from ramp.allocate.quadratic import MeasurePair
+    from ramp.measure.imatrix import ImportanceMatrix
     from ramp.models.model import Model
     from ramp.measure.sensitivity_table import SensitivityTable
 
@@ -58,6 +60,7 @@ class Request:
     measure_pair: "MeasurePair | None"
     pairs_per_role: int
     policy: "Policy | None"
+    search: "SearchSettings | None"
 
     def item_damage(self) -> "list[np.ndarray]":
         """The table's damage of every choice of every item (requires a table)."""
@@ -68,6 +71,18 @@ class Request:
     def chosen(self, picks: list[int], facts: dict) -> Choice:
         """A solver's choice index per item as formats per tensor."""
         return self.problem.formats(picks), facts
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The whole-model search's own inputs: the importance matrix it quantizes with (the damage table's own),
+    its seed, its time and generation bounds, and where its resumable state lives (default: the cache)."""
+
+    imatrix: "ImportanceMatrix | None" = None
+    seed: int = 0
+    minutes: float = 10.0
+    generations: int | None = None
+    state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,19 @@ def choose_quadratic(request: Request) -> Choice:
                                            request.pairs_per_role))
 
 
+def choose_search(request: Request) -> Choice:
+    from ramp.allocate import search
+
+    settings = request.search
+    given = settings.imatrix.content_sha256() if settings.imatrix is not None else None
+    if request.sensitivity.extra.get("imatrix") != given:
+        raise RampError("the search must quantize with the importance matrix the sensitivity table was measured "
+                        "with; pass that one with --imatrix (or none if the table used none)")
+    return request.chosen(*search.solve(request.model, request.problem, request.item_damage(), imatrix=settings.imatrix,
+                                        seed=settings.seed, minutes=settings.minutes, generations=settings.generations,
+                                        state_path=settings.state))
+
+
 def choose_policy(request: Request) -> Choice:
     return request.policy(request.model, request.problem, request.sensitivity)
 
@@ -125,11 +153,13 @@ METHODS: dict[str, Method] = {
     "quadratic": Method(choose_quadratic, needs="measure_pair"),
     "greedy": Method(choose_greedy),
     "target-bpw": Method(choose_target_bpw),
+    "search": Method(choose_search, needs="search"),
     "policy": Method(choose_policy, needs_sensitivity=False, needs="policy"),
 }
 # What each `needs` asks the caller for, in the words of `ramp allocate`'s options.
 NEEDED_INPUT = {"measure_pair": "a pair measurement (KLD of the model with two tensors quantized)",
-                "policy": "--policy FILE, a policy trained with `ramp train`"}
+                "policy": "--policy FILE, a policy trained with `ramp train`",
+                "search": "its settings (`SearchSettings`: `ramp allocate --method search`)"}
 
 
 def method_named(name: str) -> Method:
@@ -158,11 +188,12 @@ def allocate(
     measure_pair: "MeasurePair | None" = None,
     pairs_per_role: int = 2,
     policy: Policy | None = None,
+    search: "SearchSettings | None" = None,
 ) -> "Allocation":
     """Allocate `model`'s quantizable tensors with `method` within `budget` (e.g. "3.65bpw", "60MB").
 
     `sensitivity` is required by the methods that need it (`Method.needs_sensitivity`) and reported on for
-    the others; quadratic also needs `measure_pair`, policy a `policy`. Pins (`REGEX=FORMAT`) and groups
+    the others; quadratic also needs `measure_pair`, policy a `policy`, search its `search` settings. Pins (`REGEX=FORMAT`) and groups
     (regexes whose matches within one block share a format) apply to every method except that uniform
     ignores groups.
     """
@@ -172,7 +203,7 @@ def allocate(
 
     chosen = method_named(method)
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
-    inputs = {"measure_pair": measure_pair, "policy": policy}
+    inputs = {"measure_pair": measure_pair, "policy": policy, "search": search}
     if chosen.needs is not None and inputs[chosen.needs] is None:
         raise RampError(f"--method {method} needs {NEEDED_INPUT[chosen.needs]}")
     if ladder is None and policy is not None and method == "policy":
@@ -192,7 +223,7 @@ def allocate(
     items = problems.build_items(model, ladder, pins, groups if chosen.groups else [])
     budget_bytes = budgets.require_within(budget, model, budgets.items_range(model, items))
     request = Request(model, problems.Problem(items, budget_bytes, ladder), budget, sensitivity, pins, embedding_format,
-                      output_format, measure_pair, pairs_per_role, policy)
+                      output_format, measure_pair, pairs_per_role, policy, search)
     formats, facts = chosen.choose(request)
 
     allocation = Allocation(formats, method, budget.text, model.sha256, extra=dict(facts), fold_alpha=model.fold_alpha,

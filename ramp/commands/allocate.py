@@ -1,5 +1,5 @@
 """`ramp allocate`: choose a format per quantizable tensor under a budget, with one of the baselines
-(uniform, ilp, quadratic, greedy, target-bpw) or a trained policy, and write the allocation JSON."""
+(uniform, ilp, quadratic, greedy, target-bpw), the whole-model search or a trained policy, and write the allocation JSON."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "format is larger; llama.cpp's default Q6_K, 'same' = the uniform format")
     parser.add_argument("--pairs-per-role", type=positive_int, default=2,
                         help="quadratic: adjacent-block pairs measured per tensor role to estimate interaction (default 2)")
+    parser.add_argument("--search-minutes", type=float, default=10.0, metavar="MIN",
+                        help="search: minutes the search may take in all, an interrupted and resumed search counted "
+                             "once (default 10)")
+    parser.add_argument("--search-generations", type=positive_int, metavar="N",
+                        help="search: stop after N generations at the latest (the allocation is fixed by --seed and N)")
+    parser.add_argument("--seed", type=int, default=0, help="search: seed of its random moves (default 0)")
     parser.add_argument("--policy", metavar="FILE",
                         help="policy: a policy file from `ramp train` (default: the policy that ships with ramp, trained on every family it loads)")
     parser.add_argument("--embeddings", metavar="FILE",
@@ -61,7 +67,7 @@ def paths(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ramp.allocate import allocate
+    from ramp.allocate import SearchSettings, allocate
     from ramp.allocate.budget import Budget, describe_bytes
     from ramp.allocate.problem import Pin
     from ramp.allocate.quadratic import kld_pair_measure
@@ -84,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         read_policy_record(args.policy or DEFAULT_POLICY)  # a foreign file fails before the model loads
     elif args.embeddings:
         raise RampError("--embeddings feed a trained policy; pass --method policy --policy FILE, or drop --embeddings")
+    if args.method == "search" and args.search_minutes <= 0:
+        raise RampError(f"--search-minutes must be positive, got {args.search_minutes}; give the minutes the search may take")
     if args.method == "target-bpw" and not (args.imatrix or args.sensitivity):
         raise RampError("--method target-bpw weighs its error by an importance matrix; pass --imatrix FILE (`ramp imatrix`)")
     table = SensitivityTable.load(args.sensitivity) if args.sensitivity else None
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         embedding_format=args.embedding_format, output_format=args.output_format,
         measure_pair=kld_pair_measure(model, table, imatrix) if args.method == "quadratic" else None,
         pairs_per_role=args.pairs_per_role, policy=policy,
+        search=SearchSettings(imatrix, args.seed, args.search_minutes, args.search_generations) if args.method == "search" else None,
     )
     allocation.save(args.out)
     if args.tensor_type_file:
@@ -121,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"predicted damage (sum of measured {table.measure} increases): {extra['predicted_damage']:.5g}")
     if "predicted_damage_with_interaction" in extra:
         print(f"predicted damage with pair interaction: {extra['predicted_damage_with_interaction']:.5g}")
+    if args.method == "search":
+        print(f"measured KLD on {extra['calibration']['tokens']} calibration tokens: {extra['kld']:.5g} after "
+              f"{extra['generations']} generations ({extra['scorings']} scorings), the ILP's {extra['ilp_kld']:.5g}")
     counts = Counter(allocation.formats.values())
     print("formats: " + ", ".join(f"{fmt} x{counts[fmt]}" for fmt in sorted(counts, key=_bits)))
     print(f"wrote {args.out}" + (f" and {args.tensor_type_file}" if args.tensor_type_file else ""))

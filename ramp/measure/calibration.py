@@ -86,6 +86,10 @@ ESTIMATE = CalibrationSpec(DEFAULT_TEXT, 1024, 256)
 EMBEDDINGS = CalibrationSpec(DEFAULT_TEXT, 1024, 256)
 # Scale Folding's activation maxima: more tokens than the embeddings, as a maximum needs a rare token to see.
 FOLD = CalibrationSpec(DEFAULT_TEXT, 2048, 256)
+# The whole-model search (`ramp allocate --method search`): most candidates are scored on its first window,
+# fewer on its first quarter, the best on all of it (successive halving); 2048 tokens keep a full score near
+# 25 s of one forward on two cores for a 135M model.
+SEARCH = CalibrationSpec(DEFAULT_TEXT, 2048, 128)
 # The agent's episode-end KLD evaluator (`ramp train --evaluate-episodes`, `ramp tune`).
 AGENT = CalibrationSpec(DEFAULT_TEXT, 256, 128)
 

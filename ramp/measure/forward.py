@@ -300,20 +300,26 @@ class KLDReference:
         return _Reference(log_probs, block_inputs)
 
     @torch.inference_mode()
-    def kld(self, overrides: Overrides | None = None, capture: Capture | None = None) -> float:
-        """Mean per-token KLD (nats) of the model with `overrides` against the unmodified model."""
+    def kld(self, overrides: Overrides | None = None, capture: Capture | None = None, windows: int | None = None) -> float:
+        """Mean per-token KLD (nats) of the model with `overrides` against the unmodified model, on the first
+        `windows` windows (all of them when None): a search scores most candidates on a few windows only."""
         fwd = self.forward
         ref = self._reference
         start = 0 if ref.block_inputs is None or capture is not None else first_block_touched(list(overrides or {}), fwd.n_blocks)
-        total = 0.0
+        left = sum(len(batch) for batch in self.batches) if windows is None else windows
+        total, n_tokens = 0.0, 0
         for i, batch in enumerate(self.batches):
-            h = fwd.embed(batch, overrides) if start == 0 else ref.block_inputs[start][i]
+            if left <= 0:
+                break
+            h = fwd.embed(batch[:left], overrides) if start == 0 else ref.block_inputs[start][i][:left]
             for index in range(start, fwd.n_blocks):
                 h = fwd.block(index, h, overrides, capture)
             log_q = torch.log_softmax(fwd.head(h, overrides, capture), dim=-1)
-            log_p = ref.log_probs[i]
+            log_p = ref.log_probs[i][:left]
             total += float((log_p.exp() * (log_p - log_q)).sum(-1).double().sum())
-        return total / self.n_tokens
+            n_tokens += int(log_p.shape[0] * log_p.shape[1])
+            left -= len(log_p)
+        return total / n_tokens
 
 
 def tokens_sha256(tokens: torch.Tensor) -> str:

@@ -52,5 +52,10 @@ class KLDOracle:
         self.reference = KLDReference(Forward(model, device), tokens, checkpoint_blocks=checkpoint_blocks)
         self.n_tokens = self.reference.n_tokens
 
-    def __call__(self, formats: Mapping[str, str]) -> float:
-        return self.reference.kld({name: self.weights.get(name, fmt) for name, fmt in formats.items()})
+    @property
+    def n_windows(self) -> int:
+        return sum(len(batch) for batch in self.reference.batches)
+
+    def __call__(self, formats: Mapping[str, str], windows: int | None = None) -> float:
+        """Mean KLD of the variant on the first `windows` calibration windows (all when None)."""
+        return self.reference.kld({name: self.weights.get(name, fmt) for name, fmt in formats.items()}, windows=windows)
