@@ -59,19 +59,30 @@ class Job:
         self.settings = settings
         self.state: dict[str, dict] = self._read_state()
         if source is not None:
-            self.__dict__["source"] = source  # what `source` would load, checked the same way
             self._check_source(source)
+            self.__dict__["source"] = self._working_model(source)  # what `source` would give, checked the same way
 
     # --- what the stages share, made on first use -------------------------------------------------------
 
     @cached_property
     def source(self) -> "Model":
-        """The model as given, checked against the job's sha256."""
+        """The model the job works on: the model as given, checked against the job's sha256, or its twin."""
         from ramp.models import load_model
 
         model = load_model(self.settings.model)
         self._check_source(model)
-        return model
+        return self._working_model(model)
+
+    def _working_model(self, given: "Model") -> "Model":
+        """`given`, or its off-grid twin (cached, made once) when the job runs on the twin."""
+        if self.settings.twin is None:
+            return given
+        from ramp.evaluate.twin import cached_twin, twin_record
+        from ramp.models import load_model
+
+        path = cached_twin(given, **self.settings.twin)
+        print(f"model: the off-grid {twin_record(path).describe()}, its own reference ({path})")
+        return load_model(path)
 
     def _check_source(self, model: "Model") -> None:
         if model.sha256 != self.settings.model_sha256:
@@ -92,6 +103,8 @@ class Job:
     def reference(self) -> Path:
         from ramp.export.gguf_writer import cached_reference
 
+        if self.settings.twin is not None:  # an F32 file already: the twin is its own reference
+            return self.source.source_path
         return cached_reference(self.source)
 
     def importance(self, folded: bool) -> "tuple[ImportanceMatrix | None, Path | None]":
@@ -232,7 +245,8 @@ class Job:
         stand_in = json.loads((self.folder / "sensitivity.json").read_text())["measure"] == STAND_IN
         label = (f"ramp {settings.method}" + (" (stand-in)" if stand_in else "")
                  + (f" fold {settings.fold}" if settings.fold is not None else ""))
-        reference = reference_result(self.reference, reference_logits, windows, "F32 reference")
+        reference = reference_result(self.reference, reference_logits, windows,
+                                     "F32 twin (reference)" if settings.twin is not None else "F32 reference")
         presets = [evaluate(preset_path(self.reference, name, imatrix_file), reference_logits, windows, name + suffix)
                    for name in settings.presets]
         ours = evaluate(self.folder / RAMP_GGUF, reference_logits, windows, label + suffix)
@@ -249,7 +263,8 @@ class Job:
         plot_pareto({ours.name: [(ours.file_bytes, ours.kld_mean)]},
                     [(result.name, result.file_bytes, result.kld_mean) for result in presets],
                     "llama.cpp presets" + suffix, self.folder / "pareto.png",
-                    f"{settings.model or 'default model'}: held-out {settings.text}", source_bytes)
+                    f"{settings.model or 'default model'}{' twin' if settings.twin else ''}: held-out {settings.text}",
+                    source_bytes)
         return [RESULTS, "pareto.png"]
 
     # --- helpers --------------------------------------------------------------------------------------
