@@ -147,7 +147,8 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     out = tmp_path / "twin.gguf"
     assert main(["twin", "--out", str(out), "--sigma", "0"]) == 2
     assert main(["twin", "--out", str(out), "--noise", "-1"]) == 2
+    assert main(["twin", "--out", str(out), "--seed", "-3"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all(line.startswith("ramp: error: --") for line in errors)
+    assert len(errors) == 3 and all(line.startswith("ramp: error: --") for line in errors)
     assert not out.exists()
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ramp.measure.twin import check_twin_settings
     from ramp.models import load_model
 
-    check_twin_settings(args.sigma, args.noise)  # fail before loading the model
+    check_twin_settings(args.seed, args.sigma, args.noise)  # fail before loading the model
     check_output_path(args.out)
     record = write_twin(load_model(args.model), args.out, args.seed, args.sigma, args.noise, args.text,
                         args.kld_windows)

@@ -49,7 +49,9 @@ _UNGRIDDED = ("F32", "F16", "BF16", "F64")
 _ROWS_PER_CHUNK = 8192  # a 262k-token embedding is perturbed a slice at a time, never whole in float64
 
 
-def check_twin_settings(sigma: float, noise: float) -> None:
+def check_twin_settings(seed: int, sigma: float, noise: float) -> None:
+    if seed < 0:
+        raise RampError(f"--seed must be a whole number of at least 0, got {seed}")
     if not (np.isfinite(sigma) and 0.0 < sigma <= 2.0):
         raise RampError(f"--sigma must lie in (0, 2], got {sigma}; 0.25 moves every weight off the grid")
     if not (np.isfinite(noise) and 0.0 <= noise <= 1.0):
@@ -104,7 +106,7 @@ def twin_model(model: Model, seed: int = DEFAULT_SEED, sigma: float = DEFAULT_SI
     are derived from the source's and the settings, so nothing made for the source is taken for it)."""
     import gguf
 
-    check_twin_settings(sigma, noise)
+    check_twin_settings(seed, sigma, noise)
     n_head = int(model.hparam("attention.head_count", 0))
     if model.n_blocks == 0 or n_head == 0:
         raise RampError(f"{model.source_path or 'the model'} has no attention blocks; a twin needs a llama-family transformer")
