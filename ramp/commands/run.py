@@ -168,7 +168,8 @@ def _new_settings(args: argparse.Namespace):
         require_within(Budget.parse(budget), source, feasible_range(source, ladder))
     load_importance(args.imatrix, source)  # a matrix made for another model fails here
     settings = new_settings(
-        source, args.model, twin=args.twin if args.twin is not None else args.model is None, text=text, fold=args.fold, imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
+        source, args.model, twin=args.model is None if args.twin is None else args.twin, text=text, fold=args.fold,
+        imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
         damage=args.damage or AUTO, damage_tokens=args.calibration_tokens, sensitivity_file=args.sensitivity,
         ladder=ladder, budget=budget.upper() if is_preset else budget, method=args.method or "ilp", presets=presets,
         eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,

@@ -1,6 +1,5 @@
 """What determines a job's result, as `JOB/job.json` records it: the model (by its sha256) and whether the job
-runs on its off-grid twin, the text and every
-calibration spec, the importance matrix, the damage measure, the ladder, the budget, the method, the presets
+runs on its off-grid twin, the text and every calibration spec, the importance matrix, the damage measure, the ladder, the budget, the method, the presets
 compared against, the evaluation windows, the seed, and the versions of ramp and llama.cpp.
 
 A few entries only say where an input was found (`LOCATIONS`: the model as given, a given importance matrix
@@ -151,8 +150,8 @@ def new_settings(
     eval_max_windows: int | None,
 ) -> JobSettings:
     """The settings of a new job on `source` (loaded from `model`, as given), every default filled in: the
-    calibration specs of `ramp.measure.calibration` on `text`, the default twin settings with `twin`, the damage measure's with `damage_tokens` when given
-    (its window no longer than them), and for `damage` "auto" the measure it chooses for this model."""
+    calibration specs of `ramp.measure.calibration` on `text`, the default twin settings with `twin`, the damage
+    measure's with `damage_tokens` when given (its window no longer than them), and for `damage` "auto" the measure it chooses for this model."""
     from ramp.measure.calibration import EMBEDDINGS, ESTIMATE, FOLD, IMATRIX, SENSITIVITY
     from ramp.files import file_sha256
     from ramp.measure.estimates import AUTO, ESTIMATES, choose_damage
