@@ -1,6 +1,7 @@
 """What determines a job's result, as `JOB/job.json` records it: the model (by its sha256) and whether the job
-runs on its off-grid twin, the text and every calibration spec, the importance matrix, the damage measure, the ladder, the budget, the method, the presets
-compared against, the evaluation windows, the seed, and the versions of ramp and llama.cpp.
+runs on its off-grid twin, the text and every calibration spec, the importance matrix, the damage measure, the
+ladder, the budget, the method, the presets compared against, the evaluation windows, the seed, and the versions
+of ramp and llama.cpp.
 
 A few entries only say where an input was found (`LOCATIONS`: the model as given, a given importance matrix
 or sensitivity table); the file's sha256 beside each is what the result depends on, so a job moves to another
