@@ -121,7 +121,7 @@ def test_twin_is_its_own_reference(qwen2_twin, tmp_path, capsys):
     path, _ = qwen2_twin
     quantized = tmp_path / "twin-q4_0.gguf"
     allocation = tmp_path / "alloc.json"
-    assert main(["allocate", "--model", str(path), "--method", "uniform", "--budget", "4.5bpw", "--out", str(allocation)]) == 0
+    assert main(["allocate", "--model", str(path), "--method", "uniform", "--budget", "8bpw", "--out", str(allocation)]) == 0
     assert main(["export", "--model", str(path), "--allocation", str(allocation), "--out", str(quantized)]) == 0
     capsys.readouterr()
     assert main(["eval", str(quantized), "--reference", str(path), "--max-windows", "1"]) == 0
