@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ramp.commands.run", "the whole path on one model: profile, allocate, export, evaluate next to presets"),
     "profile": ("ramp.commands.profile", "per-tensor embeddings and per-format sensitivity table"),
     "fold": ("ramp.commands.fold", "Scale Folding: migrate activation outliers into weights"),
+    "twin": ("ramp.commands.twin", "the off-grid twin of a quantized checkpoint: same function, weights on no GGML grid"),
     "imatrix": ("ramp.commands.imatrix", "llama.cpp's importance matrix of a model on calibration text"),
     "allocate": ("ramp.commands.allocate", "choose a format per tensor under a budget"),
     "export": ("ramp.commands.export", "write a mixed-precision GGUF from an allocation"),

@@ -16,6 +16,11 @@ from tiny_gguf import tiny_llama
 
 @pytest.mark.slow
 def test_run_on_embedded_model(smollm2, tmp_path, capsys):
+    """Without --model the job runs on the embedded model's off-grid twin, its own reference: no format can write
+    the source's grid back, so no row is starred."""
+    from ramp.evaluate.twin import cached_twin, twin_record
+    from ramp.models import load_model
+
     # the weight-error stand-in keeps this under CI's budget; the measured-KLD path is tested on the tiny model
     out_dir = tmp_path / "new" / "run"  # created when missing
     code = main(["run", "--damage", "weight-error", "--formats", "Q4_0,Q6_K,Q8_0", "--preset", "Q4_K_M",
@@ -24,21 +29,28 @@ def test_run_on_embedded_model(smollm2, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "weight-error stand-in" in printed and "126 scored tokens" in printed and "austen text" in printed
     assert "imatrix: " in printed and (out_dir / "imatrix.gguf").is_file()
+    source = smollm2
+    twin_path = cached_twin(source)  # made by the run: found in the cache now
+    assert f"model: the off-grid {twin_record(twin_path).describe()}" in printed
+    job = json.loads((out_dir / "job.json").read_text())
+    assert job["model"] is None and job["model_sha256"] == source.sha256 and job["twin"]["sigma"] == 0.25
 
     results = {row["name"]: row for row in json.loads((out_dir / "results.json").read_text())}
-    assert set(results) == {"F32 reference", "Q4_K_M imatrix", "ramp ilp (stand-in) imatrix"}
-    ours, preset, reference = results["ramp ilp (stand-in) imatrix"], results["Q4_K_M imatrix"], results["F32 reference"]
+    assert set(results) == {"F32 twin (reference)", "Q4_K_M imatrix", "ramp ilp (stand-in) imatrix"}
+    ours, preset, reference = results["ramp ilp (stand-in) imatrix"], results["Q4_K_M imatrix"], results["F32 twin (reference)"]
     assert ours["file_bytes"] <= preset["file_bytes"] < reference["file_bytes"]  # the budget is Q4_K_M's bytes
+    assert reference["path"] == str(twin_path)
     for row in (ours, preset):
         assert 0 < row["kld_mean"] < 1 and 0.5 < row["top1_agreement"] < 1
         assert 1 < reference["perplexity"] < row["perplexity"] < 2 * reference["perplexity"]
         assert row["imatrix"] is True and row["text"] == "austen" and row["kld_p99"] > row["kld_mean"]
-        # SmolLM2's source is Q4_1 (98,362,432 bytes): Q4_K_M's size is above it
-        assert row["at_or_above_source"] is True and 0 <= row["source_match"] < 1
+        # the twin's checkpoint is its F32 file: every row is below it, and a claim
+        assert row["at_or_above_source"] is False and 0 <= row["source_match"] < 1e-4
     assert reference["source_match"] == 1.0 and reference["imatrix"] is None
+    assert "*" not in printed.split("scored tokens")[-1]
 
     # the file holds exactly the allocated types, at exactly the predicted size
-    model = smollm2
+    model = load_model(twin_path)
     allocation = Allocation.load(out_dir / "allocation.json")
     written = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(out_dir / "ramp.gguf").tensors}
     for spec in model.quantizable:

@@ -18,6 +18,11 @@ sweep would not finish. `--damage weight-error` selects the WEIGHT-ERROR STAND-I
 each tensor's weights after llama.cpp's own quantization round trip, seconds to compute but blind to how
 much each tensor matters to the output; it is named as such in the table and the allocation.
 
+Without `--model` the job runs on the embedded model's off-grid twin (`ramp twin`, made once and cached):
+the twin is its own reference and the presets are made from it, so no format can score by writing the
+source checkpoint's grid back and the ramp row is a claim at every size. `--model X` runs on X as given;
+`--twin` runs on X's twin, `--no-twin` on the embedded model itself.
+
 With `--fold ALPHA` ramp's own GGUF is made from the Scale-Folded model while the F32 reference and the
 presets stay those of the model as given, so the table shows what folding buys against llama.cpp's presets.
 
@@ -47,12 +52,16 @@ DEFAULT_METHOD = "ilp"
 JOBS_FOLDER = "ramp-jobs"
 # Options that say what the job computes: with --job they come from its job.json. (--model, --imatrix and
 # --sensitivity only say where an input is, checked by its sha256: they may point the job at its files.)
-SETTINGS = ("budget", "method", "formats", "damage", "calibration_tokens", "preset", "no_imatrix", "text", "fold", "ctx",
+SETTINGS = ("twin", "budget", "method", "formats", "damage", "calibration_tokens", "preset", "no_imatrix", "text", "fold", "ctx",
             "max_windows")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="GGUF file, safetensors directory or a name from `ramp models` (default: smollm2-135m)")
+    parser.add_argument("--twin", action=argparse.BooleanOptionalAction, default=None,
+                        help="work on the model's off-grid twin (`ramp twin`, cached): no format can write the source's "
+                             "grid back, so every size makes a claim (default: on the embedded model without --model, "
+                             "else --no-twin: the model as given)")
     parser.add_argument("--budget",
                         help="bits per quantizable weight (4.5bpw), bytes of their data (60MB), or a preset name: "
                              f"the bytes llama.cpp's preset spends on them (default {DEFAULT_BUDGET}); a comma list "
@@ -218,7 +227,8 @@ def _new_settings(args: argparse.Namespace):
         check_table_model(args.sensitivity, source, args.fold)
     load_importance(args.imatrix, source)  # a matrix made for another model fails here
     settings = new_settings(
-        source, args.model, text=text, fold=args.fold, imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
+        source, args.model, twin=args.model is None if args.twin is None else args.twin, text=text, fold=args.fold,
+        imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
         damage=args.damage or AUTO, damage_tokens=args.calibration_tokens, sensitivity_file=args.sensitivity,
         ladder=ladder, budgets=budgets, methods=methods, policy_file=policy, presets=presets,
         eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,

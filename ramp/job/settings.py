@@ -1,6 +1,7 @@
-"""What determines a job's result, as `JOB/job.json` records it: the model (by its sha256), the text and every
-calibration spec, the importance matrix, the damage measure, the ladder, the rows (methods x budgets), the presets
-compared against, the evaluation windows, the seed, and the versions of ramp and llama.cpp.
+"""What determines a job's result, as `JOB/job.json` records it: the model (by its sha256) and whether the job
+runs on its off-grid twin, the text and every calibration spec, the importance matrix, the damage measure, the
+ladder, the rows (methods x budgets), the presets compared against, the evaluation windows, the seed, and the
+versions of ramp and llama.cpp.
 
 A few entries only say where an input was found (`LOCATIONS`: the model as given, a given importance matrix
 or sensitivity table); the file's sha256 beside each is what the result depends on, so a job moves to another
@@ -64,6 +65,9 @@ def job_rows(methods: tuple[str, ...], budgets: tuple[str, ...]) -> tuple[Row, .
 class JobSettings:
     model: str | None  # as given: a path or a name from `ramp models`; None is the default model
     model_sha256: str
+    # the job works on the model's off-grid twin (`ramp twin`), made with these settings (seed, sigma,
+    # noise), its own reference; None: on the model as given
+    twin: dict | None
     text: str
     fold: float | None  # Scale Folding alpha of ramp's own file (the reference and presets stay unfolded)
     fold_calibration: dict | None
@@ -172,6 +176,14 @@ class JobSettings:
         for key in ("fold_calibration", "imatrix_calibration", "damage_calibration"):
             expect(key, (dict, type(None)))
         expect("embeddings_calibration", (dict,))
+        expect("twin", (dict, type(None)))
+        if self.twin is not None:
+            from ramp.measure.twin import check_twin_settings
+
+            numbers = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in self.twin.values())
+            if set(self.twin) != {"seed", "sigma", "noise"} or not numbers or not isinstance(self.twin["seed"], int):
+                raise entry("twin", "is not an object of a whole-number seed, a sigma and a noise")
+            checked("twin", lambda: check_twin_settings(**self.twin))
         expect("fold", (int, float, type(None)))
         expect("eval_ctx", (int,))
         expect("eval_max_windows", (int, type(None)))
@@ -325,6 +337,7 @@ def new_settings(
     source: "Model",
     model: str | None,
     *,
+    twin: bool,
     text: str,
     fold: float | None,
     imatrix_file: str | None,
@@ -341,11 +354,12 @@ def new_settings(
     eval_max_windows: int | None,
 ) -> JobSettings:
     """The settings of a new job on `source` (loaded from `model`, as given), every default filled in: the
-    calibration specs of `ramp.measure.calibration` on `text`, the damage measure's with `damage_tokens` when given
-    (its window no longer than them), and for `damage` "auto" the measure it chooses for this model."""
+    calibration specs of `ramp.measure.calibration` on `text`, the default twin settings with `twin`, the damage
+    measure's with `damage_tokens` when given (its window no longer than them), and for `damage` "auto" the measure it chooses for this model."""
     from ramp.measure.calibration import EMBEDDINGS, ESTIMATE, FOLD, IMATRIX, SENSITIVITY
     from ramp.files import file_sha256
     from ramp.measure.estimates import AUTO, ESTIMATES, choose_damage
+    from ramp.measure.twin import DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_SIGMA
 
     if imatrix_file and no_imatrix:
         raise RampError("--imatrix and --no-imatrix contradict each other; pass one")
@@ -362,8 +376,9 @@ def new_settings(
     else:
         damage_calibration = None
     ramp_version, llama_cpp = versions()
+    twin_settings = {"seed": DEFAULT_SEED, "sigma": DEFAULT_SIGMA, "noise": DEFAULT_NOISE} if twin else None
     return JobSettings(
-        model=located(model), model_sha256=source.sha256, text=text, fold=fold,
+        model=located(model), model_sha256=source.sha256, twin=twin_settings, text=text, fold=fold,
         fold_calibration=FOLD.as_dict() if fold is not None else None,  # folds are on the default text everywhere
         imatrix=imatrix, imatrix_file=located(imatrix_file), imatrix_sha256=file_sha256(imatrix_file) if imatrix_file else None,
         imatrix_calibration=IMATRIX.sized(text=text).as_dict() if imatrix == "computed" else None,

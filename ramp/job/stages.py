@@ -93,19 +93,30 @@ class Job:
         self.settings = settings
         self.state: dict[str, dict] = self._read_state()
         if source is not None:
-            self.__dict__["source"] = source  # what `source` would load, checked the same way
             self._check_source(source)
+            self.__dict__["source"] = self._working_model(source)  # what `source` would give, checked the same way
 
     # --- what the stages share, made on first use -------------------------------------------------------
 
     @cached_property
     def source(self) -> "Model":
-        """The model as given, checked against the job's sha256."""
+        """The model the job works on: the model as given, checked against the job's sha256, or its twin."""
         from ramp.models import load_model
 
         model = load_model(self.settings.model)
         self._check_source(model)
-        return model
+        return self._working_model(model)
+
+    def _working_model(self, given: "Model") -> "Model":
+        """`given`, or its off-grid twin (cached, made once) when the job runs on the twin."""
+        if self.settings.twin is None:
+            return given
+        from ramp.evaluate.twin import cached_twin, twin_record
+        from ramp.models import load_model
+
+        path = cached_twin(given, **self.settings.twin)
+        print(f"model: the off-grid {twin_record(path).describe()}, its own reference ({path})")
+        return load_model(path)
 
     def _check_source(self, model: "Model") -> None:
         if model.sha256 != self.settings.model_sha256:
@@ -126,6 +137,8 @@ class Job:
     def reference(self) -> Path:
         from ramp.export.gguf_writer import cached_reference
 
+        if self.settings.twin is not None:  # an F32 file already: the twin is its own reference
+            return self.source.source_path
         return cached_reference(self.source)
 
     def importance(self, folded: bool) -> "tuple[ImportanceMatrix | None, Path | None]":
@@ -456,14 +469,15 @@ def make_results(job: Job) -> list[str]:
     suffix = " imatrix" if used else ""
     stand_in = json.loads((job.folder / SENSITIVITY).read_text())["measure"] == STAND_IN
     source_bytes = job.source.source_file_bytes
-    what = {"source_sha256": settings.model_sha256, "imatrix": matrix.content_sha256() if matrix else None,
+    what = {"source_sha256": job.source.sha256, "imatrix": matrix.content_sha256() if matrix else None,
             "text": settings.text, "eval_ctx": settings.eval_ctx, "eval_max_windows": settings.eval_max_windows,
             "llama_cpp_version": settings.llama_cpp_version}
 
     def annotated(result: "EvalResult", imatrix: bool | None) -> "EvalResult":
         return result.annotate(settings.text, imatrix, source_match_share(result.path, job.source), source_bytes)
 
-    reference = annotated(reference_result(job.reference, reference_logits, windows, "F32 reference"), None)
+    reference_name = "F32 twin (reference)" if settings.twin is not None else "F32 reference"
+    reference = annotated(reference_result(job.reference, reference_logits, windows, reference_name), None)
     presets = [annotated(measured({**what, "preset": name}, preset_path(job.reference, name, imatrix_file), name + suffix,
                                   reference_logits, windows), used)
                for name in settings.presets]
@@ -483,7 +497,7 @@ def make_results(job: Job) -> list[str]:
 
     plot_pareto(lines, [(result.name, result.file_bytes, result.kld_mean) for result in presets],
                 "llama.cpp presets" + suffix, job.folder / PARETO,
-                f"{model_label(settings.model)}: held-out {settings.text}", source_bytes)
+                f"{model_label(settings.model)}{' twin' if settings.twin else ''}: held-out {settings.text}", source_bytes)
     return [RESULTS, PARETO]
 
 

@@ -19,12 +19,24 @@ Folds done, per block:
   * ffn_up -> ffn_down: down reads silu(gate) * up, linear in up's row c, so dividing up's row c by s_c
     and multiplying down's column c by s_c is exact.
 Not folded: the output projection (tied to token_embd in most small models, whose rows are also the
-input embeddings) and token_embd itself (no input activations).
+input embeddings) and token_embd itself (no input activations). `rescale_channels` applies any such scales
+(the fold's, or the random ones of `ramp.measure.twin`), and output_norm -> an untied output too.
+
+Why the same rescalings stay exact on qwen2 and gemma3:
+  * a bias is added after a linear's product, so input-channel scaling leaves it alone, while a division
+    of output row c (attn_v, ffn_up) divides the bias's entry c too (qwen2 has q/k/v biases).
+  * Gemma's GGUF norm weights are the full multipliers (the converter stores 1 + w), so dividing them is
+    exact as for llama.
+  * q/k norms (gemma3, qwen3) normalise the outputs of attn_q/attn_k per head: scaling their rows would not
+    be undone, but no row of q or k is scaled here, and their input columns see the same normed input.
+  * Gemma's post-norms (post_attention_norm, post_ffw_norm) read the outputs of attn_output and ffn_down,
+    which the v -> o and up -> down compensations leave unchanged: both pairs sit entirely before them.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Mapping
 
 import numpy as np
@@ -34,6 +46,70 @@ from ramp.errors import RampError
 from ramp.models.model import Model
 
 DEFAULT_ALPHA = 0.5
+
+# Each norm and the linears reading its output (one input scale shared by all of them).
+NORM_INPUTS = (("attn_norm", ("attn_q", "attn_k", "attn_v")), ("ffn_norm", ("ffn_gate", "ffn_up")))
+
+
+@dataclass(frozen=True)
+class BlockScales:
+    """One block's per-channel scales: the input channels of q/k/v (divided out of attn_norm) and of
+    gate/up (out of ffn_norm), the v channels of each kv head (multiplied into the attn_output columns of
+    every query head in its group) and the up channels (into ffn_down's columns)."""
+
+    attn_norm: np.ndarray  # [n_embd]
+    ffn_norm: np.ndarray  # [n_embd]
+    kv: np.ndarray  # [n_head_kv * head_dim], attn_v's rows
+    ffn_up: np.ndarray  # [n_ff], ffn_up's rows
+
+    def each(self) -> tuple[np.ndarray, ...]:
+        return self.attn_norm, self.ffn_norm, self.kv, self.ffn_up
+
+
+def _float64_tensor(model: Model, name: str) -> np.ndarray:
+    if name not in model.tensors:
+        raise RampError(
+            f"cannot rescale: tensor {name} is missing; an exact per-channel rescaling needs RMSNorm -> linear pairs "
+            "(attn_norm -> attn_q/k/v, ffn_norm -> ffn_gate/up) in every block"
+        )
+    return model.tensors[name].astype(np.float64)
+
+
+def rescale_channels(model: Model, blocks: "list[BlockScales]", output_norm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The model's tensors with every block rescaled exactly by `blocks` (and output_norm -> output by
+    `output_norm`, which needs an untied output), in float32; the tensors no scale reaches are the model's own."""
+    tensors = dict(model.tensors)
+    n_head = int(model.hparam("attention.head_count", 0))
+    n_head_kv = int(model.hparam("attention.head_count_kv", n_head))
+
+    need = partial(_float64_tensor, model)
+    for block, scales in enumerate(blocks):
+        p = f"blk.{block}."
+        current: dict[str, np.ndarray] = {}
+        for norm, linears in NORM_INPUTS:
+            s = getattr(scales, norm)
+            current[p + norm + ".weight"] = need(p + norm + ".weight") / s
+            for role in linears:
+                current[p + role + ".weight"] = need(p + role + ".weight") * s[None, :]
+        # attn_output columns are [query head, head_dim]; query head h reads kv head h // group
+        group = n_head // n_head_kv
+        head_dim = scales.kv.size // n_head_kv
+        s_o = np.repeat(scales.kv.reshape(n_head_kv, 1, head_dim), group, axis=1).reshape(-1)
+        current[p + "attn_v.weight"] /= scales.kv[:, None]
+        current[p + "attn_output.weight"] = need(p + "attn_output.weight") * s_o[None, :]
+        current[p + "ffn_up.weight"] /= scales.ffn_up[:, None]
+        current[p + "ffn_down.weight"] = need(p + "ffn_down.weight") * scales.ffn_up[None, :]
+        for bias_of, divisor in (("attn_v", scales.kv), ("ffn_up", scales.ffn_up)):
+            if (bias := p + bias_of + ".bias") in tensors:
+                current[bias] = need(bias) / divisor
+        tensors.update({name: value.astype(np.float32) for name, value in current.items()})
+    if output_norm is not None:
+        if "output.weight" not in tensors:
+            raise RampError("cannot rescale output_norm -> output: the output is tied to token_embd, whose rows are "
+                            "also the input embeddings")
+        tensors["output_norm.weight"] = (need("output_norm.weight") / output_norm).astype(np.float32)
+        tensors["output.weight"] = (need("output.weight") * output_norm[None, :]).astype(np.float32)
+    return tensors
 
 
 def check_alpha(alpha: float) -> None:
@@ -63,67 +139,40 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
     each block's attn_q, attn_output and ffn_gate (and ffn_down).
     """
     check_alpha(alpha)
-    tensors = dict(model.tensors)
+    need = partial(_float64_tensor, model)
     n_head = int(model.hparam("attention.head_count", 0))
     n_head_kv = int(model.hparam("attention.head_count_kv", n_head))
     if model.n_blocks == 0 or n_head == 0:
         raise RampError(f"{model.source_path or 'the model'} has no attention blocks to fold; Scale Folding needs a llama-family transformer")
-
-    def need(name: str) -> np.ndarray:
-        if name not in tensors:
-            raise RampError(
-                f"cannot fold: tensor {name} is missing; Scale Folding needs RMSNorm -> linear pairs "
-                "(attn_norm -> attn_q/k/v, ffn_norm -> ffn_gate/up) in every block"
-            )
-        return tensors[name].astype(np.float64)
 
     def stats(name: str) -> np.ndarray:
         if name not in activation_stats:
             raise RampError(f"no activation statistics for {name}; collect them on the same model before folding")
         return np.asarray(activation_stats[name], dtype=np.float64)
 
-    folded_scales = []
+    blocks = []
     for block in range(model.n_blocks):
         p = f"blk.{block}."
-        norm_pairs = (("attn_norm", ("attn_q", "attn_k", "attn_v")), ("ffn_norm", ("ffn_gate", "ffn_up")))
-        current: dict[str, np.ndarray] = {}
-        for norm, linears in norm_pairs:
-            norm_w = need(p + norm + ".weight")
-            weights = [need(p + r + ".weight") for r in linears]
-            s = _scales(stats(p + linears[0] + ".weight"), _column_absmax(*weights), alpha)
-            current[p + norm + ".weight"] = norm_w / s
-            for role, w in zip(linears, weights):
-                current[p + role + ".weight"] = w * s[None, :]
-            folded_scales.append(s)
-
-        # v -> o: attn_output columns are [query head, head_dim]; query head h reads kv head h // group.
+        norm_scales = {}
+        for norm, linears in NORM_INPUTS:
+            weights = [need(p + role + ".weight") for role in linears]
+            norm_scales[norm] = _scales(stats(p + linears[0] + ".weight"), _column_absmax(*weights), alpha)
+        # v -> o: the statistics of attn_output's columns are pooled over the query heads of each kv head
         w_o = need(p + "attn_output.weight")
-        group = n_head // n_head_kv
-        head_dim = w_o.shape[1] // n_head
+        group, head_dim = n_head // n_head_kv, w_o.shape[1] // n_head
         act_o = stats(p + "attn_output.weight").reshape(n_head_kv, group, head_dim).max(axis=1)
         col_o = np.abs(w_o).max(axis=0).reshape(n_head_kv, group, head_dim).max(axis=1)
         s_kv = _scales(act_o.reshape(-1), col_o.reshape(-1), alpha)
-        s_o = np.repeat(s_kv.reshape(n_head_kv, 1, head_dim), group, axis=1).reshape(-1)
-        current[p + "attn_v.weight"] = current[p + "attn_v.weight"] / s_kv[:, None]
-        current[p + "attn_output.weight"] = w_o * s_o[None, :]
-        folded_scales.append(s_kv)
-
         s_up = _scales(stats(p + "ffn_down.weight"), np.abs(need(p + "ffn_down.weight")).max(axis=0), alpha)
-        current[p + "ffn_up.weight"] = current[p + "ffn_up.weight"] / s_up[:, None]
-        current[p + "ffn_down.weight"] = need(p + "ffn_down.weight") * s_up[None, :]
-        folded_scales.append(s_up)
-
-        for bias_of in ("attn_v", "ffn_up"):  # output-side divisions apply to biases too (qwen2 has attn_v.bias)
-            if (bias := p + bias_of + ".bias") in tensors:
-                divisor = s_kv if bias_of == "attn_v" else s_up
-                current[bias] = tensors[bias].astype(np.float64) / divisor
-        tensors.update({name: value.astype(np.float32) for name, value in current.items()})
+        blocks.append(BlockScales(norm_scales["attn_norm"], norm_scales["ffn_norm"], s_kv, s_up))
+    rescaled = rescale_channels(model, blocks)
 
     # A folded model is a different model: caches keyed by model hash must not mix it with the source.
     digest = hashlib.sha256(model.sha256.encode() + f"fold:{alpha}".encode())
-    for s in folded_scales:
-        digest.update(s.astype(np.float32).tobytes())
-    return replace(model, tensors=tensors, sha256=digest.hexdigest(), fold_alpha=alpha)
+    for scales in blocks:
+        for s in scales.each():
+            digest.update(s.astype(np.float32).tobytes())
+    return replace(model, tensors=rescaled, sha256=digest.hexdigest(), fold_alpha=alpha)
 
 
 def fold_with_calibration(model: Model, alpha: float = DEFAULT_ALPHA, calibration: "CalibrationSpec" = FOLD) -> Model:
