@@ -19,7 +19,7 @@ from ramp.measure.ladder import DEFAULT_LADDER
 from ramp.measure.twin import twin_model
 from ramp.models import load_model
 from ramp.models.model import ORIGIN_KEY
-from tiny_gguf import N_EMBD, _use_ramp_cache, ramp_cache, tiny_llama  # noqa: F401  (fixtures)
+from tiny_gguf import N_EMBD, tiny_llama
 
 QWEN_SEED = 7
 # A block's largest weight comes back exactly when the float16 scale a format derives from it happens to be
@@ -128,6 +128,8 @@ def test_twin_is_its_own_reference(qwen2_twin, tmp_path, capsys):
     assert "twin-q4_0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.real_model
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_real_model_twin_keeps_the_function_and_leaves_the_grid(name, tmp_path):
     source = load_model(name)
