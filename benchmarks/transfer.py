@@ -204,7 +204,8 @@ def worst_ratios(rows: list[dict], presets: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from ramp.agent.policy import DEFAULT_POLICY
-    from ramp.envs.bit_allocation import ACTION_MAPPING_VERSION, RewardConfig
+    from ramp.envs.action_mapping import ACTION_MAPPING_VERSION
+    from ramp.envs.reward import RewardConfig
     from ramp.files import atomic_output
     from ramp.job.settings import model_label as stem
 

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ramp.files import check_storage
 
-        check_storage()  # RAMP_CACHE, RAMP_DATA and HOME, before a command fails on them late
+        if not getattr(module, "REPORTS_STORAGE", False):  # `ramp doctor` lists a bad folder as a problem instead
+            check_storage()  # RAMP_CACHE, RAMP_DATA and HOME, before a command fails on them late
         if hasattr(module, "paths"):  # every command's files, against each other, before any work
             from ramp.command_paths import check_command_paths
 

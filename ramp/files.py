@@ -138,7 +138,7 @@ def output_file(path: str | os.PathLike, label: str = "output") -> Path:
     target = Path(path)
     try:
         mode = os.stat(target).st_mode  # follows symlinks: what a write would reach
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new file, or one under a file: creating its folder says which
         mode = None
     except OSError as exc:  # a symlink loop, a path through a file
         raise RampError(f"{label} {target} cannot be used ({exc.strerror}); give the path of a file") from None

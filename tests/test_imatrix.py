@@ -88,7 +88,7 @@ def test_imatrix_round_trips_and_command_writes_it(ramp_matrix, tmp_path, capsys
 
 
 def test_imatrix_of_another_model_is_refused(ramp_matrix):
-    with pytest.raises(RampError, match="it was made for another model"):
+    with pytest.raises(RampError, match="computed on another model"):
         ramp_matrix.importances(tiny_llama())
 
 

@@ -575,8 +575,8 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("change", [
-    {"damage": "Fisher"}, {"budget": 4}, {"budget": "four bits"}, {"ladder": "Q4_0,Q8_0"}, {"ladder": ["Q4_0", "Q9_X"]},
-    {"ladder": ["Q8_0", "Q4_0"]}, {"method": "annealing"}, {"presets": ["Q9_K_M"]}, {"eval_ctx": "64"}, {"eval_ctx": 63},
+    {"damage": "Fisher"}, {"budgets": [4]}, {"budgets": ["four bits"]}, {"ladder": "Q4_0,Q8_0"}, {"ladder": ["Q4_0", "Q9_X"]},
+    {"ladder": ["Q8_0", "Q4_0"]}, {"methods": ["annealing"]}, {"presets": ["Q9_K_M"]}, {"eval_ctx": "64"}, {"eval_ctx": 63},
     {"eval_max_windows": 0}, {"imatrix": "yes"}, {"imatrix_file": "/tmp/m.gguf"}, {"text": "dickens"}, {"fold": 2.0},
     {"seed": "0"}, {"embeddings_calibration": {"text": "austen", "tokens": 0, "window": 256}}, {"model_sha256": "abc"},
 ], ids=lambda change: "-".join(f"{key}={json.dumps(value)[:20]}" for key, value in change.items()))
@@ -652,11 +652,17 @@ def test_an_output_that_is_a_device_fifo_or_socket_is_refused(tiny_reference, tm
     assert [path.name for path in tmp_path.iterdir()] == ([node.name] if node.parent == tmp_path else [])
 
 
-@pytest.mark.parametrize("kind", ["fifo", "/dev/stdout"])
+@pytest.mark.parametrize("kind", ["fifo", "stdout"])
 def test_eval_json_into_a_fifo_or_stdout_pipe_is_refused(tiny_reference, tmp_path, kind):
-    target = make_node("fifo", tmp_path / "results.json") if kind == "fifo" else Path("/dev/stdout")
+    # /dev/stdout's own link, made in tmp_path: code that replaced the output would replace this link, never
+    # the machine's /dev/stdout (as root it could)
+    if kind == "fifo":
+        target = make_node("fifo", tmp_path / "results.json")
+    else:
+        target = tmp_path / "stdout"
+        target.symlink_to("/proc/self/fd/1")
     child = ramp_child("eval", tiny_reference, "--reference", tiny_reference, "--ctx", "64", "--max-windows", "1",
-                       "--json", target)  # its stdout is a pipe: /dev/stdout names no file
+                       "--json", target)  # its stdout is a pipe: the link names no file
     _, err = child.communicate(timeout=120)
     assert child.returncode == 2
     assert "is not a regular file" in last_line(err)

@@ -67,7 +67,7 @@ def test_reference_gguf_runs_in_llama_cpp_like_transformers(hf_dir, hf_logits_an
     hf_tokens = AutoTokenizer.from_pretrained(hf_dir)(text).input_ids
     assert list(llama_tokens[-len(hf_tokens):]) == hf_tokens
 
-    llm = open_llama(path, n_ctx=128)
+    llm = open_llama(path, n_ctx=128, logits_all=True)
     try:
         llm.eval(tokens[0].tolist())
         got = np.asarray(llm.scores[: tokens.shape[1]], dtype=np.float32)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+# A cache or data folder that cannot be used is one of the problems the report lists, not a reason to refuse it.
+REPORTS_STORAGE = True
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the listing")

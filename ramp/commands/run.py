@@ -120,7 +120,8 @@ def _shape(args: argparse.Namespace):
 
     if args.job and Path(args.job).is_file():
         return JobSettings.load(args.job).shape
-    return JobShape(args.fold, job_rows(_methods(args), _budgets(args)))
+    imatrix = "none" if args.no_imatrix else "file" if args.imatrix else "computed"
+    return JobShape(args.fold, job_rows(_methods(args), _budgets(args)), imatrix)
 
 
 def _out_dir(args: argparse.Namespace) -> "Path":

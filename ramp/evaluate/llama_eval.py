@@ -112,9 +112,10 @@ def _check_gguf(path: str | os.PathLike) -> Path:
     return path
 
 
-def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX):
+def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX, logits_all: bool = False):
     """A llama_cpp.Llama on the file, one batch per window, all cores. Which positions get logits is chosen per
-    batch (`scored_logits`), so the output layer runs only where a token is scored."""
+    batch (`scored_logits`), so the output layer runs only where a token is scored; `logits_all` keeps every
+    position's logits in `Llama.scores` after `eval` (for comparing whole sequences with another runtime)."""
     import llama_cpp
 
     from ramp.llama_tools import quiet_llama
@@ -124,7 +125,7 @@ def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX):
         with quiet_llama():
             return llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
+                n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), logits_all=logits_all, verbose=False,
             )
     except ValueError as exc:
         raise RampError(f"llama.cpp cannot load {path} ({exc}); is it a complete GGUF of a supported model? re-export it") from None

@@ -50,10 +50,12 @@ class Row:
 
 @dataclass(frozen=True)
 class JobShape:
-    """What fixes a job's file names (`ramp.job.stages.artifact_names`): the fold and the rows."""
+    """What fixes a job's file names (`ramp.job.stages.artifact_names`): the fold, the rows and where the
+    importance matrix comes from (`JobSettings.imatrix`: none writes no matrix, a given one no folded one)."""
 
     fold: float | None
     rows: tuple[Row, ...]
+    imatrix: str
 
 
 def job_rows(methods: tuple[str, ...], budgets: tuple[str, ...]) -> tuple[Row, ...]:
@@ -98,7 +100,7 @@ class JobSettings:
 
     @property
     def shape(self) -> JobShape:
-        return JobShape(self.fold, self.rows)
+        return JobShape(self.fold, self.rows, self.imatrix)
 
     def as_dict(self) -> dict:
         data = asdict(self)

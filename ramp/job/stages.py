@@ -221,8 +221,8 @@ class Job:
         if record is None or record.get("inputs") != self._inputs(stage) or not isinstance(record.get("outputs"), dict):
             return False
         # A record of files the stage does not write, or of none where it writes some, was not written by it: a
-        # stage kept without its files would leave every later stage failing on them. (A stage that rightly
-        # wrote nothing, `--no-imatrix`'s, is cheap to run again.)
+        # stage kept without its files would leave every later stage failing on them. (Rows that share a GGUF,
+        # or fit no allocation, write fewer files than the stage may.)
         written, writes = set(record["outputs"]), set(stage.writes(self.settings.shape))
         if not written <= writes or (writes and not written):
             print(f"{stage.name}: {self.folder / STATE_FILE} does not record the files this stage writes; making them again")
@@ -477,7 +477,9 @@ def make_results(job: Job) -> list[str]:
         return result.annotate(settings.text, imatrix, source_match_share(result.path, job.source), source_bytes)
 
     reference_name = "F32 twin (reference)" if settings.twin is not None else "F32 reference"
-    reference = annotated(reference_result(job.reference, reference_logits, windows, reference_name), None)
+    reference_row = reference_result(job.reference, reference_logits, windows, reference_name)
+    # the reference is what the others are measured against, no claim of its own: never starred
+    reference = reference_row.annotate(settings.text, None, source_match_share(reference_row.path, job.source), None)
     presets = [annotated(measured({**what, "preset": name}, preset_path(job.reference, name, imatrix_file), name + suffix,
                                   reference_logits, windows), used)
                for name in settings.presets]
@@ -502,7 +504,10 @@ def make_results(job: Job) -> list[str]:
 
 
 def _imatrix_files(shape: JobShape) -> list[str]:
-    return [IMATRIX] + ([folded_imatrix(shape.fold)] if shape.fold is not None else [])
+    if shape.imatrix == "none":
+        return []
+    folded = shape.fold is not None and shape.imatrix == "computed"  # a given matrix is the source's alone
+    return [IMATRIX] + ([folded_imatrix(shape.fold)] if folded else [])
 
 
 STAGES: tuple[Stage, ...] = (
