@@ -120,3 +120,23 @@ def test_kernels_prints_its_table():
                         "--repeats", "1")
     rows = [line for line in printed.splitlines() if line.startswith(("| Q4_0 |", "| Q8_0 |"))]
     assert len(rows) == 2 and all(row.rstrip().endswith("| yes |") for row in rows)
+
+
+def test_eval_speed_times_both_sides_on_the_same_windows(tiny_reference, ramp_cache):
+    printed = benchmark("eval_speed", ramp_cache, "--models", str(tiny_reference), "--preset", "Q8_0", "--windows", "1",
+                        "--ctx", "256")  # llama-perplexity reports nothing under 100 scored tokens
+    *_, ramp_seconds, llama_seconds, ratio, kld_ramp, kld_llama = printed.strip().splitlines()[-1].split()
+    assert float(ramp_seconds) > 0 and float(llama_seconds) > 0
+    assert float(ratio) == pytest.approx(float(ramp_seconds) / float(llama_seconds), rel=0.05)
+    assert 0 < float(kld_ramp) == pytest.approx(float(kld_llama), rel=0.05, abs=2e-5)  # one preset, two referees
+
+
+def test_additivity_measures_the_ilp_and_its_neighbours(tiny_reference, ramp_cache, tmp_path):
+    benchmark("additivity", ramp_cache, "--model", str(tiny_reference), "--name", "tiny", "--damage", "fisher",
+              "--budgets", "5", "--neighbours", "3", "--tokens", "64", "--window", "32", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "additivity-tiny.json").read_text())
+    [budget] = results["budgets"]
+    assert [row["kind"] for row in budget["rows"]][:1] == ["ilp"] and len(budget["rows"]) == 4
+    assert all(row["measured"] > 0 and math.isfinite(row["predicted"]) for row in budget["rows"])
+    assert -1 <= budget["spearman"] <= 1 and results["checkpoint"].startswith("raw")
+    assert (tmp_path / "additivity-tiny.png").read_bytes()[:8] == PNG
