@@ -146,7 +146,7 @@ class JobSettings:
         """Every entry a value ramp can run, checked all at once before any stage: a hand-edited job.json
         (`"damage": "Fisher"`, a budget of 4, a ladder of unknown formats) fails here in one line, not as
         another measure quietly chosen, nor a traceback after the sweep. Raises RampError naming the entry."""
-        from ramp.allocate import METHODS
+        from ramp.allocate import self_contained_methods
         from ramp.allocate.budget import Budget
         from ramp.evaluate.llama_eval import check_window_length
         from ramp.evaluate.presets import check_presets
@@ -229,8 +229,9 @@ class JobSettings:
         if not self.methods:
             raise entry("methods", "is empty")
         for method in self.methods:
-            if method not in METHODS:
-                raise entry("methods", f"names {method!r}, none of {', '.join(METHODS)}")
+            runnable = (*self_contained_methods(), "policy")  # what a job's rows can run, as `ramp run` accepts
+            if method not in runnable:
+                raise entry("methods", f"names {method!r}, none of {', '.join(runnable)}")
         _needs("policy_file", self.policy_file, "policy" in self.methods, "methods")
         _needs("policy_sha256", self.policy_sha256, "policy" in self.methods, "methods")
         checked("presets", lambda: check_presets(self.presets, with_imatrix))
