@@ -5,13 +5,16 @@ quantized with the same importance matrix; every file written as GGUF and measur
 same held-out windows of the same text. The job folder holds the results; this writes a JSON of them, the
 job's Pareto plot and one section of docs/BENCHMARKS.md per (model, imatrix) pair.
 
-    python -m benchmarks.baselines                        # SmolLM2, imatrix, Austen
+    python -m benchmarks.baselines                        # SmolLM2's off-grid twin, imatrix, Austen
+    python -m benchmarks.baselines --raw                  # the checkpoint itself (its grid helps ramp at its size)
     python -m benchmarks.baselines --imatrix none         # the same without importance matrix on both sides
     python -m benchmarks.baselines --model gemma3-270m --max-windows 8
 
 Damage is what `ramp run --damage` makes (measured KLD by default, so both share the disk cache), or one of its
-sweep-free estimates. Rows no allocation of a method fits are listed as infeasible. Rows whose file is at or
-above the source checkpoint's size are marked: no claim is made there.
+sweep-free estimates. Rows no allocation of a method fits are listed as infeasible. By default the job runs
+on the model's off-grid twin (`ramp twin`), its own reference, so every size makes a claim; with `--raw` on the
+checkpoint itself, where rows at or above the source's size are marked and make no claim. Every ratio is given
+with its paired bootstrap 95% interval over the evaluation windows.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ def job_arguments(args: argparse.Namespace, folder: Path) -> list[str]:
                           ("--formats", args.formats), ("--ctx", args.ctx)):
         if value is not None:
             command += [option, str(value)]
+    command.append("--no-twin" if args.raw else "--twin")
     if args.imatrix == "none":
         command.append("--no-imatrix")
     elif args.imatrix != "auto":
@@ -64,7 +68,7 @@ def results(record) -> dict:
     infeasible = [{"method": row["method"], "budget": _budget_label(row["budget"]), "reason": row["infeasible"]}
                   for row in record.rows if row["infeasible"]]
     calibration = settings.damage_calibration or {}
-    return {"model": settings.model, "model_sha256": settings.model_sha256, "text": settings.text,
+    return {"model": settings.model, "model_sha256": settings.model_sha256, "twin": settings.twin, "text": settings.text,
             "imatrix": None if matrix is None else {"sha256": matrix.content_sha256(), "chunks": matrix.chunk_count,
                                                     "chunk_size": matrix.chunk_size, "datasets": matrix.datasets},
             "sensitivity_tokens": calibration.get("tokens"), "sensitivity_measure": record.damage_measure,
@@ -102,42 +106,57 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
         f"({results['eval_tokens']:,} scored tokens; reference perplexity {results['reference_perplexity']:.4f})."
         + (f" Importance matrix: `ramp imatrix`, {matrix['chunks']} chunks of {matrix['chunk_size']} tokens of the "
            "calibration half." if matrix else ""),
-        f"`=source`: share of quantizable weights equal to the source checkpoint's bit for bit; `*`: file at or above "
-        f"the source's {results['source_file_bytes']:,} bytes, where a format can reproduce the source's grid (no claim).",
+        (f"The model is the checkpoint's off-grid twin (`ramp twin`, seed {results['twin']['seed']}, sigma "
+         f"{results['twin']['sigma']}), its own reference: `=source`, the share of quantizable weights equal to the "
+         "twin's bit for bit, shows that no format writes a grid back, so every size makes a claim."
+         if results.get("twin") else
+         f"`=source`: share of quantizable weights equal to the source checkpoint's bit for bit; `*`: file at or above "
+         f"the source's {results['source_file_bytes']:,} bytes, where a format can reproduce the source's grid (no claim)."),
         "", f"![Pareto: KLD vs file bytes]({png.name})", "",
-        "| file | budget | file bytes | bpw | PPL | KLD mean | KLD p99 | top-1 | =source | KLD vs preset |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| file | budget | file bytes | bpw | PPL | KLD mean | KLD p99 | top-1 | =source | KLD / preset [95% CI] "
+        "| ILP / target-bpw [95% CI] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    preset_kld = {f"{p['preset']} bytes": p["kld_mean"] for p in results["presets"]}
+    presets = {f"{p['preset']} bytes": p for p in results["presets"]}
+    by_budget = {(r["method"], r["budget"]): r for r in results["rows"]}
 
-    def row_line(name: str, budget: str, row: dict, ratio: str) -> str:
+    def row_line(name: str, budget: str, row: dict, *cells: str) -> str:
         star = "*" if row["at_or_above_source"] else ""
         return (f"| {name}{star} | {budget} | {row['file_bytes']:,} | {row['bits_per_weight']:.3f} | {row['perplexity']:.4f} | "
-                f"{row['kld_mean']:.5f} | {row['kld_p99']:.4f} | {row['top1_agreement']:.2%} | {row['source_match']:.1%} | {ratio} |")
+                f"{row['kld_mean']:.5f} | {row['kld_p99']:.4f} | {row['top1_agreement']:.2%} | {row['source_match']:.1%} | "
+                + " | ".join(cells) + " |")
+
+    def rival_cell(row: dict) -> str:
+        rival = by_budget.get(("target-bpw", row["budget"]))
+        return ratio_interval(row, rival).compact() if row["method"] == "ilp" and rival else ""
 
     for preset in sorted(results["presets"], key=lambda p: p["file_bytes"]):
         label = f"{preset['preset']} bytes"
-        lines.append(row_line(f"preset {preset['preset']}", "", preset, ""))
+        lines.append(row_line(f"preset {preset['preset']}", "", preset, "", ""))
         for row in (r for r in results["rows"] if r["budget"] == label):
-            lines.append(row_line(f"**ramp {row['method']}**", label, row, f"{row['kld_mean'] / preset_kld[label]:.2f}x"))
-    for row in (r for r in results["rows"] if r["budget"] not in preset_kld):
-        lines.append(row_line(f"ramp {row['method']}", row["budget"], row, ""))
-    below = [(p, r) for p in results["presets"] for r in results["rows"]
-             if r["budget"] == f"{p['preset']} bytes" and r["method"] == "ilp" and not p["at_or_above_source"]]
+            lines.append(row_line(f"**ramp {row['method']}**", label, row, ratio_interval(row, preset).compact(), rival_cell(row)))
+    for row in (r for r in results["rows"] if r["budget"] not in presets):
+        lines.append(row_line(f"ramp {row['method']}", row["budget"], row, "", rival_cell(row)))
+    lines += ["", "Intervals: paired bootstrap over the evaluation windows (both files are scored on the same tokens; "
+              "10,000 resamples, seed 0). A claim of better needs the interval's upper end below 1."]
+    below = [(p, by_budget[("ilp", label)]) for label, p in presets.items()
+             if ("ilp", label) in by_budget and not p["at_or_above_source"]]
     if below:
-        met = [p["preset"] for p, r in below if r["kld_mean"] <= goal * p["kld_mean"]]
-        missed = [f"{p['preset']} ({r['kld_mean'] / p['kld_mean']:.2f}x)" for p, r in below if r["kld_mean"] > goal * p["kld_mean"]]
-        lines += ["", f"Goal (ILP at most {goal:.2f}x the preset's mean KLD at its bytes, for every preset below the source's "
-                  f"size): met at {', '.join(met) or 'none'}" + (f"; missed at {', '.join(missed)}." if missed else ".")]
-    by_budget = {(r["method"], r["budget"]): r for r in results["rows"]}
+        verdicts = [(p["preset"], ratio_interval(r, p)) for p, r in below]
+        met = [name for name, interval in verdicts if interval.ratio <= goal and interval.high < goal + 0.10]
+        missed = [f"{name} ({interval.compact()})" for name, interval in verdicts if name not in met]
+        scope = "every preset" if results.get("twin") else "every preset below the source's size"
+        lines += ["", f"Goal (ILP at most {goal:.2f}x the preset's mean KLD at its bytes, the interval's upper end below "
+                  f"{goal + 0.10:.2f}x, at {scope}): "
+                  f"met at {', '.join(met) or 'none'}" + (f"; missed at {', '.join(missed)}." if missed else ".")]
     rivals = [(label, r, by_budget[("target-bpw", label)]) for (method, label), r in by_budget.items()
               if method == "ilp" and ("target-bpw", label) in by_budget]
     if rivals:
-        ahead = [label for label, ilp, rival in rivals if ilp["kld_mean"] < rival["kld_mean"]]
-        behind = [f"{label} ({ilp['kld_mean'] / rival['kld_mean']:.2f}x)" for label, ilp, rival in rivals
-                  if ilp["kld_mean"] >= rival["kld_mean"]]
-        lines += ["", f"ILP below the target-bpw baseline (llama.cpp PR #15550) at the same budget: at {', '.join(ahead) or 'none'}"
-                  + (f"; not at {', '.join(behind)}." if behind else ".")]
+        ahead = [label for label, ilp, rival in rivals if ratio_interval(ilp, rival).high < 1]
+        behind = [f"{label} ({ratio_interval(ilp, rival).compact()})" for label, ilp, rival in rivals
+                  if ratio_interval(ilp, rival).high >= 1]
+        lines += ["", "ILP below the target-bpw baseline (llama.cpp PR #15550) at the same budget, the interval's upper end "
+                  f"below 1: at {', '.join(ahead) or 'none'}" + (f"; not at {', '.join(behind)}." if behind else ".")]
     if results["infeasible"]:
         lines += ["", "Infeasible (no allocation of the ladder fits): "
                   + ", ".join(f"{item['method']} at {item['budget']}" for item in results["infeasible"]) + "."]
@@ -148,6 +167,13 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
         lines += [f"| {stage['stage']} | {stage['wall_s']:.0f} s | {stage['cpu_s']:.0f} s | "
                   f"{stage['peak_rss_mb'] / 1024:.1f} GB |" for stage in results["stages"]]
     return "\n".join(lines) + "\n"
+
+
+def ratio_interval(row: dict, rival: dict):
+    """The row's mean KLD over the rival's, with the paired bootstrap interval over the windows both were scored on."""
+    from ramp.evaluate.intervals import paired_bootstrap_ratio
+
+    return paired_bootstrap_ratio(row["window_kld"], rival["window_kld"])
 
 
 def write_section(doc: Path, heading: str, section: str) -> None:
@@ -177,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="GGUF path or a name from `ramp models` (default smollm2-135m)")
+    parser.add_argument("--raw", action="store_true",
+                        help="run on the checkpoint itself instead of its off-grid twin (no claim at or above its size)")
     parser.add_argument("--imatrix", default="auto", help="auto (`ramp imatrix` on the calibration text, default), none, or a FILE")
     parser.add_argument("--text", default=DEFAULT_TEXT, choices=TEXTS)
     parser.add_argument("--damage", default="kld", choices=("kld", *ESTIMATES),
@@ -199,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     label = model_label(args.model)
     variant = "no-imatrix" if args.imatrix == "none" else "imatrix"
-    stem = f"baselines-{label}-{variant}"
+    stem = f"baselines-{label}{'' if args.raw else '-twin'}-{variant}"
     folder = Path(args.jobs) / stem
     code = ramp(job_arguments(args, folder))
     if code:
@@ -212,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     png = out / f"{stem}.png"
     with atomic_output(png, "wb") as handle:
         handle.write((folder / "pareto.png").read_bytes())
-    heading = f"## Baselines: {label}, {'imatrix' if measured['imatrix'] else 'no imatrix'}"
+    heading = (f"## Baselines: {label}{' (raw checkpoint)' if args.raw else ' twin'}, "
+               f"{'imatrix' if measured['imatrix'] else 'no imatrix'}")
     command = "python -m benchmarks.baselines " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section(out / "BENCHMARKS.md", heading, markdown(measured, png, command.strip(), heading, args.goal))
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ramp.errors import RampError
 from ramp.job.settings import JOB_FILE, JobSettings
-from ramp.job.stages import PRESETS, RESULTS, ROWS, SENSITIVITY, STATE_FILE
+from ramp.job.stages import PRESETS, RESULTS, ROWS, SENSITIVITY, STATE_FILE, reference_name
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,6 @@ def read_job(folder: str | Path) -> JobRecord:
     presets = [{"preset": name, **presets_made[name], "result": by_path[presets_made[name]["file"]]} for name in settings.presets]
     rows = [{**row, "result": None if row["gguf"] is None else in_folder[row["gguf"]]}
             for row in json.loads((folder / ROWS).read_text())]
-    reference = next(row for row in results if row["name"] == "F32 reference")
+    reference = next(row for row in results if row["name"] == reference_name(settings))
     return JobRecord(folder, settings, reference, presets, rows, json.loads((folder / SENSITIVITY).read_text())["measure"],
                      json.loads((folder / STATE_FILE).read_text()))

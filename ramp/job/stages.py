@@ -452,6 +452,11 @@ def make_ggufs(job: Job) -> list[str]:
     return written
 
 
+def reference_name(settings: JobSettings) -> str:
+    """The reference's row name in the results: the twin's F32 file when the job works on a twin."""
+    return "F32 twin (reference)" if settings.twin is not None else "F32 reference"
+
+
 def make_results(job: Job) -> list[str]:
     from ramp.allocate.allocation import Allocation
     from ramp.evaluate.llama_eval import make_windows, reference_logprobs, reference_result, report_results
@@ -476,8 +481,7 @@ def make_results(job: Job) -> list[str]:
     def annotated(result: "EvalResult", imatrix: bool | None) -> "EvalResult":
         return result.annotate(settings.text, imatrix, source_match_share(result.path, job.source), source_bytes)
 
-    reference_name = "F32 twin (reference)" if settings.twin is not None else "F32 reference"
-    reference_row = reference_result(job.reference, reference_logits, windows, reference_name)
+    reference_row = reference_result(job.reference, reference_logits, windows, reference_name(settings))
     # the reference is what the others are measured against, no claim of its own: never starred
     reference = reference_row.annotate(settings.text, None, source_match_share(reference_row.path, job.source), None)
     presets = [annotated(measured({**what, "preset": name}, preset_path(job.reference, name, imatrix_file), name + suffix,
