@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from ramp.machine import usable_cores
 
 
 def measure(model_name: str, preset: str, n_windows: int, n_ctx: int, text_name: str) -> dict:
@@ -57,7 +58,7 @@ def measure(model_name: str, preset: str, n_windows: int, n_ctx: int, text_name:
         if code != 0:
             raise SystemExit(f"ramp eval failed on {quantized}")
         ours = json.loads(json_path.read_text())[-1]
-    return {"model": model_name, "preset": preset, "windows": n_windows, "ctx": n_ctx, "threads": os.cpu_count(),
+    return {"model": model_name, "preset": preset, "windows": n_windows, "ctx": n_ctx, "threads": usable_cores(),
             "ramp_eval_s": ramp_seconds, "llama_perplexity_s": llama_seconds, "ratio": ramp_seconds / llama_seconds,
             "kld_ramp": ours["kld_mean"], "kld_llama": theirs[1].kld_mean}
 

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ramp.kernels import dequantize, quantize
+from ramp.machine import usable_cores
 
 DEFAULT_FORMATS = "Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,IQ4_NL,IQ4_XS,F16,BF16"
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((fmt, x.size / t_ggml, x.size / t_torch, t_torch / t_ggml, x.size / t_deq_ggml,
                      x.size / t_deq_torch, rel_rms, bool(np.array_equal(packed, packed_torch))))
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"\nmatrix {args.size}x{args.size}, torch {torch.__version__}, {os.cpu_count()} cores, best of {args.repeats}, "
+    print(f"\nmatrix {args.size}x{args.size}, torch {torch.__version__}, {usable_cores()} cores, best of {args.repeats}, "
           f"load average at the end {load}\n")
     print("| format | ggml quantize (Mw/s) | torch quantize (Mw/s) | torch/ggml time | ggml dequantize (Mw/s) "
           "| torch dequantize (Mw/s) | rel. RMS error | bytes identical |")

@@ -7,7 +7,6 @@ an exported GGUF and floats from here are what llama.cpp computes with.
 from __future__ import annotations
 
 import ctypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.kernels.formats import Format
+from ramp.machine import usable_cores
 
 _to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
@@ -68,13 +68,10 @@ def _traits(fmt: Format) -> _TypeTraits:
     return traits
 
 
-def _n_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
 
 def _row_chunks(n_rows: int, min_rows: int = 16) -> list[tuple[int, int]]:
     # ctypes releases the GIL during the C call, so row chunks quantize in parallel like llama-quantize's threads.
-    n_chunks = max(1, min(_n_threads(), n_rows // min_rows))
+    n_chunks = max(1, min(usable_cores(), n_rows // min_rows))
     bounds = np.linspace(0, n_rows, n_chunks + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
@@ -99,7 +96,7 @@ def quantize(rows: np.ndarray, fmt: Format, importance: np.ndarray | None) -> np
         # `start` is an element offset into src; ggml derives the destination row from it.
         return lib.ggml_quantize_chunk(int(fmt.ggml_type), src, dst, start * row_length, stop - start, row_length, imatrix)
 
-    with ThreadPoolExecutor(max_workers=_n_threads()) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         written = sum(pool.map(run, _row_chunks(n_rows)))
     assert written == out.size
     return out
@@ -119,6 +116,6 @@ def dequantize(packed: np.ndarray, fmt: Format, n_rows: int, row_length: int) ->
         start, stop = chunk
         to_float(packed.ctypes.data + start * row_bytes, out.ctypes.data + start * row_length * 4, (stop - start) * row_length)
 
-    with ThreadPoolExecutor(max_workers=_n_threads()) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         list(pool.map(run, _row_chunks(n_rows)))
     return out

@@ -16,7 +16,6 @@ evaluates all candidates at once and replays the acceptance rule, which selects 
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ramp.kernels.formats import Format
+from ramp.machine import usable_cores
 
 Tensor = torch.Tensor
 GROUP_MAX_EPS = 1e-15
@@ -921,9 +921,6 @@ def _codec(fmt: Format) -> _Codec:
         raise RampError(f"the torch backend has no {fmt.name} kernel; use backend='ggml' for it") from None
 
 
-def _n_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
 
 def _row_slices(rows: Tensor, n_workers: int) -> list[tuple[int, int]]:
     """Row ranges of at most _ROWS_WEIGHTS weights, and at least one per worker when there are enough rows."""
@@ -966,7 +963,7 @@ def _map_rows(rows: Tensor, fn: Callable[[int, int], Tensor | None]) -> list[Ten
     """fn(start, stop) over row slices: on CPU one single-threaded slice per core at a time, in order."""
     if rows.device.type != "cpu":
         return [fn(a, b) for a, b in _row_slices(rows, 1)]
-    n_workers = _n_workers()
+    n_workers = usable_cores()
     with _single_threaded_ops(), ThreadPoolExecutor(max_workers=n_workers) as pool:
         return list(pool.map(lambda bounds: fn(*bounds), _row_slices(rows, n_workers)))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The flow, earliest first: a module may import from its own stage and the ones before it.
 FLOW = (
-    ("foundation", ("ramp", "ramp.errors", "ramp.files", "ramp.cache_entries", "ramp.llama_tools")),
+    ("foundation", ("ramp", "ramp.errors", "ramp.files", "ramp.cache_entries", "ramp.llama_tools", "ramp.machine")),
     ("models", ("ramp.models",)),
     ("kernels", ("ramp.kernels",)),
     ("measure", ("ramp.measure",)),

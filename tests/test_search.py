@@ -189,3 +189,35 @@ def test_cli_search_writes_an_allocation_within_budget(tiny_model, table, tiny_r
     code = main(["allocate", "--model", str(tiny_reference), "--method", "search", "--budget", BUDGET,
                  "--sensitivity", str(tmp_path / "table.json"), "--search-minutes", "0", "--out", str(out)])
     assert code == 2 and "--search-minutes must be positive" in capsys.readouterr().err
+
+
+def test_a_job_runs_search_rows_next_to_the_ilp(tiny_reference, tmp_path, capsys, monkeypatch):
+    from ramp.allocate.allocation import Allocation
+    from ramp.cli import main
+    from ramp.models import load_model
+
+    small_search(monkeypatch)
+    folder = tmp_path / "job"
+    command = ["run", "--model", str(tiny_reference), "--method", "ilp,search", "--budget", BUDGET, "--formats",
+               ",".join(LADDER), "--calibration-tokens", "256", "--preset", "Q8_0", "--ctx", "64", "--max-windows", "2",
+               "--no-imatrix", "--search-generations", "2", "--out-dir", str(folder)]
+    assert main(command) == 0
+    settings = json.loads((folder / "job.json").read_text())
+    assert settings["search"] == {"minutes": SearchSettings.minutes, "generations": 2}
+    rows = {row["method"]: row for row in json.loads((folder / "rows.json").read_text())}
+    found = Allocation.load(folder / rows["search"]["allocation"])
+    assert found.method == "search" and found.extra["generations"] == 2
+    assert found.data_bytes(load_model(tiny_reference)) <= Budget.parse(BUDGET).bytes_for(load_model(tiny_reference))
+    # the search's state lives in the job folder; the table's ILP is where it started
+    state = json.loads((folder / f"search-search-{BUDGET}.json").read_text())
+    ilp_formats = Allocation.load(folder / rows["ilp"]["allocation"]).formats
+    assert state["generation"] == 2 and state["start_picks"] is not None and ilp_formats
+    names = {row["name"] for row in json.loads((folder / "results.json").read_text())}
+    assert {f"ramp ilp {BUDGET}", f"ramp search {BUDGET}"} <= names or rows["ilp"]["gguf"] == rows["search"]["gguf"]
+    capsys.readouterr()
+
+    code = main(["run", "--model", str(tiny_reference), "--budget", BUDGET, "--search-minutes", "5",
+                 "--out-dir", str(tmp_path / "other")])
+    assert code == 2 and "bound a `search` row; add search to --method" in capsys.readouterr().err
+    code = main([*command[:-2], "--search-minutes", "-1", "--out-dir", str(tmp_path / "third")])
+    assert code == 2 and "minutes must be a positive number" in capsys.readouterr().err

@@ -39,8 +39,8 @@ from pathlib import Path
 from ramp.measure.calibration import ESTIMATE, SENSITIVITY
 from ramp.commands._options import add_fold_argument, add_text_argument, positive_int
 from ramp.commands.eval import DEFAULT_N_CTX, add_window_arguments
-from ramp.allocate import self_contained_methods  # the registry: light, no solver imported
-from ramp.job.settings import JOB_FILE
+from ramp.allocate import SearchSettings  # the registry: light, no solver imported
+from ramp.job.settings import JOB_FILE, job_methods
 from ramp.job.stages import STAGE_NAMES, artifact_names  # both light: no torch, no model
 from ramp.evaluate.presets import DEFAULT_PRESETS  # numpy-only at import time, so the CLI stays quick
 from ramp.measure.estimates import AUTO, ESTIMATES, STAND_IN  # numpy-only too
@@ -53,7 +53,7 @@ JOBS_FOLDER = "ramp-jobs"
 # Options that say what the job computes: with --job they come from its job.json. (--model, --imatrix and
 # --sensitivity only say where an input is, checked by its sha256: they may point the job at its files.)
 SETTINGS = ("twin", "budget", "method", "formats", "damage", "calibration_tokens", "preset", "no_imatrix", "text", "fold", "ctx",
-            "max_windows")
+            "max_windows", "search_minutes", "search_generations")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,11 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "makes one row per budget")
     parser.add_argument("--method",
                         help=f"allocation method, or a comma list of them: one row per method and budget "
-                             f"({', '.join(self_contained_methods())}, policy; default ilp; target-bpw is llama.cpp PR #15550's "
-                             "allocator)")
+                             f"({', '.join(job_methods())}; default ilp; target-bpw is llama.cpp PR #15550's "
+                             "allocator; search improves the ILP by the whole model's measured KLD)")
     parser.add_argument("--policy", metavar="FILE",
                         help="the trained policy (`ramp train`) of a `policy` row (--method policy,...); default: the "
                              "policy that ships with ramp")
+    parser.add_argument("--search-minutes", type=float, metavar="MIN",
+                        help="the minutes each `search` row may take, a resumed job counted once (default "
+                             f"{SearchSettings.minutes:g})")
+    parser.add_argument("--search-generations", type=positive_int, metavar="N",
+                        help="a `search` row stops after N generations at the latest (then its allocation is fixed by the "
+                             "seed and N)")
     parser.add_argument("--formats", help="comma-separated candidate formats (default: ramp's ladder, ramp.measure.ladder)")
     parser.add_argument("--sensitivity", metavar="FILE", help="sensitivity table from `ramp profile` (default: measure it)")
     parser.add_argument("--damage", choices=(AUTO, "kld", *ESTIMATES, "weight-error"),
@@ -193,7 +199,7 @@ def _new_settings(args: argparse.Namespace):
     """The settings the command line asks for, every mistake it can hold found before the first expensive step."""
     from ramp.errors import RampError
     from ramp.commands._options import check_fold_argument, load_importance
-    from ramp.job.settings import check_table_model, new_settings
+    from ramp.job.settings import check_search_bounds, check_table_model, new_settings
     from ramp.measure.ladder import parse_ladder
     from ramp.evaluate.llama_eval import check_window_length
     from ramp.models import load_model
@@ -205,9 +211,15 @@ def _new_settings(args: argparse.Namespace):
     presets = tuple(name.upper() for name in (args.preset or DEFAULT_PRESETS))
     budgets, methods = _budgets(args), _methods(args)
     for method in methods:
-        if method not in (*self_contained_methods(), "policy"):
+        if method not in job_methods():
             raise RampError(f"ramp run has no allocation method {method!r}; choose from "
-                            f"{', '.join(self_contained_methods())}, policy (`ramp allocate` runs the others)")
+                            f"{', '.join(job_methods())} (`ramp allocate` runs the others)")
+    search = None
+    if "search" in methods:
+        search = {"minutes": args.search_minutes or SearchSettings.minutes, "generations": args.search_generations}
+        check_search_bounds(**search)
+    elif args.search_minutes is not None or args.search_generations is not None:
+        raise RampError("--search-minutes and --search-generations bound a `search` row; add search to --method, or drop them")
     policy = None
     if "policy" in methods:
         from ramp.agent.policy import DEFAULT_POLICY
@@ -231,7 +243,7 @@ def _new_settings(args: argparse.Namespace):
         source, args.model, twin=args.model is None if args.twin is None else args.twin, text=text, fold=args.fold,
         imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
         damage=args.damage or AUTO, damage_tokens=args.calibration_tokens, sensitivity_file=args.sensitivity,
-        ladder=ladder, budgets=budgets, methods=methods, policy_file=policy, presets=presets,
+        ladder=ladder, budgets=budgets, methods=methods, policy_file=policy, search=search, presets=presets,
         eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,
     )
     return settings, source

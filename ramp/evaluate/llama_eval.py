@@ -34,6 +34,7 @@ from ramp.errors import RampError
 from ramp.evaluate.intervals import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioInterval
 from ramp.files import cache_dir, file_sha256, text_sha256
 from ramp.models.tokenizer import token_windows
+from ramp.machine import usable_cores
 
 if TYPE_CHECKING:
     from ramp.models.model import MetadataValue
@@ -125,7 +126,7 @@ def open_llama(path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX, logits_all: 
         with quiet_llama():
             return llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), logits_all=logits_all, verbose=False,
+                n_threads=usable_cores(), n_threads_batch=usable_cores(), logits_all=logits_all, verbose=False,
             )
     except ValueError as exc:
         raise RampError(f"llama.cpp cannot load {path} ({exc}); is it a complete GGUF of a supported model? re-export it") from None
@@ -189,7 +190,7 @@ def _by_row_blocks(n_rows: int, work) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     blocks = [slice(start, min(start + _ROWS_PER_STEP, n_rows)) for start in range(0, n_rows, _ROWS_PER_STEP)]
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
         list(pool.map(work, blocks))
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ramp.errors import RampError
 from ramp.files import atomic_path, cache_dir, file_sha256
 from ramp.llama_tools import quiet_llama
+from ramp.machine import usable_cores
 
 if TYPE_CHECKING:
     from ramp.models.model import Model
@@ -57,7 +58,7 @@ def quantize_preset(reference: str | os.PathLike, name: str, output: str | os.Pa
     reference = Path(reference)
     if not reference.is_file():
         raise RampError(f"reference GGUF {reference} does not exist; write it with `ramp export --reference`")
-    threads = str(os.cpu_count() or 1)
+    threads = str(usable_cores())
     with atomic_path(output) as tmp:
         if imatrix is not None:
             _quantize_with_imatrix(reference, name, Path(tmp), Path(imatrix), threads)

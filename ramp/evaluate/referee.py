@@ -24,6 +24,7 @@ from ramp.errors import RampError
 from ramp.files import cache_dir
 from ramp.evaluate.llama_eval import EvalResult, Windows, _check_gguf
 from ramp.llama_tools import last_error_line, require_tool, run_tool
+from ramp.machine import usable_cores
 
 # llama-perplexity prints its final statistics only over at least this many scored tokens
 MIN_SCORED = 100
@@ -40,7 +41,7 @@ class RefereeResult:
 
 
 def _window_options(windows: Windows) -> list[str]:
-    threads = str(os.cpu_count() or 1)
+    threads = str(usable_cores())
     n_ctx = str(windows.n_ctx)
     return ["-c", n_ctx, "-b", n_ctx, "-ub", n_ctx, "-fa", "off", "-fit", "off", "-t", threads, "-tb", threads]
 

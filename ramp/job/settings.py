@@ -58,6 +58,25 @@ class JobShape:
     imatrix: str
 
 
+def job_methods() -> tuple[str, ...]:
+    """The methods a job's rows can run: those that need nothing beyond the table, a trained policy (its
+    file is a job setting) and the whole-model search (its bounds are)."""
+    from ramp.allocate import self_contained_methods
+
+    return (*self_contained_methods(), "policy", "search")
+
+
+def check_search_bounds(minutes: float, generations: int | None) -> None:
+    """A search's bounds: positive minutes, and at least 0 generations when bounded by them."""
+    valid_minutes = isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0
+    if not valid_minutes:
+        raise RampError(f"the search's minutes must be a positive number, got {minutes!r}; give the minutes it may take "
+                        "(--search-minutes)")
+    if generations is not None and (not isinstance(generations, int) or isinstance(generations, bool) or generations < 0):
+        raise RampError(f"the search's generations must be a whole number of at least 0, got {generations!r} "
+                        "(--search-generations)")
+
+
 def job_rows(methods: tuple[str, ...], budgets: tuple[str, ...]) -> tuple[Row, ...]:
     """Every method at every budget, method by method."""
     return tuple(Row(method, budget) for method in methods for budget in budgets)
@@ -87,6 +106,8 @@ class JobSettings:
     methods: tuple[str, ...]  # the job's rows: every method at every budget
     policy_file: str | None  # the trained policy of a "policy" row (`ramp train`)
     policy_sha256: str | None
+    # the bounds of a "search" row's whole-model search: {"minutes": M, "generations": N or null}
+    search: dict | None
     presets: tuple[str, ...]
     eval_ctx: int
     eval_max_windows: int | None
@@ -146,7 +167,6 @@ class JobSettings:
         """Every entry a value ramp can run, checked all at once before any stage: a hand-edited job.json
         (`"damage": "Fisher"`, a budget of 4, a ladder of unknown formats) fails here in one line, not as
         another measure quietly chosen, nor a traceback after the sweep. Raises RampError naming the entry."""
-        from ramp.allocate import self_contained_methods
         from ramp.allocate.budget import Budget
         from ramp.evaluate.llama_eval import check_window_length
         from ramp.evaluate.presets import check_presets
@@ -179,6 +199,9 @@ class JobSettings:
             expect(key, (dict, type(None)))
         expect("embeddings_calibration", (dict,))
         expect("twin", (dict, type(None)))
+        expect("search", (dict, type(None)))
+        if self.search is not None and set(self.search) != {"minutes", "generations"}:
+            raise entry("search", "is not an object of minutes and generations")
         if self.twin is not None:
             from ramp.measure.twin import check_twin_settings
 
@@ -229,11 +252,13 @@ class JobSettings:
         if not self.methods:
             raise entry("methods", "is empty")
         for method in self.methods:
-            runnable = (*self_contained_methods(), "policy")  # what a job's rows can run, as `ramp run` accepts
-            if method not in runnable:
-                raise entry("methods", f"names {method!r}, none of {', '.join(runnable)}")
+            if method not in job_methods():
+                raise entry("methods", f"names {method!r}, none of {', '.join(job_methods())}")
         _needs("policy_file", self.policy_file, "policy" in self.methods, "methods")
         _needs("policy_sha256", self.policy_sha256, "policy" in self.methods, "methods")
+        _needs("search", self.search, "search" in self.methods, "methods")
+        if self.search is not None:
+            checked("search", lambda: check_search_bounds(**self.search))
         checked("presets", lambda: check_presets(self.presets, with_imatrix))
         checked("eval_ctx", lambda: check_window_length(self.eval_ctx))
         if self.eval_max_windows is not None and self.eval_max_windows < 1:
@@ -352,6 +377,7 @@ def new_settings(
     budgets: tuple[str, ...],
     methods: tuple[str, ...],
     policy_file: str | None,
+    search: dict | None,
     presets: tuple[str, ...],
     eval_ctx: int,
     eval_max_windows: int | None,
@@ -388,7 +414,7 @@ def new_settings(
         embeddings_calibration=EMBEDDINGS.sized(text=text).as_dict(), damage=damage, damage_calibration=damage_calibration,
         sensitivity_file=located(sensitivity_file), sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
         ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods),
-        policy_file=located(policy_file), policy_sha256=file_sha256(policy_file) if policy_file else None, presets=tuple(presets), eval_ctx=eval_ctx,
+        policy_file=located(policy_file), policy_sha256=file_sha256(policy_file) if policy_file else None, search=search, presets=tuple(presets), eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
 

@@ -394,7 +394,7 @@ def make_sensitivity(job: Job) -> list[str]:
 def make_allocations(job: Job) -> list[str]:
     """One allocation per row. In a job of several rows a row no allocation of its method fits is recorded
     with the reason and the others go on; a one-row job fails on it."""
-    from ramp.allocate import allocate
+    from ramp.allocate import SearchSettings, allocate
     from ramp.allocate.budget import Budget
     from ramp.files import atomic_output
     from ramp.measure.sensitivity_table import SensitivityTable
@@ -403,6 +403,7 @@ def make_allocations(job: Job) -> list[str]:
     table = SensitivityTable.load(job.folder / SENSITIVITY)
     presets = job.presets()
     policy = job.policy() if "policy" in settings.methods else None
+    matrix = job.importance(folded=True)[0] if "search" in settings.methods else None  # the table's own
     records, written, gguf_of_formats = [], [], {}
     for row in settings.rows:
         if row.budget in presets:
@@ -413,8 +414,11 @@ def make_allocations(job: Job) -> list[str]:
         record = {"method": row.method, "budget": row.budget, "allocation": None, "gguf": None, "infeasible": None}
         try:
             # a policy acts on the ladder it was trained on
+            # a search keeps its state in the folder, so an interrupted job's search continues where it stopped
+            search = (SearchSettings(matrix, settings.seed, settings.search["minutes"], settings.search["generations"],
+                                     str(job.folder / f"search-{row_key(row)}.json")) if row.method == "search" else None)
             allocation = allocate(job.model, row.method, budget, table, ladder=None if row.method == "policy" else settings.ladder,
-                                  policy=policy)
+                                  policy=policy, search=search)
         except RampError as exc:
             if len(settings.rows) == 1:
                 raise
