@@ -11,8 +11,9 @@ among its neighbours, and the best neighbour's measured KLD over the ILP's. A Sp
 a constant mean the table orders allocations the way the model does; the ILP's rank says whether the table's
 optimum is the model's optimum in its own neighbourhood.
 
-The raw checkpoint is measured (ramp's off-grid twins are not used). Results: docs/additivity-<model>.json and
-.png; budgets outside the feasible range are reported as such.
+By default the model's off-grid twin (`ramp twin`, cached) is measured, so no format writes the checkpoint's own
+grid back and lands on a damage the table cannot know; `--raw` measures the checkpoint itself. Results:
+docs/additivity-<model>[-twin].json and .png; budgets outside the feasible range are reported as such.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="GGUF path or a name from `ramp models`")
+    parser.add_argument("--raw", action="store_true", help="measure the checkpoint itself, not its off-grid twin")
     parser.add_argument("--name", help="name in the output files (default: the model's short name or file stem)")
     parser.add_argument("--damage", default="kld", choices=("kld", *ESTIMATES),
                         help="the table: the measured sweep (kld, default) or a sweep-free estimate")
@@ -129,7 +131,7 @@ def plot(results: dict, path: Path) -> None:
         axis.set_xlabel("predicted (sum of the table)")
         axis.set_ylabel("measured mean KLD (nats)")
         axis.legend(fontsize=7)
-    figure.suptitle(f"additivity on {results['model']} ({results['damage']} table, raw checkpoint, "
+    figure.suptitle(f"additivity on {results['model']} ({results['damage']} table, {results['checkpoint']}, "
                     f"{results['calibration']['tokens']} calibration tokens)", fontsize=10)
     figure.tight_layout()
     with atomic_output(path, "wb") as handle:
@@ -147,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     model = load_model(args.model)
     name = args.name or Path(args.model).stem
+    if not args.raw:
+        from ramp.evaluate.twin import cached_twin
+
+        twin = cached_twin(model)
+        checkpoint = f"off-grid twin of {model.sha256[:12]} ({twin.name})"
+        model, name = load_model(twin), name + "-twin"
+    else:
+        checkpoint = "raw (no off-grid twin)"
     table = table_for(args, model)
     calibration = CalibrationSpec(args.text, args.tokens, args.window)
     oracle = KLDOracle(model, calibration, checkpoint_blocks=False)
     rng = np.random.default_rng(args.seed)
     print(f"additivity of {name}'s {args.damage} table, seed {args.seed}, on {calibration}", flush=True)
     results = {
-        "model": name, "model_sha256": model.sha256, "damage": args.damage, "checkpoint": "raw (no off-grid twin)",
+        "model": name, "model_sha256": model.sha256, "damage": args.damage, "checkpoint": checkpoint,
         "calibration": calibration.as_dict(), "neighbours": args.neighbours, "moves": args.moves, "seed": args.seed,
         "budgets": [measure_budget(model, table, oracle, float(bpw), args, rng) for bpw in args.budgets.split(",")],
     }

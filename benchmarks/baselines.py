@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# the row each method is compared with at its budget: the ILP with PR #15550's allocator, the search with its start
+RIVALS = {"ilp": "target-bpw", "search": "ilp"}
+SEARCH_GOAL = 0.90  # issue 23: the search at most 0.90x the ILP's mean KLD
 GOAL = 0.60  # issue 10: ramp's ILP at <= 60% of the imatrix preset's mean KLD, at its bytes, below the source's size
 
 
@@ -44,7 +47,7 @@ def job_arguments(args: argparse.Namespace, folder: Path) -> list[str]:
                "--damage", args.damage, "--text", args.text, "--max-windows", str(args.max_windows), "--out-dir", str(folder)]
     command += [option for preset in args.presets for option in ("--preset", preset)]
     for option, value in (("--model", args.model), ("--calibration-tokens", args.calibration_tokens),
-                          ("--formats", args.formats), ("--ctx", args.ctx)):
+                          ("--formats", args.formats), ("--ctx", args.ctx), ("--search-minutes", args.search_minutes)):
         if value is not None:
             command += [option, str(value)]
     command.append("--no-twin" if args.raw else "--twin")
@@ -114,7 +117,7 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
          f"the source's {results['source_file_bytes']:,} bytes, where a format can reproduce the source's grid (no claim)."),
         "", f"![Pareto: KLD vs file bytes]({png.name})", "",
         "| file | budget | file bytes | bpw | PPL | KLD mean | KLD p99 | top-1 | =source | KLD / preset [95% CI] "
-        "| ILP / target-bpw [95% CI] |",
+        "| KLD / rival [95% CI] |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     presets = {f"{p['preset']} bytes": p for p in results["presets"]}
@@ -127,8 +130,8 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
                 + " | ".join(cells) + " |")
 
     def rival_cell(row: dict) -> str:
-        rival = by_budget.get(("target-bpw", row["budget"]))
-        return ratio_interval(row, rival).compact() if row["method"] == "ilp" and rival else ""
+        rival = by_budget.get((RIVALS.get(row["method"], ""), row["budget"]))
+        return f"{ratio_interval(row, rival).compact()} vs {rival['method']}" if rival else ""
 
     for preset in sorted(results["presets"], key=lambda p: p["file_bytes"]):
         label = f"{preset['preset']} bytes"
@@ -157,6 +160,14 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
                   if ratio_interval(ilp, rival).high >= 1]
         lines += ["", "ILP below the target-bpw baseline (llama.cpp PR #15550) at the same budget, the interval's upper end "
                   f"below 1: at {', '.join(ahead) or 'none'}" + (f"; not at {', '.join(behind)}." if behind else ".")]
+    searched = [(label, r, by_budget[("ilp", label)]) for (method, label), r in by_budget.items()
+                if method == "search" and ("ilp", label) in by_budget]
+    if searched:
+        lines += ["", f"Search against the ILP it starts from, on the held-out windows (goal: at most {SEARCH_GOAL:.2f}x with the "
+                  "interval's upper end below 1): " + "; ".join(
+                      f"{label} {ratio_interval(found, start).compact()}"
+                      + (" met" if ratio_interval(found, start).ratio <= SEARCH_GOAL and ratio_interval(found, start).high < 1
+                         else " missed") for label, found, start in searched) + "."]
     if results["infeasible"]:
         lines += ["", "Infeasible (no allocation of the ladder fits): "
                   + ", ".join(f"{item['method']} at {item['budget']}" for item in results["infeasible"]) + "."]
@@ -170,9 +181,13 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
 
 
 def ratio_interval(row: dict, rival: dict):
-    """The row's mean KLD over the rival's, with the paired bootstrap interval over the windows both were scored on."""
-    from ramp.evaluate.intervals import paired_bootstrap_ratio
+    """The row's mean KLD over the rival's, with the paired bootstrap interval over the windows both were scored
+    on (a single window has no interval: both ends are the ratio, and no claim rests on it)."""
+    from ramp.evaluate.intervals import RatioInterval, paired_bootstrap_ratio
 
+    if len(row["window_kld"]) < 2:
+        ratio = row["kld_mean"] / rival["kld_mean"]
+        return RatioInterval(ratio, ratio, ratio, 0.0, 0, 0, len(row["window_kld"]))
     return paired_bootstrap_ratio(row["window_kld"], rival["window_kld"])
 
 
@@ -218,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ctx", type=int, help="tokens per evaluation window (default ramp run's, 512)")
     parser.add_argument("--goal", type=float, default=GOAL,
                         help=f"goal line: ILP mean KLD at most this multiple of the preset's (default {GOAL}, issue 10's)")
+    parser.add_argument("--search-minutes", type=float, help="minutes of each search row (with --methods ...,search)")
+    parser.add_argument("--name", help="a name for this configuration: its job folder, files and section are the "
+                                       "model's baselines' with -NAME appended (e.g. search)")
     parser.add_argument("--jobs", default="ramp-jobs", help="folder of the job folders (default ramp-jobs)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="folder for the JSON, the PNG and BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -227,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     label = model_label(args.model)
     variant = "no-imatrix" if args.imatrix == "none" else "imatrix"
-    stem = f"baselines-{label}{'' if args.raw else '-twin'}-{variant}"
+    stem = f"baselines-{label}{'' if args.raw else '-twin'}-{variant}{'-' + args.name if args.name else ''}"
     folder = Path(args.jobs) / stem
     code = ramp(job_arguments(args, folder))
     if code:
@@ -241,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_output(png, "wb") as handle:
         handle.write((folder / "pareto.png").read_bytes())
     heading = (f"## Baselines: {label}{' (raw checkpoint)' if args.raw else ' twin'}, "
-               f"{'imatrix' if measured['imatrix'] else 'no imatrix'}")
+               f"{'imatrix' if measured['imatrix'] else 'no imatrix'}{', ' + args.name if args.name else ''}")
     command = "python -m benchmarks.baselines " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section(out / "BENCHMARKS.md", heading, markdown(measured, png, command.strip(), heading, args.goal))
     return 0

@@ -103,6 +103,8 @@ def regret(model: Model, measured: SensitivityTable, tables: dict[str, Sensitivi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.estimate_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF file (default: the embedded SmolLM2)")
+    parser.add_argument("--twin", action="store_true",
+                        help="judge the estimate on the model's off-grid twin (`ramp twin`, cached), as a twin job's table was measured")
     parser.add_argument("--measured", required=True,
                         help="measured KLD table (SensitivityTable JSON) of this model, or a sweep's .partial.json")
     parser.add_argument("--estimate", action="append", choices=("imatrix-error", "fisher", "target-bpw"),
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     from ramp.measure.estimates import estimate_sensitivity
 
     model = load_model(args.model)
+    if args.twin:
+        from ramp.evaluate.twin import cached_twin
+
+        model = load_model(cached_twin(model))
     imatrix, _ = cached_imatrix(model, IMATRIX.sized(text=args.text), progress=False)
     measured = None
     if args.measured.endswith(".partial.json"):  # a sweep still running: agreement on its cells, no regret

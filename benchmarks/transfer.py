@@ -16,8 +16,10 @@ model, its rows are `ramp run` jobs at each imatrix preset's quantizable bytes b
 - policy (own): trained on the held-out model itself;
 - uniform, and the imatrix preset.
 Every file is measured once (`ramp run` caches measurements by formats), so the rows the jobs share cost
-nothing twice. Training shapes by each training model's measured table where every training model has one
-(the baselines job's), else by the estimate. Writes transfer.json, transfer.png and the
+nothing twice. The jobs run on each model's off-grid twin (`ramp twin`; `--raw`: on the checkpoints, where
+presets at or above the source's size make no claim and are left out). Policies train on the checkpoints:
+with `--raw` shaped by each training model's measured table where every one has one (the baselines job's),
+else, and always on twins (whose tables belong to the twin), by the estimate. Writes transfer.json, transfer.png and the
 `## Agent: leave one family out` section of BENCHMARKS.md into --out.
 """
 from __future__ import annotations
@@ -44,12 +46,12 @@ def baselines_job(args: argparse.Namespace, family: str):
     from ramp.job.record import read_job
     from ramp.job.settings import model_label
 
-    folder = Path(args.jobs) / f"baselines-{model_label(family)}-imatrix"
+    folder = Path(args.jobs) / f"baselines-{model_label(family)}{'' if args.raw else '-twin'}-imatrix"
     try:
         return read_job(folder)
     except RampError:
         raise SystemExit(f"{folder} holds no finished job: run `python -m benchmarks.baselines --model {family} "
-                         f"--max-windows {args.windows} --jobs {args.jobs}` first") from None
+                         f"--max-windows {args.windows} --jobs {args.jobs}{' --raw' if args.raw else ''}` first") from None
 
 
 def train(args: argparse.Namespace, families: list[str], out: Path) -> Path:
@@ -58,7 +60,7 @@ def train(args: argparse.Namespace, families: list[str], out: Path) -> Path:
     from ramp.measure.estimates import MEASURES
 
     records = [baselines_job(args, family) for family in families]
-    measured = all(record.damage_measure not in MEASURES.values() for record in records)
+    measured = args.raw and all(record.damage_measure not in MEASURES.values() for record in records)
     command = ["train", "--out", str(out), "--timesteps", str(args.timesteps), "--seed", str(args.seed), "--resume", "auto",
                "--checkpoint-every", str(min(3000, args.timesteps)), "--select-every", str(min(3000, args.timesteps)),
                "--tensorboard", str(Path(args.work) / "runs"), *(["--formats", args.formats] if args.formats else [])]
@@ -79,7 +81,8 @@ def job(args: argparse.Namespace, family: str, name: str, methods: str, damage: 
 
     folder = Path(args.jobs) / f"transfer-{model_label(family)}-{name}"
     command = ["run", "--model", family, "--method", methods, "--damage", damage, "--budget", ",".join(budgets),
-               "--max-windows", str(args.windows), "--out-dir", str(folder), *(["--policy", str(policy)] if policy else [])]
+               "--max-windows", str(args.windows), "--out-dir", str(folder), "--no-twin" if args.raw else "--twin",
+               *(["--policy", str(policy)] if policy else [])]
     command += [option for preset in presets for option in ("--preset", preset)]
     for option, value in (("--formats", args.formats), ("--calibration-tokens", args.calibration_tokens), ("--ctx", args.ctx)):
         if value is not None:
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", action="append", help="rotations to run (default: every family)")
     parser.add_argument("--timesteps", type=int, default=30000, help="environment steps per policy (default 30000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw", action="store_true",
+                        help="run the jobs on the checkpoints themselves, not their off-grid twins (read --raw baselines jobs)")
     parser.add_argument("--windows", type=int, default=4, help="held-out windows, as the baselines job's (default 4)")
     parser.add_argument("--ctx", type=int, help="tokens per evaluation window (default ramp run's)")
     parser.add_argument("--formats", help="candidate formats (default ramp's ladder)")

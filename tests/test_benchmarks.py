@@ -48,23 +48,23 @@ def baselines(families, ramp_cache, tmp_path_factory) -> Path:
 
 def test_baselines_writes_its_json_plot_and_section(baselines, families):
     docs = baselines / "docs"
-    results = json.loads((docs / "baselines-tiny-F32-imatrix.json").read_text())
+    results = json.loads((docs / "baselines-tiny-F32-twin-imatrix.json").read_text())
     assert results["imatrix"]["chunks"] > 0 and results["sensitivity_measure"] == "kld" and results["eval_windows"] == 1
     assert [(row["method"], row["budget"]) for row in results["rows"]] == [
         ("ilp", "Q8_0 bytes"), ("ilp", "7bpw"), ("uniform", "Q8_0 bytes"), ("uniform", "7bpw")]
     for row in results["rows"] + results["presets"]:
         assert math.isfinite(row["kld_mean"]) and row["kld_mean"] > 0 and row["file_bytes"] > 0
     assert results["rows"][1]["file_bytes"] < results["rows"][0]["file_bytes"]  # 7 bpw is below Q8_0's bytes
-    assert (docs / "baselines-tiny-F32-imatrix.png").read_bytes()[:8] == PNG
+    assert (docs / "baselines-tiny-F32-twin-imatrix.png").read_bytes()[:8] == PNG
     text = (docs / "BENCHMARKS.md").read_text()
-    assert "## Baselines: tiny-F32, imatrix" in text and "## Baselines: tiny2-F32, imatrix" in text
+    assert "## Baselines: tiny-F32 twin, imatrix" in text and "## Baselines: tiny2-F32 twin, imatrix" in text
     assert "| **ramp ilp** | Q8_0 bytes |" in text and "| stage | wall | CPU | peak RSS |" in text
 
 
 def test_estimate_check_judges_the_estimate_by_the_measured_table(baselines, families, ramp_cache):
     out = baselines / "estimate-check.json"
-    benchmark("estimate_check", ramp_cache, "--model", str(families[0]), "--estimate", "fisher", "--tokens", "256",
-              "--measured", str(baselines / "jobs" / "baselines-tiny-F32-imatrix" / "sensitivity.json"),
+    benchmark("estimate_check", ramp_cache, "--model", str(families[0]), "--twin", "--estimate", "fisher", "--tokens", "256",
+              "--measured", str(baselines / "jobs" / "baselines-tiny-F32-twin-imatrix" / "sensitivity.json"),
               "--budgets", "5.5bpw,7bpw", "--out", str(out))
     checked = json.loads(out.read_text())
     assert checked["measured_cells"] > 0 and -1 <= checked["estimates"]["fisher"]["agreement"]["overall"] <= 1
@@ -134,9 +134,9 @@ def test_eval_speed_times_both_sides_on_the_same_windows(tiny_reference, ramp_ca
 def test_additivity_measures_the_ilp_and_its_neighbours(tiny_reference, ramp_cache, tmp_path):
     benchmark("additivity", ramp_cache, "--model", str(tiny_reference), "--name", "tiny", "--damage", "fisher",
               "--budgets", "5", "--neighbours", "3", "--tokens", "64", "--window", "32", "--out", str(tmp_path))
-    results = json.loads((tmp_path / "additivity-tiny.json").read_text())
+    results = json.loads((tmp_path / "additivity-tiny-twin.json").read_text())
     [budget] = results["budgets"]
     assert [row["kind"] for row in budget["rows"]][:1] == ["ilp"] and len(budget["rows"]) == 4
     assert all(row["measured"] > 0 and math.isfinite(row["predicted"]) for row in budget["rows"])
-    assert -1 <= budget["spearman"] <= 1 and results["checkpoint"].startswith("raw")
-    assert (tmp_path / "additivity-tiny.png").read_bytes()[:8] == PNG
+    assert -1 <= budget["spearman"] <= 1 and results["checkpoint"].startswith("off-grid twin of")
+    assert (tmp_path / "additivity-tiny-twin.png").read_bytes()[:8] == PNG

@@ -507,7 +507,8 @@ def make_results(job: Job) -> list[str]:
 
     plot_pareto(lines, [(result.name, result.file_bytes, result.kld_mean) for result in presets],
                 "llama.cpp presets" + suffix, job.folder / PARETO,
-                f"{model_label(settings.model)}{' twin' if settings.twin else ''}: held-out {settings.text}", source_bytes)
+                f"{model_label(settings.model)}{' twin' if settings.twin else ''}: held-out {settings.text}",
+                None if settings.twin else source_bytes)  # a twin is on no grid: every size makes a claim
     return [RESULTS, PARETO]
 
 
