@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# the row each method is compared with at its budget: the ILP with PR #15550's allocator, the search with its start
-RIVALS = {"ilp": "target-bpw", "search": "ilp"}
+# the row each method is compared with at its budget: the ILP with PR #15550's allocator, the search and the policy with
+# the ILP they start from
+RIVALS = {"ilp": "target-bpw", "search": "ilp", "policy": "ilp"}
 SEARCH_GOAL = 0.90  # issue 23: the search at most 0.90x the ILP's mean KLD
 GOAL = 0.60  # issue 10: ramp's ILP at <= 60% of the imatrix preset's mean KLD, at its bytes, below the source's size
 
