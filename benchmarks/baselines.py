@@ -156,19 +156,18 @@ def markdown(results: dict, png: Path, command: str, heading: str, goal: float =
     rivals = [(label, r, by_budget[("target-bpw", label)]) for (method, label), r in by_budget.items()
               if method == "ilp" and ("target-bpw", label) in by_budget]
     if rivals:
-        ahead = [label for label, ilp, rival in rivals if ratio_interval(ilp, rival).high < 1]
-        behind = [f"{label} ({ratio_interval(ilp, rival).compact()})" for label, ilp, rival in rivals
-                  if ratio_interval(ilp, rival).high >= 1]
+        intervals = [(label, ratio_interval(ilp, rival)) for label, ilp, rival in rivals]
+        ahead = [label for label, interval in intervals if interval.high < 1]
+        behind = [f"{label} ({interval.compact()})" for label, interval in intervals if interval.high >= 1]
         lines += ["", "ILP below the target-bpw baseline (llama.cpp PR #15550) at the same budget, the interval's upper end "
                   f"below 1: at {', '.join(ahead) or 'none'}" + (f"; not at {', '.join(behind)}." if behind else ".")]
-    searched = [(label, r, by_budget[("ilp", label)]) for (method, label), r in by_budget.items()
+    searched = [(label, ratio_interval(r, by_budget[("ilp", label)])) for (method, label), r in by_budget.items()
                 if method == "search" and ("ilp", label) in by_budget]
     if searched:
         lines += ["", f"Search against the ILP it starts from, on the held-out windows (goal: at most {SEARCH_GOAL:.2f}x with the "
                   "interval's upper end below 1): " + "; ".join(
-                      f"{label} {ratio_interval(found, start).compact()}"
-                      + (" met" if ratio_interval(found, start).ratio <= SEARCH_GOAL and ratio_interval(found, start).high < 1
-                         else " missed") for label, found, start in searched) + "."]
+                      f"{label} {interval.compact()}" + (" met" if interval.ratio <= SEARCH_GOAL and interval.high < 1 else " missed")
+                      for label, interval in searched) + "."]
     if results["infeasible"]:
         lines += ["", "Infeasible (no allocation of the ladder fits): "
                   + ", ".join(f"{item['method']} at {item['budget']}" for item in results["infeasible"]) + "."]

@@ -216,7 +216,8 @@ def _new_settings(args: argparse.Namespace):
                             f"{', '.join(job_methods())} (`ramp allocate` runs the others)")
     search = None
     if "search" in methods:
-        search = {"minutes": args.search_minutes or SearchSettings.minutes, "generations": args.search_generations}
+        minutes = SearchSettings.minutes if args.search_minutes is None else args.search_minutes
+        search = {"minutes": minutes, "generations": args.search_generations}
         check_search_bounds(**search)
     elif args.search_minutes is not None or args.search_generations is not None:
         raise RampError("--search-minutes and --search-generations bound a `search` row; add search to --method, or drop them")
