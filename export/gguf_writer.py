@@ -80,8 +80,8 @@ def reference_formats(model: Model, dtype: str = "F32") -> dict[str, str]:
 def plan_tensors(model: Model, formats: Mapping[str, str]) -> list[TensorPlan]:
     """Every tensor of the model, in file order, with the type it will be written in."""
     plans = []
-    for name, weights in model.tensors.items():
-        shape = tuple(int(d) for d in weights.shape)
+    for name in model.tensors:
+        shape = model.shape(name)
         fmt = resolve_format(formats[name], shape[-1]) if name in formats else get_format("F32")
         plans.append(TensorPlan(name, shape, fmt))
     return plans

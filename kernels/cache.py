@@ -20,6 +20,7 @@ from ramp.files import cache_dir
 from ramp.kernels.codec import BACKENDS, dequantize, quantize
 from ramp.kernels.formats import resolve_format, tensor_bytes
 from ramp.models.model import Model
+from ramp.models.store import row_bands, tensor_rows
 
 
 class DequantCache:
@@ -89,8 +90,11 @@ class DequantCache:
             self.disk_hits += 1
             return np.fromfile(path, dtype=np.uint8)
         self.misses += 1
-        packed = np.asarray(quantize(self.model.tensors[tensor_name], resolved, importance, self.backend, name=tensor_name),
-                            dtype=np.uint8)
+        # rows quantize independently: a tensor larger than the weight cache is quantized a band of rows at a time
+        packed = np.concatenate([
+            np.asarray(quantize(tensor_rows(self.model.tensors, tensor_name, start, stop), resolved, importance, self.backend,
+                                name=tensor_name), dtype=np.uint8).reshape(-1)
+            for start, stop in row_bands(self.model.tensors, tensor_name)])
         if path is not None:
             write_cache_entry(path, packed.tofile)
         return packed

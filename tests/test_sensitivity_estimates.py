@@ -178,10 +178,11 @@ def test_target_bpw_error_is_the_prs_row_relative_trimmed_mean():
     v = np.maximum(importance, 0)
     relative = np.sort((v * error**2).sum(1) / ((v * weights**2).sum(1) + 1e-12))
     expected = relative[3:117].mean() * 120  # floor(2.5% of 120) = 3 rows off each end
-    assert target_bpw.row_relative_error(weights, error, importance) == pytest.approx(expected, rel=1e-12)
+    per_tensor = target_bpw.tensor_error(None, target_bpw.row_relative_errors(weights, error, importance))
+    assert per_tensor == pytest.approx(expected, rel=1e-12)
     few = slice(0, 40)  # under 50 rows: a plain mean
     plain = ((error[few] ** 2).sum(1) / ((weights[few] ** 2).sum(1) + 1e-12)).mean() * 40
-    assert target_bpw.row_relative_error(weights[few], error[few], None) == pytest.approx(plain, rel=1e-12)
+    assert target_bpw.tensor_error(None, target_bpw.row_relative_errors(weights[few], error[few], None)) == pytest.approx(plain, rel=1e-12)
 
 
 def items(names: list[str], n_bytes: list[list[int]]) -> list[Item]:

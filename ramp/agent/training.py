@@ -8,6 +8,7 @@ real evaluation (`evaluate_calibration`) costs a forward per episode and teaches
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,7 +69,7 @@ def default_budget_range(model: "Model", ladder: tuple[str, ...]) -> tuple[float
     smallest, _ = items_range(model, build_items(model, ladder))
     low = 8.0 * smallest / model.n_quantizable_params * 1.01
     source = model.source_file_bytes
-    all_weights = sum(array.size for array in model.tensors.values())
+    all_weights = sum(math.prod(model.shape(name)) for name in model.tensors)
     high = 8.0 * source / all_weights if source else 8.0
     return low, max(high, low)
 

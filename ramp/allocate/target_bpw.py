@@ -66,14 +66,18 @@ def trimmed_mean(values: np.ndarray) -> float:
     return float(np.sort(values)[k:n - k].mean())
 
 
-def row_relative_error(weights: np.ndarray, error: np.ndarray, importance: np.ndarray | None) -> float:
-    """The PR's per-tensor error: trimmed mean over rows of weighted squared error / weighted squared norm,
-    times the number of rows."""
+def row_relative_errors(weights: np.ndarray, error: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """The PR's per-row error: weighted squared error / weighted squared norm (its per-tensor error is their
+    trimmed mean times the number of rows)."""
     from ramp.measure.estimates import row_weighted_squares
 
     values = None if importance is None else np.maximum(importance, 0.0)
-    relative = row_weighted_squares(error, values) / (row_weighted_squares(weights, values) + 1e-12)
-    return trimmed_mean(relative) * weights.shape[0]
+    return row_weighted_squares(error, values) / (row_weighted_squares(weights, values) + 1e-12)
+
+
+def tensor_error(spec: "TensorSpec", relative: np.ndarray) -> float:
+    """The PR's per-tensor error from its rows' relative errors: their trimmed mean times the number of rows."""
+    return trimmed_mean(relative) * len(relative)
 
 
 def error_table(model: "Model", formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None",
@@ -81,11 +85,12 @@ def error_table(model: "Model", formats: list[str] | tuple[str, ...], imatrix: "
     """Step 1: the PR's error of every quantizable tensor in every format, quantized with `imatrix`."""
     from ramp.measure.estimates import error_table as build
 
-    def damage_of(spec: "TensorSpec", error: np.ndarray) -> float:
+    def relative_error(spec: "TensorSpec", error: np.ndarray, rows: slice) -> np.ndarray:
         importance = imatrix.importance(spec.name) if imatrix is not None else None
-        return row_relative_error(model.tensors[spec.name], error, importance)
+        return row_relative_errors(model.tensors[spec.name][rows], error, importance)
 
-    return build(model, formats, imatrix, damage_of, MEASURE, extra={"estimate": "target-bpw"}, progress=progress)
+    return build(model, formats, imatrix, relative_error, MEASURE, extra={"estimate": "target-bpw"}, progress=progress,
+                 reduce=tensor_error)
 
 
 def solve(problem: Problem, damage: list[np.ndarray],

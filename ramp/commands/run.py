@@ -53,7 +53,7 @@ JOBS_FOLDER = "ramp-jobs"
 # Options that say what the job computes: with --job they come from its job.json. (--model, --imatrix and
 # --sensitivity only say where an input is, checked by its sha256: they may point the job at its files.)
 SETTINGS = ("twin", "budget", "method", "formats", "damage", "calibration_tokens", "preset", "no_imatrix", "text", "fold", "ctx",
-            "max_windows", "search_minutes", "search_generations")
+            "max_windows", "search_minutes", "search_generations", "reference_dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"estimating it (default {ESTIMATE.tokens})")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help=f"llama.cpp presets to compare against, repeatable (default: {', '.join(DEFAULT_PRESETS)})")
+    parser.add_argument("--reference-dtype", choices=("F32", "F16"),  # export.gguf_writer.REFERENCE_TYPES, not imported at CLI start
+                        help="type of the unquantized reference the presets are made from and every KLD is measured "
+                             "against (default F32; F16 halves what llama.cpp reads for a large model, at a KLD floor "
+                             "docs/BENCHMARKS.md measures; a twin is always its own F32 file)")
     parser.add_argument("--imatrix", metavar="FILE",
                         help="importance matrix for both sides (default: `ramp imatrix` of the model on the calibration text)")
     parser.add_argument("--no-imatrix", action="store_true", default=None,
@@ -245,6 +249,6 @@ def _new_settings(args: argparse.Namespace):
         imatrix_file=args.imatrix, no_imatrix=bool(args.no_imatrix),
         damage=args.damage or AUTO, damage_tokens=args.calibration_tokens, sensitivity_file=args.sensitivity,
         ladder=ladder, budgets=budgets, methods=methods, policy_file=policy, search=search, presets=presets,
-        eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,
+        reference_dtype=args.reference_dtype or "F32", eval_ctx=eval_ctx, eval_max_windows=args.max_windows or DEFAULT_MAX_WINDOWS,
     )
     return settings, source

@@ -204,9 +204,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ReferenceLogits:
-    logprobs: np.ndarray  # [n_windows * n_scored, n_vocab] float16, memory-mapped
+    file: Path  # the cached log-probs, [n_windows * n_scored, n_vocab] float16 (.npy)
     top1: np.ndarray  # [n_windows * n_scored] int32: argmax before rounding, so near-ties are not flipped
     path: str = ""  # the reference GGUF, which every evaluated file must be a model of (`check_same_model`)
+
+    @property
+    def logprobs(self) -> np.ndarray:
+        """The log-probs, memory-mapped afresh on each use: the mapping goes with the slice taken of it, so a
+        152k-token vocabulary's 2.5 GB never count in the evaluating process's memory at once."""
+        return np.load(self.file, mmap_mode="r")
 
 
 def _reference_cache_path(reference_sha: str, windows: Windows) -> Path:
@@ -256,7 +262,7 @@ def reference_logprobs(path: str | os.PathLike, windows: Windows) -> ReferenceLo
             del out
             with cache_entry_path(top1_cache) as top1_tmp, open(top1_tmp, "wb") as handle:
                 np.save(handle, top1)
-    return ReferenceLogits(np.load(cache, mmap_mode="r"), np.load(top1_cache), str(path))
+    return ReferenceLogits(cache, np.load(top1_cache), str(path))
 
 
 def exact_token_kld(reference_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
@@ -395,7 +401,11 @@ def reference_result(path: str | os.PathLike, reference: ReferenceLogits, window
     path = _check_gguf(path)
     file_bytes, bpw = gguf_size_stats(path)
     targets = windows.targets.reshape(-1)
-    nll = -reference.logprobs[np.arange(len(targets)), targets].astype(np.float64)
+    n_scored = windows.n_ctx - 1 - windows.first_scored
+    nll = np.empty(len(targets))
+    for start in range(0, len(targets), n_scored):  # a window at a time: each mapping holds only its own rows
+        rows = np.arange(start, min(start + n_scored, len(targets)))
+        nll[rows] = -reference.logprobs[rows, targets[rows]].astype(np.float64)
     return _result(name, path, file_bytes, bpw, nll, np.zeros(len(nll)), np.ones(len(nll), dtype=bool), len(windows.tokens))
 
 

@@ -109,6 +109,8 @@ class JobSettings:
     # the bounds of a "search" row's whole-model search: {"minutes": M, "generations": N or null}
     search: dict | None
     presets: tuple[str, ...]
+    # the type of the reference GGUF the presets are quantized from and every KLD is measured against
+    reference_dtype: str
     eval_ctx: int
     eval_max_windows: int | None
     seed: int  # the embeddings' row sampling and the Fisher's label draws
@@ -168,6 +170,7 @@ class JobSettings:
         (`"damage": "Fisher"`, a budget of 4, a ladder of unknown formats) fails here in one line, not as
         another measure quietly chosen, nor a traceback after the sweep. Raises RampError naming the entry."""
         from ramp.allocate.budget import Budget
+        from ramp.export.gguf_writer import REFERENCE_TYPES
         from ramp.evaluate.llama_eval import check_window_length
         from ramp.evaluate.presets import check_presets
         from ramp.measure.calibration import CalibrationSpec
@@ -190,7 +193,7 @@ class JobSettings:
             if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
                 raise entry(key, f"is not {' or '.join(_KIND_NAMES[kind] for kind in kinds)}")
 
-        for key in ("model_sha256", "text", "imatrix", "damage", "ramp_version", "llama_cpp_version"):
+        for key in ("model_sha256", "text", "imatrix", "damage", "reference_dtype", "ramp_version", "llama_cpp_version"):
             expect(key, (str,))
         for key in ("model", "imatrix_file", "imatrix_sha256", "sensitivity_file", "sensitivity_sha256", "policy_file",
                     "policy_sha256"):
@@ -260,6 +263,10 @@ class JobSettings:
         if self.search is not None:
             checked("search", lambda: check_search_bounds(**self.search))
         checked("presets", lambda: check_presets(self.presets, with_imatrix))
+        if self.reference_dtype not in REFERENCE_TYPES:
+            raise entry("reference_dtype", f"is none of {', '.join(REFERENCE_TYPES)}")
+        if self.twin is not None and self.reference_dtype != "F32":
+            raise entry("reference_dtype", "is not F32, which a twin job's reference is: the twin's own F32 file")
         checked("eval_ctx", lambda: check_window_length(self.eval_ctx))
         if self.eval_max_windows is not None and self.eval_max_windows < 1:
             raise entry("eval_max_windows", "is not at least 1")
@@ -379,6 +386,7 @@ def new_settings(
     policy_file: str | None,
     search: dict | None,
     presets: tuple[str, ...],
+    reference_dtype: str,
     eval_ctx: int,
     eval_max_windows: int | None,
 ) -> JobSettings:
@@ -414,7 +422,8 @@ def new_settings(
         embeddings_calibration=EMBEDDINGS.sized(text=text).as_dict(), damage=damage, damage_calibration=damage_calibration,
         sensitivity_file=located(sensitivity_file), sensitivity_sha256=file_sha256(sensitivity_file) if sensitivity_file else None,
         ladder=tuple(ladder), budgets=tuple(budgets), methods=tuple(methods),
-        policy_file=located(policy_file), policy_sha256=file_sha256(policy_file) if policy_file else None, search=search, presets=tuple(presets), eval_ctx=eval_ctx,
+        policy_file=located(policy_file), policy_sha256=file_sha256(policy_file) if policy_file else None, search=search, presets=tuple(presets),
+        reference_dtype=reference_dtype, eval_ctx=eval_ctx,
         eval_max_windows=eval_max_windows, seed=0, ramp_version=ramp_version, llama_cpp_version=llama_cpp,
     )
 

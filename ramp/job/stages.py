@@ -139,7 +139,7 @@ class Job:
 
         if self.settings.twin is not None:  # an F32 file already: the twin is its own reference
             return self.source.source_path
-        return cached_reference(self.source)
+        return cached_reference(self.source, self.settings.reference_dtype)
 
     def importance(self, folded: bool) -> "tuple[ImportanceMatrix | None, Path | None]":
         """The job's importance matrix (artifact of the imatrix stage) for the source or the folded model."""
@@ -286,18 +286,41 @@ class Job:
 
 class StageCost:
     """What one stage cost: wall seconds, CPU seconds of this process and of the children it waited for
-    (llama-quantize, say), and the peak RSS of this process or its largest child by the stage's end (the
-    peak is the process's so far: a stage cannot lower it)."""
+    (llama-quantize, say), this process's peak RSS during the stage (Linux resets the high-water mark per stage;
+    elsewhere it is the process's peak so far), and the peak RSS of the largest child waited for so far."""
 
     def __enter__(self) -> "StageCost":
         self.wall, self.cpu, self.children = time.perf_counter(), time.process_time(), _children_cpu()
+        self.own_peak_reset = _reset_peak_rss()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        own = _peak_rss_kb() if self.own_peak_reset else None
         self.record = {"wall_s": round(time.perf_counter() - self.wall, 3),
                        "cpu_s": round(time.process_time() - self.cpu + _children_cpu() - self.children, 3),
-                       "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                                                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, 1)}
+                       "peak_rss_mb": round((own or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
+                       "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+def _reset_peak_rss() -> bool:
+    """Start this process's RSS high-water mark afresh (Linux: `5` to /proc/self/clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return _peak_rss_kb() is not None
+    except OSError:
+        return False
+
+
+def _peak_rss_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _children_cpu() -> float:
@@ -458,7 +481,7 @@ def make_ggufs(job: Job) -> list[str]:
 
 def reference_name(settings: JobSettings) -> str:
     """The reference's row name in the results: the twin's F32 file when the job works on a twin."""
-    return "F32 twin (reference)" if settings.twin is not None else "F32 reference"
+    return "F32 twin (reference)" if settings.twin is not None else f"{settings.reference_dtype} reference"
 
 
 def make_results(job: Job) -> list[str]:

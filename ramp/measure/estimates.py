@@ -34,6 +34,7 @@ import numpy as np
 from ramp.measure.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
 from ramp.measure.ladder import DEFAULT_LADDER
 from ramp.models.model import Model, TensorSpec
+from ramp.models.store import tensor_rows
 from ramp.measure.sensitivity_table import SensitivityTable
 
 if TYPE_CHECKING:
@@ -91,55 +92,92 @@ def row_weighted_squares(error: np.ndarray, weight: np.ndarray | None = None) ->
     return result
 
 
+# Rows of a tensor whose quantization error is formed at once: a 152k-token embedding's error is never whole.
+_BAND_ELEMENTS = 1 << 23
+
+# damage_of(spec, error, rows): the damage per row of a band `rows` of a tensor, from their quantization error
+DamageOf = Callable[[TensorSpec, np.ndarray, slice], np.ndarray]
+# reduce(spec, per_row): the tensor's damage from every row's (by default their sum)
+Reduce = Callable[[TensorSpec, np.ndarray], float]
+
+
+def _sum(spec: TensorSpec, per_row: np.ndarray) -> float:
+    return float(per_row.sum())
+
+
 def error_table(
     model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None",
-    damage_of: Callable[[TensorSpec, np.ndarray], float], measure: str, calibration_sha256: str = "",
-    extra: dict | None = None, progress: bool = True,
+    damage_of: DamageOf, measure: str, calibration_sha256: str = "",
+    extra: dict | None = None, progress: bool = True, reduce: Reduce = _sum,
 ) -> SensitivityTable:
-    """The table with damage[tensor, format] = damage_of(spec, Q(w) - w), Q(w) being llama.cpp's quantization of
-    the tensor in the format it really writes (ladder formats that fall back alike are quantized once) with the
-    tensor's importance-matrix entry, as llama-quantize --imatrix does. Tensors and formats run on every core:
-    the subtraction and `damage_of` are single-threaded numpy, the quantization itself already spreads its rows;
-    `damage_of` must therefore be safe to call from several threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """The table with damage[tensor, format] = reduce(spec, damage_of(spec, Q(w) - w, rows) of every row), Q(w) being
+    llama.cpp's quantization of the tensor in the format it really writes (ladder formats that fall back alike are
+    quantized once) with the tensor's importance-matrix entry, as llama-quantize --imatrix does."""
     from tqdm import tqdm
 
-    from ramp.kernels import DequantCache, get_format, resolve_format  # ramp.kernels loads torch: not at CLI start
-
-    formats = [get_format(name).name for name in formats]
-    importance = imatrix.importances(model) if imatrix is not None else None
-    # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them
-    weights = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
-    tasks = [(row, spec, real) for row, spec in enumerate(model.quantizable)
-             for real in dict.fromkeys(resolve_format(fmt, spec.row_length).name for fmt in formats)]
-
-    def damage_for(task: tuple[int, TensorSpec, str]) -> float:
-        _, spec, real = task
-        original = model.tensors[spec.name]
-        quantized = weights.written(spec.name, real)
-        # in place where the dequantization is a fresh array: one float32 copy of the tensor per worker
-        error = np.subtract(quantized, original, out=quantized if quantized is not original else None)
-        return damage_of(spec, error)
-
-    damage = np.zeros((len(model.quantizable), len(formats)))
-    # pool.map keeps the order and holds one error array per worker, where one thread held the dequantized
-    # tensor and its error: two workers peak at what one did (more would add memory, not cores, on two)
-    with ThreadPoolExecutor(max_workers=2) as pool, \
-            tqdm(total=len(tasks), desc="quantization error", unit="tensor-format", disable=not progress, leave=False) as bar:
-        for (row, spec, real), value in zip(tasks, pool.map(damage_for, tasks)):
-            for column, fmt in enumerate(formats):
-                if resolve_format(fmt, spec.row_length).name == real:
-                    damage[row, column] = value
+    errors = QuantizationErrors(model, formats, imatrix)
+    damage = np.zeros((len(model.quantizable), len(errors.formats)))
+    with tqdm(total=len(model.quantizable), desc="quantization error", unit="tensor", disable=not progress, leave=False) as bar:
+        for row, spec in enumerate(model.quantizable):
+            damage[row] = errors.row(spec, damage_of, reduce)
             bar.update()
-    return SensitivityTable([spec.name for spec in model.quantizable], formats, damage, measure, model.sha256,
-                            calibration_sha256, {"imatrix": imatrix.content_sha256() if imatrix else None, **(extra or {})})
+    return errors.table(damage, measure, calibration_sha256, extra)
+
+
+class QuantizationErrors:
+    """A tensor's damage row, one per ladder format, from its quantization errors (`error_table`): formats run on
+    both cores (the subtraction and `damage_of` are single-threaded numpy, the quantization itself already spreads
+    its rows), so `damage_of` must be safe to call from several threads; rows are taken in bands, so memory holds
+    the tensor, its packed bytes and a band per worker, never a second float32 copy of the tensor."""
+
+    def __init__(self, model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None") -> None:
+        from ramp.kernels import DequantCache, get_format  # ramp.kernels loads torch: not at CLI start
+
+        self.model = model
+        self.formats = [get_format(name).name for name in formats]
+        self.imatrix = imatrix
+        importance = imatrix.importances(model) if imatrix is not None else None
+        # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them
+        self.weights = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
+
+    def row(self, spec: TensorSpec, damage_of: DamageOf, reduce: Reduce = _sum) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ramp.kernels import dequantize, resolve_format, tensor_bytes
+
+        real_formats = list(dict.fromkeys(resolve_format(fmt, spec.row_length).name for fmt in self.formats))
+        n_rows, row_length = spec.shape
+        band = max(1, _BAND_ELEMENTS // row_length)
+
+        def damage_for(real: str) -> float:
+            per_row = np.zeros(n_rows)
+            if real != "F32":  # F32 is written as it is: no error
+                packed = self.weights.packed(spec.name, real)
+                row_bytes = tensor_bytes((1, row_length), real)
+                for start in range(0, n_rows, band):
+                    rows = slice(start, min(start + band, n_rows))
+                    error = dequantize(packed[rows.start * row_bytes:rows.stop * row_bytes], real,
+                                       (rows.stop - rows.start, row_length), "ggml")
+                    original = tensor_rows(self.model.tensors, spec.name, rows.start, rows.stop)
+                    per_row[rows] = damage_of(spec, np.subtract(error, original, out=error), rows)
+            return reduce(spec, per_row)
+
+        # two workers: more would add memory, not cores, on two
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            by_format = dict(zip(real_formats, pool.map(damage_for, real_formats)))
+        return np.array([by_format[resolve_format(fmt, spec.row_length).name] for fmt in self.formats])
+
+    def table(self, damage: np.ndarray, measure: str, calibration_sha256: str = "", extra: dict | None = None) -> SensitivityTable:
+        imatrix = self.imatrix
+        return SensitivityTable([spec.name for spec in self.model.quantizable], self.formats, damage, measure,
+                                self.model.sha256, calibration_sha256,
+                                {"imatrix": imatrix.content_sha256() if imatrix else None, **(extra or {})})
 
 
 def weight_error_table(model: Model, formats: list[str] | tuple[str, ...], imatrix: "ImportanceMatrix | None" = None,
                        progress: bool = True) -> SensitivityTable:
     """The stand-in: the plain summed squared weight error, blind to how much each tensor matters."""
-    return error_table(model, formats, imatrix, lambda spec, error: float(row_weighted_squares(error).sum()),
+    return error_table(model, formats, imatrix, lambda spec, error, rows: row_weighted_squares(error),
                        STAND_IN, progress=progress)
 
 
@@ -156,20 +194,18 @@ class OutputStatistics:
 def output_statistics(model: Model, tokens: "torch.Tensor", device: str = "cpu", progress: bool = True) -> OutputStatistics:
     """Mean squared input of the output projection (tied or not) and token frequencies over `tokens`."""
     import torch
-    from tqdm import tqdm
 
     from ramp.measure.forward import Forward
 
     forward = Forward(model, device)
-    total = torch.zeros(forward.weights[forward.output_name].shape[1], dtype=torch.float64)
+    total = torch.zeros(model.shape(forward.output_name)[1], dtype=torch.float64)
 
     def capture(name: str, x: "torch.Tensor") -> None:
         if name == "output.weight":
             total.add_(x.reshape(-1, x.shape[-1]).double().square().sum(0).cpu())
 
-    for window in tqdm(tokens, desc="output statistics", unit="window", disable=not progress, leave=False):
-        forward.logits(window[None].to(forward.device), capture=capture)
-    n_vocab = forward.weights["token_embd.weight"].shape[0]
+    forward.observe(list(torch.split(tokens, 1)), capture, output=True)
+    n_vocab = model.shape("token_embd.weight")[0]
     counts = np.bincount(tokens.reshape(-1).numpy(), minlength=n_vocab)[:n_vocab]
     n_tokens = int(tokens.numel())
     return OutputStatistics((total / n_tokens).numpy(), counts / n_tokens, float(forward.embed_scale), n_tokens)
@@ -198,17 +234,16 @@ def imatrix_error_table(
         fallback = compute_imatrix(model, tokens, device=device, progress=progress)
     tied = "output.weight" not in model.tensors
 
-    def damage_of(spec: TensorSpec, error: np.ndarray) -> float:
+    def damage_of(spec: TensorSpec, error: np.ndarray, rows: slice) -> np.ndarray:
         if spec.name == "token_embd.weight":
-            lookup = stats.token_share * stats.embed_scale**2
-            total = float(lookup @ row_weighted_squares(error))
-            return total + (float(row_weighted_squares(error, stats.head_importance).sum()) if tied else 0.0)
+            lookup = stats.token_share[rows] * stats.embed_scale**2 * row_weighted_squares(error)
+            return lookup + row_weighted_squares(error, stats.head_importance) if tied else lookup
         if spec.name == "output.weight":
-            return float(row_weighted_squares(error, stats.head_importance).sum())
+            return row_weighted_squares(error, stats.head_importance)
         importance = imatrix.importance(spec.name) if imatrix is not None else None
         if importance is None:
             importance = fallback.importance(spec.name)
-        return float(row_weighted_squares(error, importance).sum())
+        return row_weighted_squares(error, importance)
 
     table = error_table(model, formats, imatrix, damage_of, MEASURES[IMATRIX_ERROR], tokens_sha256(tokens),
                         {"estimate": IMATRIX_ERROR, "calibration": record, "tied_embedding": tied}, progress)
@@ -218,11 +253,17 @@ def imatrix_error_table(
 
 def diagonal_fisher(
     model: Model, tokens: "torch.Tensor", labels: str = "model", samples: int = 1, seed: int = 0,
-    device: str = "cpu", progress: bool = True,
+    device: str = "cpu", progress: bool = True, on_tensor: Callable[[str, "torch.Tensor"], None] | None = None,
 ) -> dict[str, "torch.Tensor"]:
     """Per quantizable tensor, the mean per-token squared gradient of log q(label) (module docstring), in bfloat16:
     one backward per window and label draw; labels drawn from the model's own prediction (`model`) or the
-    text's next token (`text`). A tied embedding's entry covers both its uses."""
+    text's next token (`text`). A tied embedding's entry covers both its uses.
+
+    The backward runs block by block, last first, from the hidden states a forward kept at every block's entrance
+    (recomputing one block at a time, as gradient checkpointing does): only one block's weights, gradients and
+    Fisher live at once, so a streamed model is read twice and never held. With `on_tensor` each tensor's Fisher is
+    handed over as soon as it is complete, and not kept (the dict returned is empty): the damage can be reduced from
+    it there, and the whole model's Fisher never exists."""
     import torch
     from tqdm import tqdm
 
@@ -234,41 +275,123 @@ def diagonal_fisher(
     if samples < 1 or (labels == "text" and samples != 1):
         raise RampError("the Fisher needs one label draw per window with the text's labels, at least one with the model's")
     forward = Forward(model, device)
-    # leaves sharing the model's storage: gradients flow to them, the weights themselves are never copied
-    params = {spec.name: forward.weights[spec.name].detach().requires_grad_() for spec in model.quantizable}
-    # bfloat16 halves what the Fisher adds to the model (3.5 GB instead of 7.1 GB on a 1.5B model); each
-    # window's sum is formed in float32 and rounded once (relative 2^-8), and the damage sums millions of them
-    fisher = {name: torch.zeros_like(param, dtype=torch.bfloat16) for name, param in params.items()}
+    windows = [window[None].to(forward.device) for window in tokens]
+    n_scored = len(windows) * (tokens.shape[1] - 1 if labels == "text" else tokens.shape[1] * samples)
+    fisher: dict[str, torch.Tensor] = {}
 
-    def accumulate(name: str) -> Callable[["torch.Tensor"], None]:
-        def hook(param: "torch.Tensor") -> None:
-            fisher[name] = param.grad.square().add_(fisher[name]).bfloat16()
-            param.grad = None  # one gradient alive at a time: peak memory is the model plus its Fisher
-        return hook
+    def accumulate(total: "torch.Tensor | None", gradient: "torch.Tensor") -> "torch.Tensor":
+        # bfloat16 halves what a Fisher holds; each gradient's square is formed in float32 and rounded once
+        # (relative 2^-8), and the damage sums millions of them
+        return gradient.square().bfloat16() if total is None else gradient.square().add_(total).bfloat16()
 
-    handles = [param.register_post_accumulate_grad_hook(accumulate(name)) for name, param in params.items()]
+    def finish(name: str, total: "torch.Tensor") -> None:
+        mean = total.float().div_(n_scored).bfloat16()
+        if on_tensor is not None:
+            on_tensor(name, mean)
+        else:
+            fisher[name] = mean
+
+    bar = tqdm(total=forward.n_blocks + 2, desc="fisher", unit="block", disable=not progress, leave=False)
+    entering: list[list[torch.Tensor]] = [[] for _ in range(forward.n_blocks + 1)]
+    with torch.no_grad():  # not inference mode: the kept states are recomputed from, with gradients
+        forward.blocks([forward.embed(window) for window in windows], keep=entering)
+    bar.update()
+
+    # the head, per window and draw, by hand so that the output weight is read in row bands (`Forward.bands`): its
+    # gradient dz^T x and the hidden states' dz W, with dz = softmax - onehot(label) (times the soft-cap's slope)
     generator = torch.Generator().manual_seed(seed)
-    n_scored = 0
-    try:
-        for window in tqdm(tokens, desc="fisher", unit="window", disable=not progress, leave=False):
+    output_name = forward.output_name
+    tied = output_name == "token_embd.weight"
+    output_total = torch.zeros(model.shape(output_name), dtype=torch.bfloat16, device=forward.device)
+    lookups = [torch.unique(window[0], return_inverse=True) for window in windows]  # rows each window looks up
+    head_rows: list[torch.Tensor] = []  # tied: the head's gradient on those rows, added to the lookup's below
+    grads: list[torch.Tensor] = []  # per (window, draw): d loss / d the hidden states leaving the current block
+    for w, window in enumerate(windows):
+        h = entering[forward.n_blocks][w].detach().requires_grad_()
+        with torch.enable_grad():
+            x = forward.head_input(h)
+        flat = x.detach()[0]
+        with torch.no_grad():
+            z = forward.head(h.detach())[0].float()
+            slope = None
+            if forward.logit_softcap > 0:
+                slope = 1 - (z / forward.logit_softcap).square()  # z is capped already: d cap(u) / du = 1 - tanh(u)^2
+            probabilities = torch.softmax(z, dim=-1)
+            del z
+            scored = torch.arange(flat.shape[0] - (1 if labels == "text" else 0), device=forward.device)
+            if labels == "text":  # position t predicts token t + 1; the last position has no label
+                targets = window[0, 1:, None]
+            else:
+                targets = torch.multinomial(probabilities.cpu(), samples, replacement=True,
+                                            generator=generator).to(forward.device)
+            for draw in range(samples):
+                dz = probabilities.clone()
+                dz[scored, targets[:, draw]] -= 1
+                if labels == "text":
+                    dz[-1] = 0
+                if slope is not None:
+                    dz *= slope
+                dx = torch.zeros_like(flat)
+                rows_here = torch.zeros((len(lookups[w][0]), flat.shape[1]), device=forward.device) if tied else None
+                for start, weights in forward.bands(output_name, None):
+                    stop = start + weights.shape[0]
+                    gradient = dz[:, start:stop].T @ flat
+                    dx += dz[:, start:stop] @ weights
+                    if rows_here is not None:  # a row both looked up and projected onto: squared with the lookup's, below
+                        rows = lookups[w][0]
+                        inside = (rows >= start) & (rows < stop)
+                        rows_here[inside] = gradient[rows[inside] - start]
+                        gradient[rows[inside] - start] = 0
+                    output_total[start:stop] = gradient.square().add_(output_total[start:stop]).bfloat16()
+                if rows_here is not None:
+                    head_rows.append(rows_here)
+                (grad_h,) = torch.autograd.grad(x, h, grad_outputs=dx[None], retain_graph=draw + 1 < samples)
+                grads.append(grad_h)
+            del probabilities, dz
+    entering[forward.n_blocks] = []
+    embedding_total: torch.Tensor | None = output_total if tied else None  # completed by the lookup's gradients
+    if not tied:
+        finish(output_name, output_total)
+    del output_total
+    bar.update()
+
+    for index in reversed(range(forward.n_blocks)):
+        leaves = {spec.name: forward.weights[spec.name].detach().requires_grad_()
+                  for spec in model.quantizable if spec.block == index}
+        totals: dict[str, torch.Tensor | None] = dict.fromkeys(leaves)
+        unit, entering_grads = 0, []
+        for h_in in entering[index]:
+            h_in = h_in.detach().requires_grad_()
             with torch.enable_grad():
-                h = forward.embed(window[None].to(forward.device), params)
-                for index in range(forward.n_blocks):
-                    h = forward.block(index, h, params)
-                log_q = torch.log_softmax(forward.head(h, params)[0].float(), dim=-1)
-                if labels == "text":  # position t predicts token t + 1; the last position has no label
-                    log_q, targets = log_q[:-1], window[1:, None].to(forward.device)
-                else:
-                    targets = torch.multinomial(log_q.detach().exp().cpu(), samples, replacement=True,
-                                                generator=generator).to(forward.device)
-                n_scored += targets.shape[0] * samples
+                h_out = forward.block(index, h_in, leaves)
                 for draw in range(samples):
-                    (-log_q.gather(1, targets[:, draw:draw + 1]).sum()).backward(retain_graph=draw + 1 < samples)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name, value in fisher.items():  # in place, one tensor at a time: no second copy of the Fisher
-        fisher[name] = value.float().div_(n_scored).bfloat16()
+                    *weight_grads, grad_in = torch.autograd.grad(h_out, [*leaves.values(), h_in], grad_outputs=grads[unit],
+                                                                 retain_graph=draw + 1 < samples)
+                    for name, gradient in zip(leaves, weight_grads):
+                        totals[name] = accumulate(totals[name], gradient)
+                    entering_grads.append(grad_in)
+                    unit += 1
+        grads, entering[index] = entering_grads, []
+        for name, total in totals.items():
+            if total is not None:
+                finish(name, total)
+        bar.update()
+
+    # the lookup: block 0's input at position t is row tokens[t] of the embedding times the embedding scale
+    embedding = forward.weights["token_embd.weight"]
+    for unit, grad_h in enumerate(grads):
+        rows, position_row = lookups[unit // samples]
+        gradient = torch.zeros((len(rows), embedding.shape[1]), dtype=grad_h.dtype, device=grad_h.device)
+        gradient.index_add_(0, position_row, grad_h[0]).mul_(forward.embed_scale)
+        if tied:
+            gradient += head_rows[unit]
+        if embedding_total is None:
+            embedding_total = torch.zeros(embedding.shape, dtype=torch.bfloat16, device=embedding.device)
+        embedding_total[rows] = gradient.square().add_(embedding_total[rows]).bfloat16()
+    if embedding_total is not None and "token_embd.weight" in {spec.name for spec in model.quantizable}:
+        finish("token_embd.weight", embedding_total)
+    bar.update()
+    bar.close()
     return fisher
 
 
@@ -286,12 +409,18 @@ def fisher_table(
     path = _cache_path(model, tokens, formats, imatrix, f"{FISHER}|{labels}|{samples}|{seed}") if use_cache else None
     if (cached := cached_table(path, model, formats, record)) is not None:
         return cached
-    fisher = diagonal_fisher(model, tokens, labels, samples, seed, device, progress)
-    table = error_table(
-        model, formats, imatrix,
-        lambda spec, error: 0.5 * float(row_weighted_squares(error, fisher[spec.name].float().cpu().numpy()).sum()),
-        MEASURES[FISHER], tokens_sha256(tokens),
-        {"estimate": FISHER, "calibration": record, "labels": labels, "samples": samples, "seed": seed}, progress)
+    errors = QuantizationErrors(model, formats, imatrix)
+    rows: dict[str, np.ndarray] = {}
+
+    def reduce(name: str, fisher: "torch.Tensor") -> None:
+        weight = fisher.cpu()  # bfloat16; each band in float32 as it is used
+        rows[name] = errors.row(model.spec(name),
+                                lambda spec, error, band: 0.5 * row_weighted_squares(error, weight[band].float().numpy()))
+
+    # each tensor's damages as soon as its Fisher is complete: the whole model's Fisher is never held
+    diagonal_fisher(model, tokens, labels, samples, seed, device, progress, on_tensor=reduce)
+    table = errors.table(np.stack([rows[spec.name] for spec in model.quantizable]), MEASURES[FISHER], tokens_sha256(tokens),
+                         {"estimate": FISHER, "calibration": record, "labels": labels, "samples": samples, "seed": seed})
     cache_table(path, table)
     return table
 

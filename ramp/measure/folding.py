@@ -37,13 +37,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from ramp.measure.calibration import FOLD, CalibrationSpec
 from ramp.errors import RampError
 from ramp.models.model import Model
+from ramp.models.store import derived
 
 DEFAULT_ALPHA = 0.5
 
@@ -75,41 +76,55 @@ def _float64_tensor(model: Model, name: str) -> np.ndarray:
     return model.tensors[name].astype(np.float64)
 
 
-def rescale_channels(model: Model, blocks: "list[BlockScales]", output_norm: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The model's tensors with every block rescaled exactly by `blocks` (and output_norm -> output by
-    `output_norm`, which needs an untied output), in float32; the tensors no scale reaches are the model's own."""
-    tensors = dict(model.tensors)
+Rescaled = dict[str, Callable[[], np.ndarray]]
+
+
+def rescale_channels(model: Model, blocks: "list[BlockScales]", output_norm: np.ndarray | None = None) -> Rescaled:
+    """Per tensor that the scales reach, a function computing it rescaled exactly by `blocks` (and output_norm ->
+    output by `output_norm`, which needs an untied output), in float32 from the model's own tensor: applied
+    lazily (`ramp.models.store.derived`), so a rescaled model is never held whole."""
     n_head = int(model.hparam("attention.head_count", 0))
     n_head_kv = int(model.hparam("attention.head_count_kv", n_head))
-
     need = partial(_float64_tensor, model)
+    changes: Rescaled = {}
+
+    def scaled(name: str, columns: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        """`name` with its columns multiplied by `columns` and then its rows divided by `rows`."""
+        def compute() -> np.ndarray:
+            value = need(name)
+            if columns is not None:
+                value = value * (columns[None, :] if value.ndim == 2 else columns)
+            if rows is not None:
+                value /= rows[:, None] if value.ndim == 2 else rows
+            return value.astype(np.float32)
+        if name not in model.tensors:
+            need(name)  # the error naming the missing tensor
+        changes[name] = compute
+
     for block, scales in enumerate(blocks):
         p = f"blk.{block}."
-        current: dict[str, np.ndarray] = {}
         for norm, linears in NORM_INPUTS:
             s = getattr(scales, norm)
-            current[p + norm + ".weight"] = need(p + norm + ".weight") / s
+            scaled(p + norm + ".weight", rows=s)
             for role in linears:
-                current[p + role + ".weight"] = need(p + role + ".weight") * s[None, :]
+                scaled(p + role + ".weight", columns=s,
+                       rows={"attn_v": scales.kv, "ffn_up": scales.ffn_up}.get(role))
         # attn_output columns are [query head, head_dim]; query head h reads kv head h // group
         group = n_head // n_head_kv
         head_dim = scales.kv.size // n_head_kv
         s_o = np.repeat(scales.kv.reshape(n_head_kv, 1, head_dim), group, axis=1).reshape(-1)
-        current[p + "attn_v.weight"] /= scales.kv[:, None]
-        current[p + "attn_output.weight"] = need(p + "attn_output.weight") * s_o[None, :]
-        current[p + "ffn_up.weight"] /= scales.ffn_up[:, None]
-        current[p + "ffn_down.weight"] = need(p + "ffn_down.weight") * scales.ffn_up[None, :]
+        scaled(p + "attn_output.weight", columns=s_o)
+        scaled(p + "ffn_down.weight", columns=scales.ffn_up)
         for bias_of, divisor in (("attn_v", scales.kv), ("ffn_up", scales.ffn_up)):
-            if (bias := p + bias_of + ".bias") in tensors:
-                current[bias] = need(bias) / divisor
-        tensors.update({name: value.astype(np.float32) for name, value in current.items()})
+            if (bias := p + bias_of + ".bias") in model.tensors:
+                scaled(bias, rows=divisor)
     if output_norm is not None:
-        if "output.weight" not in tensors:
+        if "output.weight" not in model.tensors:
             raise RampError("cannot rescale output_norm -> output: the output is tied to token_embd, whose rows are "
                             "also the input embeddings")
-        tensors["output_norm.weight"] = (need("output_norm.weight") / output_norm).astype(np.float32)
-        tensors["output.weight"] = (need("output.weight") * output_norm[None, :]).astype(np.float32)
-    return tensors
+        scaled("output_norm.weight", rows=output_norm)
+        scaled("output.weight", columns=output_norm)
+    return changes
 
 
 def check_alpha(alpha: float) -> None:
@@ -165,7 +180,7 @@ def fold_model(model: Model, activation_stats: Mapping[str, np.ndarray], alpha: 
         s_kv = _scales(act_o.reshape(-1), col_o.reshape(-1), alpha)
         s_up = _scales(stats(p + "ffn_down.weight"), np.abs(need(p + "ffn_down.weight")).max(axis=0), alpha)
         blocks.append(BlockScales(norm_scales["attn_norm"], norm_scales["ffn_norm"], s_kv, s_up))
-    rescaled = rescale_channels(model, blocks)
+    rescaled = derived(model.tensors, rescale_channels(model, blocks))
 
     # A folded model is a different model: caches keyed by model hash must not mix it with the source.
     digest = hashlib.sha256(model.sha256.encode() + f"fold:{alpha}".encode())

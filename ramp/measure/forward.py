@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from ramp.errors import RampError
 from ramp.models.model import Model
+from ramp.models.store import row_bands, tensor_rows
 
 # llama.cpp's rope type per architecture (llama_model_rope_type): "norm" rotates pairs (2i, 2i+1),
 # "neox" rotates (i, i + d/2).
@@ -91,8 +92,43 @@ def check_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+class DeviceWeights(Mapping[str, torch.Tensor]):
+    """The model's tensors as torch tensors on `device`, made when used: on the CPU views of the model's arrays (no
+    copy), so a streamed model's forward holds only what its store keeps; on an accelerator each tensor is copied
+    once and kept there (device memory, not the host's)."""
+
+    def __init__(self, model: Model, device: torch.device) -> None:
+        self.tensors = model.tensors
+        self.device = device
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if (found := self._on_device.get(name)) is not None:
+            return found
+        tensor = self.convert(self.tensors[name])
+        if self.device.type != "cpu":
+            self._on_device[name] = tensor
+        return tensor
+
+    def convert(self, array: np.ndarray) -> torch.Tensor:
+        """A float32 array as a tensor on the device: a view on the CPU."""
+        with warnings.catch_warnings():
+            # stored arrays are read-only and shared; the forward never writes to its weights
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
 class Forward:
-    """The model's forward pass; holds torch views of the model's numpy tensors (no copy)."""
+    """The model's forward pass over its tensors, fetched as each block runs (`DeviceWeights`)."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu") -> None:
         if model.arch not in _ROPE_TYPE:
@@ -102,13 +138,7 @@ class Forward:
             )
         self.model = model
         self.device = check_device(device)
-        with warnings.catch_warnings():
-            # GGUF-loaded arrays are read-only; the forward never writes to its weights.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.weights = {
-                name: torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).to(self.device)
-                for name, t in model.tensors.items()
-            }
+        self.weights = DeviceWeights(model, self.device)
         self.n_blocks = model.n_blocks
         self.n_head = int(model.hparam("attention.head_count"))
         self.n_head_kv = int(model.hparam("attention.head_count_kv", self.n_head))
@@ -184,9 +214,24 @@ class Forward:
             rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
         return torch.cat((rotated, rest), dim=-1)
 
+    def bands(self, name: str, overrides: Overrides | None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, rows) of a weight in row bands: one band where it is in memory anyway, several where a
+        streamed model keeps it nowhere (a 7B's 2 GB embedding and output), so it is never whole."""
+        if overrides is not None and name in overrides:
+            yield 0, overrides[name]
+            return
+        tensors = self.model.tensors
+        for start, stop in row_bands(tensors, name):
+            yield start, self.weights.convert(tensor_rows(tensors, name, start, stop))
+
     def embed(self, tokens: torch.Tensor, overrides: Overrides | None = None) -> torch.Tensor:
         """Hidden states [batch, tokens, embd] entering block 0."""
-        return self.weight("token_embd.weight", overrides)[tokens] * self.embed_scale
+        flat = tokens.reshape(-1)
+        h = torch.empty((flat.numel(), self.model.shape("token_embd.weight")[1]), device=self.device)
+        for start, rows in self.bands("token_embd.weight", overrides):
+            inside = (flat >= start) & (flat < start + rows.shape[0])
+            h[inside] = rows[flat[inside] - start]
+        return h.reshape(*tokens.shape, -1) * self.embed_scale
 
     def block(
         self, index: int, h: torch.Tensor, overrides: Overrides | None = None, capture: Capture | None = None
@@ -224,15 +269,33 @@ class Forward:
         ffn = self._linear(self.ffn_activation(gate) * up, prefix + "ffn_down.weight", overrides, capture)
         return h + self._post_norm(ffn, prefix + "post_ffw_norm.weight")
 
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the output projection multiplies: the final norm of the hidden states leaving the last block."""
+        return _rms_norm(h, self.weights["output_norm.weight"], self.eps)
+
     def head(self, h: torch.Tensor, overrides: Overrides | None = None, capture: Capture | None = None) -> torch.Tensor:
         """Logits from the hidden states leaving the last block."""
-        x = _rms_norm(h, self.weights["output_norm.weight"], self.eps)
+        x = self.head_input(h)
         if capture is not None:
             capture("output.weight", x)
-        logits = x @ self.weight(self.output_name, overrides).T
+        parts = [x @ rows.T for _, rows in self.bands(self.output_name, overrides)]
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         if self.logit_softcap > 0:  # Gemma 2-style final soft-capping, when the file sets it
             logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
         return logits
+
+    def blocks(self, states: list[torch.Tensor], start: int = 0, overrides: Overrides | None = None,
+               capture: Capture | None = None, keep: list[list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
+        """The hidden states leaving the last block, for several batches' states entering block `start`, run block
+        by block: each block's weights are fetched once for every batch, so a pass reads a streamed model once.
+        `keep[b]`, where given, receives the states entering block b (and `keep[n_blocks]` the last ones)."""
+        for index in range(start, self.n_blocks):
+            if keep is not None:
+                keep[index] = list(states)
+            states = [self.block(index, h, overrides, capture) for h in states]
+        if keep is not None:
+            keep[self.n_blocks] = list(states)
+        return states
 
     @torch.inference_mode()
     def logits(
@@ -242,10 +305,18 @@ class Forward:
         capture: Capture | None = None,
     ) -> torch.Tensor:
         """Logits [batch, tokens, vocab] of token windows [batch, tokens], each window from position 0."""
-        h = self.embed(tokens, overrides)
-        for index in range(self.n_blocks):
-            h = self.block(index, h, overrides, capture)
+        (h,) = self.blocks([self.embed(tokens, overrides)], 0, overrides, capture)
         return self.head(h, overrides, capture)
+
+    @torch.inference_mode()
+    def observe(self, batches: list[torch.Tensor], capture: Capture, output: bool = False) -> None:
+        """Show `capture` the input of every block linear for windows in several batches, block by block (one read
+        of a streamed model for all of them), and with `output` the output projection's input too, without
+        computing the logits (a 152k vocabulary's are 0.6 MB per token)."""
+        states = self.blocks([self.embed(batch.to(self.device)) for batch in batches], 0, capture=capture)
+        if output:
+            for h in states:
+                capture("output.weight", self.head_input(h))
 
 
 def first_block_touched(names: Mapping[str, object] | list[str], n_blocks: int) -> int:
@@ -286,18 +357,9 @@ class KLDReference:
     @torch.inference_mode()
     def _compute(self, checkpoint_blocks: bool) -> _Reference:
         fwd = self.forward
-        log_probs = []
         block_inputs: list[list[torch.Tensor]] | None = [[] for _ in range(fwd.n_blocks + 1)] if checkpoint_blocks else None
-        for batch in self.batches:
-            h = fwd.embed(batch)
-            for index in range(fwd.n_blocks):
-                if block_inputs is not None:
-                    block_inputs[index].append(h)
-                h = fwd.block(index, h)
-            if block_inputs is not None:
-                block_inputs[fwd.n_blocks].append(h)
-            log_probs.append(torch.log_softmax(fwd.head(h), dim=-1))
-        return _Reference(log_probs, block_inputs)
+        states = fwd.blocks([fwd.embed(batch) for batch in self.batches], keep=block_inputs)
+        return _Reference([torch.log_softmax(fwd.head(h), dim=-1) for h in states], block_inputs)
 
     @torch.inference_mode()
     def kld(self, overrides: Overrides | None = None, capture: Capture | None = None, windows: int | None = None) -> float:
@@ -307,18 +369,22 @@ class KLDReference:
         ref = self._reference
         start = 0 if ref.block_inputs is None or capture is not None else first_block_touched(list(overrides or {}), fwd.n_blocks)
         left = sum(len(batch) for batch in self.batches) if windows is None else windows
-        total, n_tokens = 0.0, 0
-        for i, batch in enumerate(self.batches):
+        sizes = []  # windows scored from each batch
+        for batch in self.batches:
             if left <= 0:
                 break
-            h = fwd.embed(batch[:left], overrides) if start == 0 else ref.block_inputs[start][i][:left]
-            for index in range(start, fwd.n_blocks):
-                h = fwd.block(index, h, overrides, capture)
+            sizes.append(min(left, len(batch)))
+            left -= sizes[-1]
+        if start == 0:
+            states = [fwd.embed(batch[:size], overrides) for batch, size in zip(self.batches, sizes)]
+        else:
+            states = [h[:size] for h, size in zip(ref.block_inputs[start], sizes)]
+        total, n_tokens = 0.0, 0
+        for i, h in enumerate(fwd.blocks(states, start, overrides, capture)):
             log_q = torch.log_softmax(fwd.head(h, overrides, capture), dim=-1)
-            log_p = ref.log_probs[i][:left]
+            log_p = ref.log_probs[i][:sizes[i]]
             total += float((log_p.exp() * (log_p - log_q)).sum(-1).double().sum())
             n_tokens += int(log_p.shape[0] * log_p.shape[1])
-            left -= len(log_p)
         return total / n_tokens
 
 

@@ -160,9 +160,15 @@ def compute_imatrix(model: Model, tokens: "torch.Tensor", dataset: str = "", dev
         sums[name] = sums.get(name, 0) + flat.square().sum(0)
         counts[name] = counts.get(name, 0) + flat.shape[0]
 
-    batches = list(torch.split(tokens, batch_windows))
-    for batch in tqdm(batches, desc="imatrix", unit=f"x{tokens.shape[1]} tokens", disable=not progress, leave=False):
-        forward.logits(batch.to(forward.device), capture=capture)
+    blocks = tqdm(total=model.n_blocks, desc="imatrix", unit="block", disable=not progress, leave=False)
+
+    def capture_and_count(name: str, x: "torch.Tensor") -> None:
+        capture(name, x)
+        if name.endswith(".ffn_down.weight") and counts[name] == tokens.numel():  # the block's last linear, all batches
+            blocks.update()
+
+    with blocks:
+        forward.observe(list(torch.split(tokens, batch_windows)), capture_and_count)
     return ImportanceMatrix({name: value.cpu().numpy() for name, value in sums.items()}, counts,
                             int(tokens.shape[0]), int(tokens.shape[1]), [dataset] if dataset else [], model.origin_sha256)
 

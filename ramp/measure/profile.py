@@ -28,6 +28,7 @@ from ramp.errors import RampError
 from ramp.files import atomic_output, read_json
 from ramp.measure.forward import Forward, tokens_sha256
 from ramp.models.model import ROLES, Model, TensorSpec
+from ramp.models.store import take_rows
 
 FEATURE_VERSION = 1
 
@@ -87,8 +88,7 @@ def collect_activation_stats(forward: Forward, tokens: torch.Tensor, batch_windo
         if name.split(".")[-2] not in _SHARED_INPUT:
             stats.setdefault(name, ActivationStats()).update(x)
 
-    for batch in torch.split(tokens.to(forward.device), batch_windows):
-        forward.logits(batch, capture=capture)
+    forward.observe(list(torch.split(tokens, batch_windows)), capture, output=True)
     for name in list(stats):
         for role, source in _SHARED_INPUT.items():
             if name.endswith(f".{source}.weight"):
@@ -114,12 +114,14 @@ def rtn4(weights: np.ndarray) -> np.ndarray:
     return (levels * scale).reshape(weights.shape[0], -1)[:, : weights.shape[1]]
 
 
-def _sample_rows(weights: np.ndarray, max_values: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most `max_values` weights as whole rows chosen with `seed` (all rows when the tensor is small)."""
-    n_rows = weights.shape[0]
-    keep = max(1, min(n_rows, max_values // weights.shape[1]))
-    rows = np.arange(n_rows) if keep == n_rows else np.sort(np.random.default_rng(seed).choice(n_rows, keep, replace=False))
-    return weights[rows], rows
+def _sample_rows(model: Model, name: str, max_values: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_values` weights of a tensor as whole rows chosen with `seed` (all rows when the tensor is small)."""
+    n_rows, row_length = model.shape(name)
+    keep = max(1, min(n_rows, max_values // row_length))
+    if keep == n_rows:
+        return model.tensors[name], np.arange(n_rows)
+    rows = np.sort(np.random.default_rng(seed).choice(n_rows, keep, replace=False))
+    return take_rows(model.tensors, name, rows), rows
 
 
 def weight_features(weights: np.ndarray) -> dict[str, float]:
@@ -188,7 +190,7 @@ def tensor_features(
     max_values: int = 1 << 22,
 ) -> np.ndarray:
     """The 11-number embedding of one quantizable tensor, in FEATURE_NAMES order."""
-    weights, rows = _sample_rows(model.tensors[spec.name], max_values, seed)
+    weights, rows = _sample_rows(model, spec.name, max_values, seed)
     n_rows, fan_in = spec.shape
     values: dict[str, float] = {
         "relative_depth": 0.0 if spec.role == "token_embd" else 1.0 if spec.block is None
@@ -271,7 +273,7 @@ def profile_model(
     tokens, record = calibration_tokens(model, calibration)
     forward = forward or Forward(model)
     stats = collect_activation_stats(forward, tokens)
-    vocab = model.tensors["token_embd.weight"].shape[0]
+    vocab = model.shape("token_embd.weight")[0]
     token_counts = np.bincount(tokens.cpu().numpy().reshape(-1), minlength=vocab).astype(np.float64)
     rows = [
         tensor_features(model, spec, stats, token_counts, seed)

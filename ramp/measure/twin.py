@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
 from ramp.errors import RampError
 from ramp.measure.folding import BlockScales, rescale_channels
 from ramp.models.model import ORIGIN_KEY, MetadataValue, Model
+from ramp.models.store import derived
 
 DEFAULT_SEED = 0
 DEFAULT_SIGMA = 0.25
@@ -89,21 +92,28 @@ def _perturbed_embedding(weights: np.ndarray, type_name: str, noise: float, rng:
     return out
 
 
-def _perturbed_zeros(weights: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+def _zero_noise(weights: np.ndarray, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Where the exact zeros of `weights` are and what they become (drawn now, in the twin's draw order)."""
     rows, columns = np.nonzero(weights == 0)
     if rows.size == 0:
-        return weights
+        return None
     touched, row_of = np.unique(rows, return_inverse=True)
     steps = grid_step(weights[touched], "Q8_0")[row_of, columns]
-    out = weights.copy()
-    out[rows, columns] = noise * steps * rng.standard_normal(rows.size)
-    return out
+    return rows, columns, noise * steps * rng.standard_normal(rows.size)
+
+
+def _skip_embedding_draws(shape: tuple[int, ...], rng: np.random.Generator) -> None:
+    """Advance `rng` past the embedding's noise, drawn in `_perturbed_embedding`'s chunks (same draws, none kept)."""
+    for start in range(0, shape[0], _ROWS_PER_CHUNK):
+        rng.standard_normal((min(_ROWS_PER_CHUNK, shape[0] - start), *shape[1:]))
 
 
 def twin_model(model: Model, seed: int = DEFAULT_SEED, sigma: float = DEFAULT_SIGMA,
                noise: float = DEFAULT_NOISE) -> Model:
     """The model's off-grid twin (module docstring): a new Model, its own checkpoint (its sha256 and origin
-    are derived from the source's and the settings, so nothing made for the source is taken for it)."""
+    are derived from the source's and the settings, so nothing made for the source is taken for it). Its tensors
+    are computed from the source's when used (`ramp.models.store.derived`); the draws are made in one fixed order
+    here (scales block by block, the embedding's noise, the zeros' tensor by tensor), whatever order they are used in."""
     import gguf
 
     check_twin_settings(seed, sigma, noise)
@@ -119,7 +129,7 @@ def twin_model(model: Model, seed: int = DEFAULT_SEED, sigma: float = DEFAULT_SI
         if name not in model.tensors:
             raise RampError(f"{model.source_path or 'the model'} has no tensor {name}; a twin needs a llama-family "
                             "transformer (attn_norm, attn_v, ffn_norm, ffn_up in every block)")
-        return int(model.tensors[name].shape[0])
+        return int(model.shape(name)[0])
 
     blocks = []
     for b in range(model.n_blocks):  # the draws' order fixes the twin: block by block, in BlockScales' order
@@ -127,15 +137,20 @@ def twin_model(model: Model, seed: int = DEFAULT_SEED, sigma: float = DEFAULT_SI
         blocks.append(BlockScales(scales(n_embd), scales(rows(f"blk.{b}.ffn_norm.weight")),
                                   scales(rows(f"blk.{b}.attn_v.weight")), scales(rows(f"blk.{b}.ffn_up.weight"))))
     untied = "output.weight" in model.tensors
-    tensors = rescale_channels(model, blocks, scales(model.tensors["output.weight"].shape[1]) if untied else None)
+    changes = rescale_channels(model, blocks, scales(model.shape("output.weight")[1]) if untied else None)
     types = stored_types(model)
     gridded = {spec.name for spec in model.quantizable if types.get(spec.name, "F32") not in _UNGRIDDED}
     if noise > 0 and "token_embd.weight" in gridded:
-        tensors["token_embd.weight"] = _perturbed_embedding(tensors["token_embd.weight"], types["token_embd.weight"],
-                                                            noise, rng)
+        embedding_rng = np.random.default_rng(seed)
+        embedding_rng.bit_generator.state = rng.bit_generator.state
+        _skip_embedding_draws(model.shape("token_embd.weight"), rng)
+        changes["token_embd.weight"] = lambda: _perturbed_embedding(model.tensors["token_embd.weight"],
+                                                                    types["token_embd.weight"], noise, embedding_rng)
     for spec in model.quantizable:
         if noise > 0 and spec.name in gridded and spec.name != "token_embd.weight":
-            tensors[spec.name] = _perturbed_zeros(tensors[spec.name], noise, rng)
+            rescaled = changes.get(spec.name, lambda name=spec.name: model.tensors[name])
+            if (zeros := _zero_noise(rescaled(), noise, rng)) is not None:
+                changes[spec.name] = partial(_with_zeros_moved, rescaled, zeros)
     digest = hashlib.sha256(f"twin:{model.origin_sha256}:{seed}:{sigma!r}:{noise!r}".encode()).hexdigest()
     metadata = {key: value for key, value in model.metadata.items() if key != ORIGIN_KEY}
     metadata |= {
@@ -144,5 +159,12 @@ def twin_model(model: Model, seed: int = DEFAULT_SEED, sigma: float = DEFAULT_SI
         TWIN_SIGMA_KEY: MetadataValue(float(sigma), gguf.GGUFValueType.FLOAT64),
         TWIN_NOISE_KEY: MetadataValue(float(noise) if gridded else 0.0, gguf.GGUFValueType.FLOAT64),
     }
-    return replace(model, tensors=tensors, metadata=metadata, sha256=digest, origin_sha256=digest)
+    return replace(model, tensors=derived(model.tensors, changes), metadata=metadata, sha256=digest, origin_sha256=digest)
+
+
+def _with_zeros_moved(rescaled: "Callable[[], np.ndarray]", zeros: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    rows, columns, values = zeros
+    out = rescaled().copy()
+    out[rows, columns] = values
+    return out
 

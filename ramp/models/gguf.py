@@ -14,6 +14,7 @@ import numpy as np
 
 from ramp.errors import RampError
 from ramp.files import file_sha256
+from ramp.models.store import TensorStore
 from ramp.models.model import ORIGIN_KEY, ROLES, MetadataValue, Model, TensorSpec, check_finite, role_of
 
 if TYPE_CHECKING:
@@ -174,7 +175,13 @@ def read_gguf(path: str | Path) -> GGUFFile:
         ) from exc
 
 
+# Types gguf-py dequantizes (gguf.quants): the plain floats and the Q*_0, Q*_1 and Q*_K block formats.
+_DEQUANTIZABLE = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                  "IQ4_NL", "IQ4_XS"}
+
+
 def load_gguf(path: str | Path) -> Model:
+    """The file's model, streamed (`ramp.models.store`): tensors are dequantized from the mapped file when used."""
     import gguf
 
     path = Path(path)
@@ -188,28 +195,51 @@ def load_gguf(path: str | Path) -> Model:
             f"unsupported architecture {arch!r} in {path}; ramp maps {', '.join(MAPPABLE_ARCHITECTURES)}"
         )
     size = path.stat().st_size
-    tensors: dict[str, np.ndarray] = {}
+    stored = {}
     quantizable: list[TensorSpec] = []
     for tensor in reader.tensors:
         if tensor.data_offset + tensor.n_bytes > size:
             raise RampError(f"{path} is truncated: tensor {tensor.name} runs past the end of the file; re-download it")
-        try:
-            weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-        except NotImplementedError as exc:
+        if tensor.tensor_type.name not in _DEQUANTIZABLE:
             raise RampError(
                 f"tensor {tensor.name} in {path} has type {tensor.tensor_type.name}, which ramp cannot dequantize; "
                 "start from an F32/F16/BF16 or Q*_0/Q*_1/Q*_K GGUF"
-            ) from exc
-        check_finite(tensor.name, weights, path)
-        tensors[tensor.name] = weights
+            )
+        stored[tensor.name] = tensor
+        shape = tuple(int(d) for d in reversed(tensor.shape))
         role = role_of(tensor.name)
-        if role is not None and weights.ndim == 2:
-            quantizable.append(TensorSpec(tensor.name, tuple(int(d) for d in weights.shape), role[0], role[1]))
-        elif role is None and not _KNOWN_AUXILIARY.search(tensor.name) and weights.ndim >= 2:
+        if role is not None and len(shape) == 2:
+            quantizable.append(TensorSpec(tensor.name, shape, role[0], role[1]))
+        elif role is None and not _KNOWN_AUXILIARY.search(tensor.name) and len(shape) >= 2:
             raise RampError(
                 f"tensor {tensor.name!r} of architecture {arch!r} has no role ramp can map; "
                 f"ramp maps the tensors {', '.join(ROLES)}"
             )
+
+    def dequantized(name: str) -> np.ndarray:
+        tensor = stored[name]
+        shape = tuple(reversed(tensor.shape))
+        if tensor.tensor_type.name == "F32":
+            weights = tensor.data.reshape(shape)
+        else:
+            weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
+                                           dtype=np.float32).reshape(shape)
+        check_finite(name, weights, path)
+        return weights
+
+    def dequantized_rows(name: str, start: int, stop: int) -> np.ndarray:
+        tensor = stored[name]
+        shape = tuple(reversed(tensor.shape))
+        if len(shape) != 2:
+            return dequantized(name)[start:stop]
+        rows = tensor.data.reshape(shape[0], -1)[start:stop]  # a quantized row is whole blocks, stored in order
+        weights = rows if tensor.tensor_type.name == "F32" else np.ascontiguousarray(
+            gguf.quants.dequantize(rows, tensor.tensor_type), dtype=np.float32).reshape(-1, shape[1])
+        check_finite(name, weights, path)
+        return weights
+
+    tensors = TensorStore({name: tuple(int(d) for d in reversed(t.shape)) for name, t in stored.items()}, dequantized,
+                          cached=lambda name: stored[name].tensor_type.name != "F32", make_rows=dequantized_rows)
     if not quantizable:
         raise RampError(f"{path} has no quantizable weight tensors; is it a model GGUF?")
     n_blocks = int(metadata.get(f"{arch}.block_count", MetadataValue(0, None)).value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -54,7 +54,9 @@ class MetadataValue:
 class Model:
     arch: str
     n_blocks: int
-    tensors: dict[str, np.ndarray]
+    # float32 weights by name: a `ramp.models.store.TensorStore` (made on use) for a file's model, a dict for one
+    # built in memory
+    tensors: Mapping[str, np.ndarray]
     quantizable: list[TensorSpec]
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
     source_path: Path | None = None
@@ -80,6 +82,12 @@ class Model:
         """Size of the checkpoint the model was loaded from (None for a model built in memory or a folder)."""
         path = self.source_path
         return Path(path).stat().st_size if path is not None and Path(path).is_file() else None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, without making its weights."""
+        from ramp.models.store import tensor_shape
+
+        return tensor_shape(self.tensors, name)
 
     def spec(self, name: str) -> TensorSpec:
         for spec in self.quantizable:
