@@ -163,6 +163,23 @@ def _check_f16_range(model: Model, plans: list[TensorPlan]) -> None:
                                 "as F32 (--reference F32) or in a quantized format")
 
 
+def start_gguf(path: str | os.PathLike, metadata: Mapping[str, MetadataValue], plans: list[TensorPlan]) -> gguf.GGUFWriter:
+    """A GGUFWriter on `path` that has written the header, `metadata` verbatim and the tensor infos of `plans`:
+    what remains is each tensor's data, in the order of `plans`, each padded to the data alignment."""
+    writer = gguf.GGUFWriter(path, str(metadata["general.architecture"].value))
+    writer.data_alignment = _alignment(metadata)
+    for key, entry in metadata.items():
+        if key == "general.architecture":  # GGUFWriter wrote it from the constructor argument
+            continue
+        writer.add_key_value(key, entry.value, entry.value_type, sub_type=entry.element_type)
+    for plan in plans:
+        writer.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32), plan.n_bytes, raw_dtype=plan.fmt.ggml_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    return writer
+
+
 def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike, progress: bool = True,
                importance: Mapping[str, np.ndarray] | None = None) -> int:
     """Write the model with each quantizable tensor in `formats[name]` (quantized with `importance[name]`
@@ -175,17 +192,7 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
     _check_f16_range(model, plans)
     metadata = file_metadata(model, plans)
     with atomic_path(path) as tmp:
-        writer = gguf.GGUFWriter(tmp, str(metadata["general.architecture"].value))
-        writer.data_alignment = _alignment(metadata)
-        for key, entry in metadata.items():
-            if key == "general.architecture":  # GGUFWriter wrote it from the constructor argument
-                continue
-            writer.add_key_value(key, entry.value, entry.value_type, sub_type=entry.element_type)
-        for plan in plans:
-            writer.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32), plan.n_bytes, raw_dtype=plan.fmt.ggml_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
+        writer = start_gguf(tmp, metadata, plans)
         # quantized bytes come from the same disk cache the measurement filled (identical libggml calls)
         quantized = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
         bar = tqdm(plans, desc=f"writing {Path(path).name}", unit="tensor", disable=not progress, leave=False)

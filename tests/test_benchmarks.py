@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_gguf import tiny_llama
 
@@ -140,3 +141,51 @@ def test_additivity_measures_the_ilp_and_its_neighbours(tiny_reference, ramp_cac
     assert all(row["measured"] > 0 and math.isfinite(row["predicted"]) for row in budget["rows"])
     assert -1 <= budget["spearman"] <= 1 and results["checkpoint"].startswith("off-grid twin of")
     assert (tmp_path / "additivity-tiny-twin.png").read_bytes()[:8] == PNG
+
+
+def test_seven_b_copies_a_truncated_header_into_a_file_llama_cpp_runs(tiny_model, ramp_cache, tmp_path):
+    """The 7B's header comes from the first part of a cut file: here the tiny llama's Q4_K/Q6_K GGUF cut inside
+    its second tensor. The copy keeps every key, tensor name, shape and type; llama.cpp evaluates it and
+    ramp loads it; the same seed gives the same bytes, and --blocks keeps the first blocks' tensors' bytes."""
+    from ramp.export.gguf_writer import write_gguf
+    from ramp.models.gguf import read_gguf
+
+    source = tmp_path / "tiny-K.gguf"
+    write_gguf(tiny_model, {spec.name: "Q6_K" if "ffn" in spec.name else "Q4_K" for spec in tiny_model.quantizable},
+               source, progress=False)
+    whole = read_gguf(source)
+    header = tmp_path / "tiny-K.part0"
+    header.write_bytes(source.read_bytes()[:whole.tensors[1].data_offset + 100])
+    out, report = tmp_path / "synthetic.gguf", tmp_path / "report.json"
+    benchmark("seven_b", ramp_cache, "--header", str(header), "--out", str(out), "--seed", "5", "--load-model", "--json", str(report))
+    measured = json.loads(report.read_text())
+    assert measured["ramp_listing"]["tensors"] == len(whole.tensors) and measured["llama_perplexity"]["returncode"] == 0
+    assert math.isfinite(measured["llama_perplexity"]["perplexity"]) and measured["llama_perplexity"]["peak_rss_bytes"] > 0
+    assert measured["load_model"]["returncode"] == 0 and measured["load_model"]["last_line"].startswith("loaded")
+
+    copy = read_gguf(out)
+    layout = [(t.name, t.shape, t.tensor_type) for t in whole.tensors]
+    assert [(t.name, t.shape, t.tensor_type) for t in copy.tensors] == layout
+    assert {key: value for key, value in copy.fields.items() if key != "ramp.synthetic"} == whole.fields
+    assert json.loads(copy.fields["ramp.synthetic"].value)["seed"] == 5
+    assert any(t.tensor_type.name == "Q4_K" for t in copy.tensors) and any(t.tensor_type.name == "Q6_K" for t in copy.tensors)
+
+    written_at = out.stat().st_mtime_ns
+    assert "kept" in benchmark("seven_b", ramp_cache, "--header", str(header), "--out", str(out), "--seed", "5", "--no-check")
+    assert out.stat().st_mtime_ns == written_at
+    again = tmp_path / "again.gguf"
+    benchmark("seven_b", ramp_cache, "--header", str(header), "--out", str(again), "--seed", "5", "--no-check")
+    assert again.read_bytes() == out.read_bytes()
+
+    one = tmp_path / "one-block.gguf"
+    benchmark("seven_b", ramp_cache, "--header", str(header), "--out", str(one), "--seed", "5", "--blocks", "1")
+    cut = read_gguf(one)
+    assert [t.name for t in cut.tensors] == [t.name for t in copy.tensors if not t.name.startswith("blk.1.")]
+    assert cut.fields["llama.block_count"].value == 1
+    by_name = {t.name: t for t in copy.tensors}
+    assert all(np.array_equal(t.data, by_name[t.name].data) for t in cut.tensors)
+
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.seven_b", "--header", str(header), "--blocks", "3"],
+                             cwd=REPO, capture_output=True, text=True, env={**os.environ, "RAMP_CACHE": str(ramp_cache)})
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"seven_b: error: --blocks 3 is outside 1..2, the blocks of {header}"]
