@@ -162,16 +162,12 @@ def tensor_bands(plan: "TensorPlan", seed: int) -> Iterator[np.ndarray]:
         yield pool[picks].reshape(-1)
 
 
-def _padding(handle, alignment: int) -> None:
-    handle.write(bytes(-handle.tell() % alignment))
-
-
 def write_synthetic(layout: Layout, seed: int, path: Path, progress: bool = True) -> int:
     """Write the synthetic GGUF to `path` (temporary, sealed, renamed); its byte count."""
     from tqdm import tqdm
 
     from ramp.cache_entries import cache_entry_path
-    from ramp.export.gguf_writer import start_gguf
+    from ramp.export.gguf_writer import pad_to_alignment, start_gguf
     from ramp.files import check_output_path
 
     data_bytes = sum(plan.n_bytes for plan in layout.plans)
@@ -184,11 +180,11 @@ def write_synthetic(layout: Layout, seed: int, path: Path, progress: bool = True
                                               desc=f"writing {path.name}", disable=not progress, mininterval=2) as bar:
             handle.seek(0, os.SEEK_END)
             for plan in layout.plans:
-                _padding(handle, alignment)
+                pad_to_alignment(handle, alignment)
                 for band in tensor_bands(plan, seed):
                     band.tofile(handle)
                     bar.update(band.nbytes)
-            _padding(handle, alignment)
+            pad_to_alignment(handle, alignment)
         return os.path.getsize(tmp)
 
 

@@ -10,11 +10,12 @@ one encoded tensor, and it lands under its final name only when complete.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Mapping
 
 import gguf
 import numpy as np
@@ -24,6 +25,7 @@ from ramp.files import atomic_path, cache_dir
 from ramp.kernels.formats import Format, get_format, resolve_format
 from ramp.errors import RampError
 from ramp.models.model import ORIGIN_KEY, MetadataValue, Model
+from ramp.models.store import row_bands, tensor_rows
 
 if TYPE_CHECKING:
     from ramp.measure.imatrix import ImportanceMatrix
@@ -156,11 +158,22 @@ def _check_f16_range(model: Model, plans: list[TensorPlan]) -> None:
     """Before anything is written: a weight beyond float16's range would be stored as Inf."""
     limit = float(np.finfo(np.float16).max)
     for plan in plans:
-        if plan.fmt.name == "F16" and model.tensors[plan.name].size:
-            largest = float(np.abs(model.tensors[plan.name]).max())
+        if plan.fmt.name == "F16" and math.prod(plan.shape):
+            largest = max(float(np.abs(band).max()) for band in _bands(model, plan.name))
             if not largest <= limit:
                 raise RampError(f"tensor {plan.name} holds {largest:g}, beyond float16's range ({limit:g}); export it "
                                 "as F32 (--reference F32) or in a quantized format")
+
+
+def _bands(model: Model, name: str) -> Iterator[np.ndarray]:
+    """A tensor's float32 weights in row bands (`ramp.models.store.row_bands`): a 7B's embedding is never whole."""
+    for start, stop in row_bands(model.tensors, name):
+        yield tensor_rows(model.tensors, name, start, stop)
+
+
+def pad_to_alignment(handle: BinaryIO, alignment: int) -> None:
+    """Zeros up to the next multiple of `alignment`: every tensor's data starts, and the file ends, aligned."""
+    handle.write(bytes(-handle.tell() % alignment))
 
 
 def start_gguf(path: str | os.PathLike, metadata: Mapping[str, MetadataValue], plans: list[TensorPlan]) -> gguf.GGUFWriter:
@@ -193,15 +206,21 @@ def write_gguf(model: Model, formats: Mapping[str, str], path: str | os.PathLike
     metadata = file_metadata(model, plans)
     with atomic_path(path) as tmp:
         writer = start_gguf(tmp, metadata, plans)
+        alignment = writer.data_alignment
+        writer.close()
         # quantized bytes come from the same disk cache the measurement filled (identical libggml calls)
         quantized = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
         bar = tqdm(plans, desc=f"writing {Path(path).name}", unit="tensor", disable=not progress, leave=False)
-        for plan in bar:
-            if plan.fmt.name in REFERENCE_TYPES:
-                writer.write_tensor_data(encode_reference(model.tensors[plan.name], plan.fmt))
-            else:
-                writer.write_tensor_data(quantized.packed(plan.name, plan.fmt.name))
-        writer.close()
+        with open(tmp, "r+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            for plan in bar:
+                pad_to_alignment(handle, alignment)
+                if plan.fmt.name in REFERENCE_TYPES:
+                    for band in _bands(model, plan.name):
+                        encode_reference(band, plan.fmt).tofile(handle)
+                else:
+                    quantized.packed(plan.name, plan.fmt.name).tofile(handle)
+            pad_to_alignment(handle, alignment)
         return os.path.getsize(tmp)
 
 
