@@ -180,6 +180,20 @@ _DEQUANTIZABLE = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", 
                   "IQ4_NL", "IQ4_XS"}
 
 
+_DEQUANTIZE_BAND = 1 << 20  # weights per gguf-py call
+
+
+def _dequantized_rows(tensor: GGUFTensor, start: int, stop: int) -> np.ndarray:
+    """Float32 rows start..stop of a stored 2-D tensor (a quantized row is whole blocks, stored in order)."""
+    import gguf
+
+    row_length = int(tensor.shape[0])
+    rows = tensor.data.reshape(int(tensor.shape[1]), -1)[start:stop]
+    if tensor.tensor_type.name == "F32":
+        return rows
+    return np.ascontiguousarray(gguf.quants.dequantize(rows, tensor.tensor_type), dtype=np.float32).reshape(-1, row_length)
+
+
 def load_gguf(path: str | Path) -> Model:
     """The file's model, streamed (`ramp.models.store`): tensors are dequantized from the mapped file when used."""
     import gguf
@@ -221,6 +235,11 @@ def load_gguf(path: str | Path) -> Model:
         shape = tuple(reversed(tensor.shape))
         if tensor.tensor_type.name == "F32":
             weights = tensor.data.reshape(shape)
+        elif len(shape) == 2:  # band by band: gguf-py's temporaries are several times the band's float32
+            weights = np.empty(shape, dtype=np.float32)
+            step = max(1, _DEQUANTIZE_BAND // shape[1])
+            for start in range(0, shape[0], step):
+                weights[start:start + step] = _dequantized_rows(tensor, start, min(start + step, shape[0]))
         else:
             weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
                                            dtype=np.float32).reshape(shape)
@@ -229,12 +248,9 @@ def load_gguf(path: str | Path) -> Model:
 
     def dequantized_rows(name: str, start: int, stop: int) -> np.ndarray:
         tensor = stored[name]
-        shape = tuple(reversed(tensor.shape))
-        if len(shape) != 2:
+        if len(tensor.shape) != 2:
             return dequantized(name)[start:stop]
-        rows = tensor.data.reshape(shape[0], -1)[start:stop]  # a quantized row is whole blocks, stored in order
-        weights = rows if tensor.tensor_type.name == "F32" else np.ascontiguousarray(
-            gguf.quants.dequantize(rows, tensor.tensor_type), dtype=np.float32).reshape(-1, shape[1])
+        weights = _dequantized_rows(tensor, start, stop)
         check_finite(name, weights, path)
         return weights
 
