@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -67,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             from ramp.command_paths import check_command_paths
 
             check_command_paths(*module.paths(args))
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # a reader that left early fails here, below, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        # stdout's reader closed it early (`ramp texts | grep -q`): it has what it wanted, and nothing more can
+        # reach it; stdout points at /dev/null so the interpreter's flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except RampError as exc:
         print(f"ramp: error: {exc}", file=sys.stderr)
         return 2

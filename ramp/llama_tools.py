@@ -1,15 +1,17 @@
 """llama.cpp's own command-line tools (llama-quantize, llama-imatrix, llama-perplexity): found without
 configuration and run with their failures turned into one-line RampErrors.
 
-`.ci/build_llama_tools.sh` builds them in the same CMake build as llama-cpp-python's wheel (linked to the
-wheel's own libllama), or, where llama-cpp-python came from elsewhere, statically from the llama.cpp source its
-sdist vendors, and installs them under data_dir()/llama.cpp-<llama-cpp-python version>/bin, so the tools and the
-libllama ramp loads through llama-cpp-python are the same llama.cpp; the version in the folder name means an
-upgrade of llama-cpp-python never runs tools from the old one.
+`.ci/install` builds them in the same CMake build as llama-cpp-python's wheel, which carries them in
+llama_cpp/bin, linked to its own libllama (`.ci/llama_tools.cmake`). For a llama-cpp-python that came from
+elsewhere, `.ci/build_llama_tools.sh` builds them statically from the llama.cpp source its sdist vendors into
+data_dir()/llama.cpp-<llama-cpp-python version>/bin. Either way the tools and the libllama ramp loads through
+llama-cpp-python are the same llama.cpp; the version in the folder name means an upgrade of llama-cpp-python
+never runs tools from the old one.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -33,13 +35,31 @@ def llama_cpp_python_version() -> str | None:
 
 
 def tools_dir() -> Path | None:
-    """Where the build script installs the tools for the installed llama-cpp-python; None without it."""
+    """Where the separate static build installs the tools for the installed llama-cpp-python; None without it."""
     installed = llama_cpp_python_version()
     return None if installed is None else data_dir() / f"llama.cpp-{installed}" / "bin"
 
 
+def wheel_tools_dir() -> Path | None:
+    """llama_cpp/bin in the installed llama-cpp-python, where the wheel .ci/install builds carries the tools;
+    None without llama-cpp-python. Found without importing llama_cpp, which would load libllama."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "bin"
+
+
 def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
+
+
+def built_tools_dir() -> Path | None:
+    """The folder of ramp's own build holding all three tools: the wheel's, else the static build's; None
+    when neither does. The three always come from one folder, so from one llama.cpp."""
+    for folder in (wheel_tools_dir(), tools_dir()):
+        if folder is not None and all(_executable(folder / name) for name in TOOLS):
+            return folder
+    return None
 
 
 def find_tool(name: str) -> Path | None:
@@ -49,8 +69,8 @@ def find_tool(name: str) -> Path | None:
     if explicit:
         path = Path(explicit) / name
         return path if _executable(path) else None
-    built = tools_dir()
-    if built is not None and _executable(built / name):
+    built = built_tools_dir()
+    if built is not None:
         return built / name
     on_path = shutil.which(name)
     return Path(on_path) if on_path else None
@@ -63,7 +83,7 @@ def require_tool(name: str) -> Path:
     explicit = os.environ.get("RAMP_LLAMA_BIN")
     if explicit:
         raise RampError(f"{name} is not an executable in $RAMP_LLAMA_BIN ({explicit}); point it at llama.cpp's bin folder or unset it")
-    raise RampError(f"llama.cpp's {name} is not built (looked in {tools_dir()} and PATH); {BUILD_FIX}")
+    raise RampError(f"llama.cpp's {name} is not built (looked in {wheel_tools_dir()}, {tools_dir()} and PATH); {BUILD_FIX}")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,6 @@
 """llama.cpp's own referee: llama-perplexity on the same text and windows agrees with ramp's evaluation.
 
-The tools come from .ci/build_llama_tools.sh (part of .ci/install): a missing tool fails these tests, it does
-not skip them.
+The tools come from .ci/install: a missing tool fails these tests, it does not skip them.
 """
 from __future__ import annotations
 

@@ -515,6 +515,17 @@ def test_a_fifo_as_model_is_refused_instead_of_hanging(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.gguf"]
 
 
+def test_a_reader_that_closed_stdout_ends_ramp_quietly():
+    # `ramp texts | grep -q` where grep has its match and exits before ramp writes
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        child = subprocess.run([sys.executable, "-m", "ramp.cli", "texts"], stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert child.returncode == 128 + signal.SIGPIPE
+    assert child.stderr == b""
+
 # --- cases that already held, kept true ---------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ def _base_tokens(base: Path) -> np.ndarray:
         n_ctx, _, n_chunk = np.frombuffer(handle.read(12), dtype=np.int32)
         tokens = np.frombuffer(handle.read(4 * int(n_ctx) * int(n_chunk)), dtype=np.int32)
     if magic != b"_logits_" or tokens.size != int(n_ctx) * int(n_chunk):
-        raise RampError(f"llama-perplexity wrote an unreadable base file {base}; rebuild the tools with `bash .ci/build_llama_tools.sh`")
+        raise RampError(f"llama-perplexity wrote an unreadable base file {base}; a llama-perplexity of another llama.cpp? delete its folder and rerun `bash .ci/install`")
     return tokens.reshape(int(n_chunk), int(n_ctx))
 
 
