@@ -590,7 +590,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     {"ladder": ["Q8_0", "Q4_0"]}, {"methods": ["annealing"]}, {"presets": ["Q9_K_M"]}, {"eval_ctx": "64"}, {"eval_ctx": 63},
     {"eval_max_windows": 0}, {"imatrix": "yes"}, {"imatrix_file": "/tmp/m.gguf"}, {"text": "dickens"}, {"fold": 2.0},
     {"seed": "0"}, {"embeddings_calibration": {"text": "austen", "tokens": 0, "window": 256}}, {"model_sha256": "abc"},
-    {"search": {"minutes": 20, "generations": None}}, {"search": {"minutes": -1}},
+    {"search": {"minutes": 20, "generations": None}}, {"search": {"minutes": -1}}, {"reference_dtype": "BF16"},
 ], ids=lambda change: "-".join(f"{key}={json.dumps(value)[:20]}" for key, value in change.items()))
 def test_a_job_file_with_a_bad_value_is_refused_before_stage_1(finished_job, tmp_path, capsys, change):
     """Bad case 1 and the job.json tracebacks: every entry is checked when job.json is loaded; nothing is

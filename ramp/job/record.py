@@ -19,7 +19,7 @@ class JobRecord:
     presets: list[dict]  # per preset compared against: presets.json's entry and its measured row, as "preset" and "result"
     rows: list[dict]  # rows.json's entries, each with its measured row as "result" (None where no allocation fits)
     damage_measure: str  # the sensitivity table's measure
-    stages: dict[str, dict]  # stages.json: per stage its inputs, outputs, wall_s, cpu_s, peak_rss_mb, children_peak_rss_mb
+    stages: dict[str, dict]  # stages.json: per stage its inputs, outputs, wall_s, cpu_s, peak_rss_mb
 
     def row(self, method: str, budget: str) -> dict:
         for row in self.rows:

@@ -286,8 +286,9 @@ class Job:
 
 class StageCost:
     """What one stage cost: wall seconds, CPU seconds of this process and of the children it waited for
-    (llama-quantize, say), this process's peak RSS during the stage (Linux resets the high-water mark per stage;
-    elsewhere it is the process's peak so far), and the peak RSS of the largest child waited for so far."""
+    (llama-quantize, say), and this process's peak RSS during the stage (Linux resets the high-water mark per
+    stage; elsewhere it is the process's peak so far). Not the children's peak: the kernel's figure for a child
+    starts from this process's RSS when it was spawned, so it says nothing of the child."""
 
     def __enter__(self) -> "StageCost":
         self.wall, self.cpu, self.children = time.perf_counter(), time.process_time(), _children_cpu()
@@ -298,8 +299,7 @@ class StageCost:
         own = _peak_rss_kb() if self.own_peak_reset else None
         self.record = {"wall_s": round(time.perf_counter() - self.wall, 3),
                        "cpu_s": round(time.process_time() - self.cpu + _children_cpu() - self.children, 3),
-                       "peak_rss_mb": round((own or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
-                       "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+                       "peak_rss_mb": round((own or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1)}
 
 
 def _reset_peak_rss() -> bool:

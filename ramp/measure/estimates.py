@@ -34,7 +34,7 @@ import numpy as np
 from ramp.measure.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
 from ramp.measure.ladder import DEFAULT_LADDER
 from ramp.models.model import Model, TensorSpec
-from ramp.models.store import tensor_rows
+from ramp.models.store import beyond_cache, tensor_rows
 from ramp.measure.sensitivity_table import SensitivityTable
 
 if TYPE_CHECKING:
@@ -137,8 +137,11 @@ class QuantizationErrors:
         self.formats = [get_format(name).name for name in formats]
         self.imatrix = imatrix
         importance = imatrix.importances(model) if imatrix is not None else None
-        # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them
-        self.weights = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0)
+        # the disk cache keeps the packed bytes: the sweep, the export and a second estimate share them; not for a model
+        # larger than the weight cache, whose ladder of packed bytes (about 5x its Q4 checkpoint: 38 GB for a 7B)
+        # would fill the disk for the export's reuse of one format per tensor
+        self.weights = DequantCache(model, backend="ggml", importance=importance, max_memory_bytes=0,
+                                    use_disk=not beyond_cache(model.tensors))
 
     def row(self, spec: TensorSpec, damage_of: DamageOf, reduce: Reduce = _sum) -> np.ndarray:
         from concurrent.futures import ThreadPoolExecutor

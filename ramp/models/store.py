@@ -140,6 +140,11 @@ def tensor_shape(tensors: Mapping[str, np.ndarray], name: str) -> Shape:
     return tuple(int(d) for d in tensors[name].shape)
 
 
+def beyond_cache(tensors: Mapping[str, np.ndarray]) -> bool:
+    """Whether a streamed model's float32 weights exceed the weight cache (it is read again on every pass)."""
+    return isinstance(tensors, TensorStore) and sum(4 * math.prod(tensors.shape(name)) for name in tensors) > cache_limit_bytes()
+
+
 def tensor_rows(tensors: Mapping[str, np.ndarray], name: str, start: int, stop: int) -> np.ndarray:
     """Rows start..stop of a tensor, made alone where the mapping can (a store)."""
     if isinstance(tensors, TensorStore):
