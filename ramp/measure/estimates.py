@@ -55,10 +55,12 @@ _CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of reductions stay at 32 MiB
 AUTO = "auto"
 # The measured sweep's work in forwards x quantizable weights x tokens, and what it cost on two idle cores:
 # SmolLM2-135M, 964 x 1.3e8 x 256 = 3.3e13, about 7 minutes; Gemma 3 270M, 652 x 2.7e8 x 256 = 4.5e13, about
-# 16 minutes (its 262k vocabulary makes each forward dearer). Past 7e13 the sweep outlasts the 20 minutes or
-# so a user waits for a measurement (Qwen2.5-1.5B: 6e14, hours), and the Fisher estimate, which agrees with
-# the measured table to Spearman 0.997 on SmolLM2 (docs/BENCHMARKS.md), takes its place.
-SWEEP_WORK_LIMIT = 7e13
+# 16 minutes (its 262k vocabulary makes each forward dearer); Qwen2.5-1.5B 6e14, hours. The Fisher estimate
+# takes a minute or two on any of them, agrees with the measured table to Spearman 0.997 on SmolLM2 and gives
+# ramp's row the same 0.55x the Q4_K_M preset on its twin (docs/BENCHMARKS.md): past about two minutes of sweep
+# it takes the sweep's place, which is what keeps the default `ramp run` within 8 minutes.
+SWEEP_WORK_PER_MINUTE = 3.3e13 / 7
+SWEEP_WORK_LIMIT = 1e13
 
 
 def choose_damage(model: Model, formats: list[str] | tuple[str, ...], n_tokens: int) -> tuple[str, str]:
@@ -67,10 +69,12 @@ def choose_damage(model: Model, formats: list[str] | tuple[str, ...], n_tokens: 
     from ramp.measure.sensitivity import sweep_cells
 
     forwards = len(sweep_cells(model, formats))
-    sweep = f"the measured sweep takes {forwards} forwards of {n_tokens} tokens"
-    if forwards * model.n_quantizable_params * n_tokens <= SWEEP_WORK_LIMIT:
-        return "kld", f"{sweep}: minutes on two cores"
-    return FISHER, f"{sweep} of a {model.n_quantizable_params / 1e9:.2f}B-weight model: hours on two cores"
+    work = forwards * model.n_quantizable_params * n_tokens
+    sweep = (f"the measured sweep takes {forwards} forwards of {n_tokens} tokens of a {model.n_quantizable_params / 1e9:.2f}B-weight "
+             f"model, about {max(1, round(work / SWEEP_WORK_PER_MINUTE)):,d} min on two cores")
+    if work <= SWEEP_WORK_LIMIT:
+        return "kld", sweep
+    return FISHER, f"{sweep}, the Fisher estimate a minute or two (`--damage kld` measures anyway)"
 
 
 def row_weighted_squares(error: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:

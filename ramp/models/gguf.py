@@ -184,14 +184,21 @@ _DEQUANTIZE_BAND = 1 << 20  # weights per gguf-py call
 
 
 def _dequantized_rows(tensor: GGUFTensor, start: int, stop: int) -> np.ndarray:
-    """Float32 rows start..stop of a stored 2-D tensor (a quantized row is whole blocks, stored in order)."""
+    """Float32 rows start..stop of a stored 2-D tensor (a quantized row is whole blocks, stored in order), made
+    _DEQUANTIZE_BAND weights at a time: gguf-py's temporaries are several times what they dequantize (a whole
+    152k-token embedding at once took 4 GB beside its 0.9 GB result)."""
     import gguf
 
     row_length = int(tensor.shape[0])
     rows = tensor.data.reshape(int(tensor.shape[1]), -1)[start:stop]
     if tensor.tensor_type.name == "F32":
         return rows
-    return np.ascontiguousarray(gguf.quants.dequantize(rows, tensor.tensor_type), dtype=np.float32).reshape(-1, row_length)
+    weights = np.empty((stop - start, row_length), dtype=np.float32)
+    step = max(1, _DEQUANTIZE_BAND // row_length)
+    for first in range(0, stop - start, step):
+        band = rows[first:first + step]
+        weights[first:first + len(band)] = gguf.quants.dequantize(band, tensor.tensor_type).reshape(-1, row_length)
+    return weights
 
 
 def load_gguf(path: str | Path) -> Model:
@@ -233,13 +240,8 @@ def load_gguf(path: str | Path) -> Model:
     def dequantized(name: str) -> np.ndarray:
         tensor = stored[name]
         shape = tuple(reversed(tensor.shape))
-        if tensor.tensor_type.name == "F32":
-            weights = tensor.data.reshape(shape)
-        elif len(shape) == 2:  # band by band: gguf-py's temporaries are several times the band's float32
-            weights = np.empty(shape, dtype=np.float32)
-            step = max(1, _DEQUANTIZE_BAND // shape[1])
-            for start in range(0, shape[0], step):
-                weights[start:start + step] = _dequantized_rows(tensor, start, min(start + step, shape[0]))
+        if len(shape) == 2:
+            weights = _dequantized_rows(tensor, 0, shape[0])
         else:
             weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
                                            dtype=np.float32).reshape(shape)
