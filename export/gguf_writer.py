@@ -159,15 +159,16 @@ def _check_f16_range(model: Model, plans: list[TensorPlan]) -> None:
     limit = float(np.finfo(np.float16).max)
     for plan in plans:
         if plan.fmt.name == "F16" and math.prod(plan.shape):
-            largest = max(float(np.abs(band).max()) for band in _bands(model, plan.name))
+            largest = max(max(float(band.max()), -float(band.min())) for band in _bands(model, plan.name))
             if not largest <= limit:
                 raise RampError(f"tensor {plan.name} holds {largest:g}, beyond float16's range ({limit:g}); export it "
                                 "as F32 (--reference F32) or in a quantized format")
 
 
 def _bands(model: Model, name: str) -> Iterator[np.ndarray]:
-    """A tensor's float32 weights in row bands (`ramp.models.store.row_bands`): a 7B's embedding is never whole."""
-    for start, stop in row_bands(model.tensors, name):
+    """A tensor's float32 weights in row bands of 2^24 (`ramp.models.store.row_bands`): written or checked band by
+    band, a tensor is never whole beside its encoding."""
+    for start, stop in row_bands(model.tensors, name, whole_if_kept=False):
         yield tensor_rows(model.tensors, name, start, stop)
 
 

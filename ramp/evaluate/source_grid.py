@@ -19,20 +19,20 @@ from ramp.models.model import Model
 def source_match_share(path: str | os.PathLike, source: Model) -> float:
     """Share of `source`'s quantizable weights that the GGUF at `path` dequantizes to exactly the source's
     float32 values (1.0 for the F32 reference of an unfolded model)."""
-    import gguf
-
-    from ramp.models.gguf import read_gguf
+    from ramp.models.gguf import read_gguf, stored_rows
+    from ramp.models.store import row_bands, tensor_rows
 
     names = {spec.name for spec in source.quantizable}
     equal = 0
     for tensor in read_gguf(path).tensors:
         if tensor.name not in names:
             continue
-        try:
-            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        except NotImplementedError as exc:
-            raise RampError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, which gguf-py cannot dequantize; "
-                            "upgrade the gguf package") from exc
-        expected = source.tensors[tensor.name]
-        equal += int(np.count_nonzero(np.asarray(values, dtype=np.float32).reshape(expected.shape) == expected))
+        # band by band: a tensor is never whole beside the source's (the same rows of both)
+        for start, stop in row_bands(source.tensors, tensor.name, whole_if_kept=False):
+            try:
+                values = stored_rows(tensor, start, stop)
+            except NotImplementedError as exc:
+                raise RampError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, which gguf-py cannot "
+                                "dequantize; upgrade the gguf package") from exc
+            equal += int(np.count_nonzero(values == tensor_rows(source.tensors, tensor.name, start, stop)))
     return equal / source.n_quantizable_params

@@ -183,7 +183,7 @@ _DEQUANTIZABLE = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", 
 _DEQUANTIZE_BAND = 1 << 20  # weights per gguf-py call
 
 
-def _dequantized_rows(tensor: GGUFTensor, start: int, stop: int) -> np.ndarray:
+def stored_rows(tensor: GGUFTensor, start: int, stop: int) -> np.ndarray:
     """Float32 rows start..stop of a stored 2-D tensor (a quantized row is whole blocks, stored in order), made
     _DEQUANTIZE_BAND weights at a time: gguf-py's temporaries are several times what they dequantize (a whole
     152k-token embedding at once took 4 GB beside its 0.9 GB result)."""
@@ -241,7 +241,7 @@ def load_gguf(path: str | Path) -> Model:
         tensor = stored[name]
         shape = tuple(reversed(tensor.shape))
         if len(shape) == 2:
-            weights = _dequantized_rows(tensor, 0, shape[0])
+            weights = stored_rows(tensor, 0, shape[0])
         else:
             weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
                                            dtype=np.float32).reshape(shape)
@@ -252,7 +252,7 @@ def load_gguf(path: str | Path) -> Model:
         tensor = stored[name]
         if len(tensor.shape) != 2:
             return dequantized(name)[start:stop]
-        weights = _dequantized_rows(tensor, start, stop)
+        weights = stored_rows(tensor, start, stop)
         check_finite(name, weights, path)
         return weights
 

@@ -152,11 +152,11 @@ def tensor_rows(tensors: Mapping[str, np.ndarray], name: str, start: int, stop: 
     return tensors[name][start:stop]
 
 
-def row_bands(tensors: Mapping[str, np.ndarray], name: str) -> list[tuple[int, int]]:
-    """(start, stop) bands of a tensor's rows: the whole tensor where it is kept anyway, else bands of about
-    BAND_ELEMENTS weights."""
+def row_bands(tensors: Mapping[str, np.ndarray], name: str, whole_if_kept: bool = True) -> list[tuple[int, int]]:
+    """(start, stop) bands of a tensor's rows of about BAND_ELEMENTS weights; with `whole_if_kept`, the whole tensor
+    where the cache keeps it anyway (one product instead of several for a forward)."""
     n_rows = tensor_shape(tensors, name)[0]
-    if not (isinstance(tensors, TensorStore) and tensors.too_large_to_keep(name)):
+    if whole_if_kept and not (isinstance(tensors, TensorStore) and tensors.too_large_to_keep(name)):
         return [(0, n_rows)]
     step = max(1, BAND_ELEMENTS // max(1, math.prod(tensor_shape(tensors, name)[1:])))
     return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
