@@ -46,11 +46,13 @@ def cache_limit_bytes() -> int:
 
 
 class _SharedCache:
-    """Float32 tensors by (store, name), least recently used first out, within `cache_limit_bytes()`."""
+    """Float32 tensors by (store, name), least recently used first out, within `cache_limit_bytes()` in all and
+    each store's own limit."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._bytes = 0
+        self._owned: dict[int, int] = {}
         self._lock = threading.Lock()  # the quantization-error stage reads tensors from two threads
 
     def get(self, key: tuple[int, str]) -> np.ndarray | None:
@@ -60,21 +62,33 @@ class _SharedCache:
                 self._entries.move_to_end(key)
             return found
 
-    def put(self, key: tuple[int, str], array: np.ndarray) -> None:
+    def put(self, key: tuple[int, str], array: np.ndarray, owner_limit: int) -> None:
+        """Keep `array`, then drop the least recently used entries until all fit the cache and the owner's fit
+        `owner_limit`."""
         limit = cache_limit_bytes()
+        owner = key[0]
         with self._lock:
-            if key in self._entries or array.nbytes > limit:
+            if key in self._entries or array.nbytes > min(limit, owner_limit):
                 return
             self._entries[key] = array
             self._bytes += array.nbytes
-            while self._bytes > limit:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.nbytes
+            self._owned[owner] = self._owned.get(owner, 0) + array.nbytes
+            for old in list(self._entries):  # least recently used first
+                over_all, over_owner = self._bytes > limit, self._owned[owner] > owner_limit
+                if not (over_all or over_owner):
+                    break
+                if over_all or old[0] == owner:
+                    self._remove(old)
 
     def drop(self, owner: int) -> None:
         with self._lock:
             for key in [key for key in self._entries if key[0] == owner]:
-                self._bytes -= self._entries.pop(key).nbytes
+                self._remove(key)
+
+    def _remove(self, key: tuple[int, str]) -> None:
+        size = self._entries.pop(key).nbytes
+        self._bytes -= size
+        self._owned[key[0]] -= size
 
 
 _CACHE = _SharedCache()
@@ -93,6 +107,23 @@ class TensorStore(Mapping[str, np.ndarray]):
         self._cached = cached
         self._make_rows = make_rows
         self._owner = next(_OWNERS)
+        self._total_bytes = sum(4 * math.prod(shape) for shape in self._shapes.values())
+        blocks: dict[str, int] = {}
+        for tensor, shape in self._shapes.items():
+            if tensor.startswith("blk."):
+                block = tensor.split(".")[1]
+                blocks[block] = blocks.get(block, 0) + 4 * math.prod(shape)
+        self._largest_block = max(blocks.values(), default=0)
+
+    def keep_limit(self) -> int:
+        """What the cache keeps of this store: all of it where the model fits the cache, else one block's worth.
+        Each pass walks a model larger than the cache in order, where the least recently used tensor is the
+        next one needed, so only what a block's work reuses (its weights, for every batch) is worth keeping."""
+        limit = cache_limit_bytes()
+        return limit if self.fits_cache() else min(limit, max(self._largest_block, 1))
+
+    def fits_cache(self) -> bool:
+        return self._total_bytes <= cache_limit_bytes()
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._shapes:
@@ -103,7 +134,7 @@ class TensorStore(Mapping[str, np.ndarray]):
         array = self._make(name)
         if self._cached(name):
             array.setflags(write=False)  # shared with every later reader
-            _CACHE.put(key, array)
+            _CACHE.put(key, array, self.keep_limit())
         return array
 
     def __contains__(self, name: object) -> bool:
@@ -126,8 +157,9 @@ class TensorStore(Mapping[str, np.ndarray]):
         return self._make_rows(name, start, stop)
 
     def too_large_to_keep(self, name: str) -> bool:
-        """Whether the tensor's float32 weights exceed the cache: its users should take it in row bands."""
-        return 4 * math.prod(self._shapes[name]) > cache_limit_bytes()
+        """Whether the tensor's float32 weights exceed what the cache keeps of this store (`keep_limit`): its users
+        should take it in row bands (a large model's embedding and output)."""
+        return 4 * math.prod(self._shapes[name]) > self.keep_limit()
 
     def __del__(self) -> None:
         _CACHE.drop(self._owner)
@@ -142,7 +174,7 @@ def tensor_shape(tensors: Mapping[str, np.ndarray], name: str) -> Shape:
 
 def beyond_cache(tensors: Mapping[str, np.ndarray]) -> bool:
     """Whether a streamed model's float32 weights exceed the weight cache (it is read again on every pass)."""
-    return isinstance(tensors, TensorStore) and sum(4 * math.prod(tensors.shape(name)) for name in tensors) > cache_limit_bytes()
+    return isinstance(tensors, TensorStore) and not tensors.fits_cache()
 
 
 def tensor_rows(tensors: Mapping[str, np.ndarray], name: str, start: int, stop: int) -> np.ndarray:
