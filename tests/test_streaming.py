@@ -80,6 +80,14 @@ def test_the_cache_keeps_within_its_budget_and_bad_budgets_are_refused(tmp_path,
     assert again is not one and np.array_equal(again, one)
     with pytest.raises(ValueError):
         again[0, 0] = 1.0  # shared with every reader: read-only
+    # a model larger than the cache keeps one block's worth of itself: every pass walks it in order
+    total = sum(model.tensors[name].nbytes for name in model.tensors)
+    monkeypatch.setenv(CACHE_ENV, str(total / 2 / (1 << 30)))
+    for name in model.tensors:
+        model.tensors[name]
+    block = sum(model.tensors[name].nbytes for name in model.tensors if name.startswith("blk.0."))
+    assert model.tensors.keep_limit() == block < total / 2
+    assert 0 < store._CACHE._owned[model.tensors._owner] <= block
     for bad in ("lots", "-1"):
         monkeypatch.setenv(CACHE_ENV, bad)
         with pytest.raises(RampError, match=CACHE_ENV):

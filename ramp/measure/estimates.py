@@ -292,7 +292,7 @@ def diagonal_fisher(
         return gradient.square().bfloat16() if total is None else gradient.square().add_(total).bfloat16()
 
     def finish(name: str, total: "torch.Tensor") -> None:
-        mean = total.float().div_(n_scored).bfloat16()
+        mean = total.div_(n_scored)  # in place: bfloat16 division rounds as float32 division then rounding does
         if on_tensor is not None:
             on_tensor(name, mean)
         else:
