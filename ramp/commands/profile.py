@@ -76,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     estimate = args.damage in ESTIMATES
     sensitivity = calibration_of(args, args.sensitivity_tokens or (ESTIMATE if estimate else SENSITIVITY).tokens)
     imatrix = load_importance(args.imatrix, model)
-    out.mkdir(parents=True, exist_ok=True)  # after loading: a bad model or --fold leaves no empty folder
     started = time.perf_counter()
     profile = profile_model(model, embeddings, args.seed, Forward(model, args.device), progress=True)
+    # after the profile: a bad model, --fold or weight (a streamed tensor is checked when first used) leaves no folder
+    out.mkdir(parents=True, exist_ok=True)
     profile.save(out / "embeddings.json", out / "embeddings.csv")
     print(f"embeddings: {len(profile.tensors)} tensors x {profile.features.shape[1]} features "
           f"({embeddings}, {time.perf_counter() - started:.1f} s) -> {out / 'embeddings.json'}, .csv")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ramp.errors import RampError
+from ramp.machine import release_memory
 from ramp.job.settings import JOB_FILE, JobSettings, JobShape, Row, check_inputs, job_lock, model_label
 
 if TYPE_CHECKING:
@@ -291,6 +292,7 @@ class StageCost:
     starts from this process's RSS when it was spawned, so it says nothing of the child."""
 
     def __enter__(self) -> "StageCost":
+        release_memory()  # what the last stage freed: this stage's peak is its own
         self.wall, self.cpu, self.children = time.perf_counter(), time.process_time(), _children_cpu()
         self.own_peak_reset = _reset_peak_rss()
         return self

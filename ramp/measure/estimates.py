@@ -33,6 +33,7 @@ import numpy as np
 
 from ramp.measure.calibration import ESTIMATE, CalibrationSpec, calibration_tokens
 from ramp.measure.ladder import DEFAULT_LADDER
+from ramp.machine import release_memory
 from ramp.models.model import Model, TensorSpec
 from ramp.models.store import beyond_cache, tensor_rows
 from ramp.measure.sensitivity_table import SensitivityTable
@@ -172,6 +173,7 @@ class QuantizationErrors:
         # two workers: more would add memory, not cores, on two
         with ThreadPoolExecutor(max_workers=2) as pool:
             by_format = dict(zip(real_formats, pool.map(damage_for, real_formats)))
+        release_memory()  # the workers' bands, freed, would otherwise stay in the heap tensor after tensor
         return np.array([by_format[resolve_format(fmt, spec.row_length).name] for fmt in self.formats])
 
     def table(self, damage: np.ndarray, measure: str, calibration_sha256: str = "", extra: dict | None = None) -> SensitivityTable:
