@@ -708,9 +708,14 @@ def test_a_second_run_into_a_busy_job_folder_is_refused_in_one_line(tiny_referen
     for line in first.stdout:
         if line.startswith(b"[1/7]"):
             break
-    second = ramp_child(*command)
-    _, err = second.communicate(timeout=120)
-    assert first.poll() is None, "the first run ended before the second started"
+    # paused inside its first stage, holding the folder, so that a tiny job cannot end before the second starts
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = ramp_child(*command)
+        _, err = second.communicate(timeout=120)
+        assert first.poll() is None, "the first run ended before the second started"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 2
     assert "is in use by another ramp run" in last_line(err) and str(folder) in last_line(err)
     first.stdout.read()
