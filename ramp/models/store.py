@@ -5,8 +5,9 @@ model read from a GGUF keeps its file's bytes (memory-mapped, quantized as store
 when it is indexed; tensors derived from others (an off-grid twin's rescaled weights, a Scale Folding) are
 computed the same way, from their sources, on demand. The float32 tensors made recently stay in one
 least-recently-used cache shared by every store, bounded in bytes (`RAMP_WEIGHT_CACHE_GB`, default 1.5): a
-135M-300M model fits whole and is dequantized once, as before; a larger one is dequantized tensor by tensor
-as each pass reaches it, which is why the stages walk the model block by block.
+135M-300M model fits whole and is dequantized once, as before; of a larger one the cache keeps one block's
+worth, and each pass dequantizes it tensor by tensor as it reaches them, which is why the stages walk the model
+block by block; a tensor bigger than a block (a large vocabulary's embedding and output) is taken in row bands.
 
 F32 tensors of a file are handed out as read-only views of the mapping (no copy, not cached): a twin or a
 reference written as F32 streams for free. Every array a store gives out is shared: never modify it in place.
