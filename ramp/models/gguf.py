@@ -217,6 +217,7 @@ def load_gguf(path: str | Path) -> Model:
         )
     size = path.stat().st_size
     stored = {}
+    shapes: dict[str, tuple[int, ...]] = {}  # numpy order: rows first
     quantizable: list[TensorSpec] = []
     for tensor in reader.tensors:
         if tensor.data_offset + tensor.n_bytes > size:
@@ -227,7 +228,7 @@ def load_gguf(path: str | Path) -> Model:
                 "start from an F32/F16/BF16 or Q*_0/Q*_1/Q*_K GGUF"
             )
         stored[tensor.name] = tensor
-        shape = tuple(int(d) for d in reversed(tensor.shape))
+        shape = shapes[tensor.name] = tuple(int(d) for d in reversed(tensor.shape))
         role = role_of(tensor.name)
         if role is not None and len(shape) == 2:
             quantizable.append(TensorSpec(tensor.name, shape, role[0], role[1]))
@@ -237,26 +238,17 @@ def load_gguf(path: str | Path) -> Model:
                 f"ramp maps the tensors {', '.join(ROLES)}"
             )
 
-    def dequantized(name: str) -> np.ndarray:
-        tensor = stored[name]
-        shape = tuple(reversed(tensor.shape))
-        if len(shape) == 2:
-            weights = stored_rows(tensor, 0, shape[0])
-        else:
-            weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
-                                           dtype=np.float32).reshape(shape)
-        check_finite(name, weights, path)
-        return weights
-
     def dequantized_rows(name: str, start: int, stop: int) -> np.ndarray:
         tensor = stored[name]
-        if len(tensor.shape) != 2:
-            return dequantized(name)[start:stop]
-        weights = stored_rows(tensor, start, stop)
+        if len(tensor.shape) == 2:
+            weights = stored_rows(tensor, start, stop)
+        else:  # norms, biases: small, whole
+            weights = np.ascontiguousarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
+                                           dtype=np.float32).reshape(shapes[name])[start:stop]
         check_finite(name, weights, path)
         return weights
 
-    tensors = TensorStore({name: tuple(int(d) for d in reversed(t.shape)) for name, t in stored.items()}, dequantized,
+    tensors = TensorStore(shapes, lambda name: dequantized_rows(name, 0, shapes[name][0]),
                           cached=lambda name: stored[name].tensor_type.name != "F32", make_rows=dequantized_rows)
     if not quantizable:
         raise RampError(f"{path} has no quantizable weight tensors; is it a model GGUF?")
